@@ -1,0 +1,308 @@
+"""Name → class registries and the builder that turns recipe dicts into objects.
+
+A component in a recipe is ``dict(type=..., **kwargs)``. ``type`` may be
+
+* a registered name (``"FocalTverskyLoss"``),
+* the class itself (``type=FocalTverskyLoss``, so an IDE can jump to it), or
+* a dotted import path (``"my_project.heads.MyHead"``), so a user's own class needs no edit to
+  detlab and no registration.
+
+Registration is by decorator; the name defaults to the class name and a taken name is refused.
+Unknown names raise :class:`~detlab.errors.ConfigError` listing the closest registered names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "Registry",
+    "REGISTRIES",
+    "BACKBONES",
+    "NECKS",
+    "HEADS",
+    "MODELS",
+    "LOSSES",
+    "ASSIGNERS",
+    "POSTPROCESSORS",
+    "DATASETS",
+    "TRANSFORMS",
+    "SAMPLERS",
+    "EVALUATORS",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "discover",
+    "closest",
+]
+
+# Packages whose modules register components; imported once by :func:`discover`.
+_DISCOVER_PACKAGES = (
+    "detlab.models",
+    "detlab.losses",
+    "detlab.assigners",
+    "detlab.postprocess",
+    "detlab.evaluation",
+    "detlab.data",
+    "detlab.engine",
+)
+_discovered = False
+
+
+def discover() -> None:
+    """Import every detlab module that registers components (idempotent).
+
+    Modules whose optional dependency is missing (e.g. ``pyclipper`` for text heads) are
+    skipped; using one of their components then raises an error that names the package.
+    """
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for pkg_name in _DISCOVER_PACKAGES:
+        try:
+            pkg = importlib.import_module(pkg_name)
+        except ModuleNotFoundError:
+            continue
+        for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg_name + "."):
+            try:
+                importlib.import_module(info.name)
+            except ModuleNotFoundError as err:  # optional extra not installed
+                if err.name and err.name.split(".")[0] == "detlab":
+                    raise
+
+
+def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` entries of ``candidates`` that look most like ``name``."""
+    lowered = {c.lower(): c for c in candidates}
+    hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)
+    found = [lowered[h] for h in hits]
+    for c in candidates:  # substring matches ("Tversky" → "FocalTverskyLoss")
+        if len(found) >= n:
+            break
+        if name.lower() in c.lower() and c not in found:
+            found.append(c)
+    return found
+
+
+def _first_doc_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """A named table of classes (or factory functions) of one kind.
+
+    Args:
+        kind: human-readable kind used in messages, e.g. ``"loss"``.
+        base: if given, only subclasses of it may be registered (checked at ``register``).
+    """
+
+    def __init__(self, kind: str, base: type | None = None) -> None:
+        self.kind = kind
+        self.base = base
+        self._items: dict[str, Any] = {}
+
+    # -- registration -------------------------------------------------------------------------
+    def register(self, obj: Any = None, *, name: str | None = None) -> Any:
+        """Register ``obj`` under ``name`` (default: ``obj.__name__``). Usable as a decorator,
+        with or without arguments: ``@LOSSES.register`` or ``@LOSSES.register(name="x")``."""
+
+        def _do(target: Any) -> Any:
+            key = name or target.__name__
+            if self.base is not None and not (
+                inspect.isclass(target) and issubclass(target, self.base)
+            ):
+                raise ConfigError(
+                    f"cannot register {target!r} as a {self.kind}: it must be a subclass of "
+                    f"{self.base.__module__}.{self.base.__qualname__}"
+                )
+            if key in self._items and self._items[key] is not target:
+                other = self._items[key]
+                raise ConfigError(
+                    f"{self.kind} name {key!r} is already taken by "
+                    f"{other.__module__}.{other.__qualname__}; register "
+                    f"{target.__module__}.{target.__qualname__} under another name"
+                )
+            self._items[key] = target
+            return target
+
+        if obj is None:
+            return _do
+        return _do(obj)
+
+    # -- lookup -------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        discover()
+        return sorted(self._items)
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """(name, class) pairs, sorted by name."""
+        for key in self.names():
+            yield key, self._items[key]
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(name, first docstring line) for every registered entry."""
+        return [(k, _first_doc_line(v)) for k, v in self.items()]
+
+    def __contains__(self, name: str) -> bool:
+        discover()
+        return name in self._items
+
+    def get(self, type_: Any) -> Any:
+        """Resolve a registered name, a dotted import path or a class to the class."""
+        if not isinstance(type_, str):
+            if callable(type_):
+                return type_
+            raise ConfigError(
+                f"'type' of a {self.kind} must be a name, a dotted path or a class, got {type_!r}"
+            )
+        if type_ in self._items:
+            return self._items[type_]
+        discover()
+        if type_ in self._items:
+            return self._items[type_]
+        if "." in type_:
+            return _import_dotted(type_, self.kind)
+        hint = closest(type_, list(self._items))
+        msg = f"unknown {self.kind} type {type_!r}."
+        if hint:
+            msg += f" Did you mean: {', '.join(hint)}?"
+        msg += f" Registered {self.kind}s: {', '.join(sorted(self._items)) or '(none)'}."
+        msg += " A dotted import path (package.module.Class) also works."
+        raise ConfigError(msg)
+
+    def build(self, cfg: Any, *, key: str = "", **defaults: Any) -> Any:
+        """Build an object from ``cfg``.
+
+        Args:
+            cfg: ``dict(type=..., **kwargs)``; an object that is not a dict is returned as is
+                (so a caller may pass an already-built component).
+            key: where ``cfg`` sits in the recipe (``"model.head.loss"``), used in messages.
+            **defaults: keyword arguments used when ``cfg`` does not set them (e.g. the
+                ``in_channels`` a head receives from its neck).
+        """
+        if not isinstance(cfg, Mapping):
+            return cfg
+        where = f" at {key!r}" if key else ""
+        if "type" not in cfg:
+            raise ConfigError(
+                f"{self.kind} config{where} has no 'type' key (got keys: {sorted(cfg)})"
+            )
+        kwargs = {k: v for k, v in cfg.items() if k != "type"}
+        target = self.get(cfg["type"])
+        kwargs = _merge_defaults(target, kwargs, defaults)
+        _check_kwargs(target, kwargs, self.kind, where)
+        try:
+            return target(**kwargs)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as err:
+            name = getattr(target, "__name__", repr(target))
+            raise ConfigError(f"cannot build {self.kind} {name}{where}: {err}") from err
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._items)} entries)"
+
+
+def _import_dotted(path: str, kind: str) -> Any:
+    module_name, _, attr = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"unknown {kind} type {path!r}: it is not registered and module {module_name!r} "
+            f"cannot be imported ({err})"
+        ) from err
+    try:
+        return getattr(module, attr)
+    except AttributeError as err:
+        raise ConfigError(f"{kind} type {path!r}: module {module_name!r} has no {attr!r}") from err
+
+
+def _accepted(target: Any) -> tuple[set[str], bool]:
+    """Names ``target`` accepts as keywords, and whether it takes ``**kwargs``."""
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return set(), True
+    names, var_kw = set(), False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            names.add(p.name)
+    return names, var_kw
+
+
+def _merge_defaults(target: Any, kwargs: dict, defaults: dict) -> dict:
+    accepted, var_kw = _accepted(target)
+    merged = dict(kwargs)
+    for k, v in defaults.items():
+        if k not in merged and (var_kw or k in accepted):
+            merged[k] = v
+    return merged
+
+
+def _check_kwargs(target: Any, kwargs: dict, kind: str, where: str) -> None:
+    accepted, var_kw = _accepted(target)
+    if var_kw:
+        return
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        name = getattr(target, "__name__", repr(target))
+        parts = []
+        for k in unknown:
+            hint = closest(k, sorted(accepted), n=1)
+            parts.append(f"{k!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        raise ConfigError(
+            f"{kind} {name}{where} got unknown argument(s) {', '.join(parts)}; "
+            f"it accepts: {', '.join(sorted(accepted)) or '(none)'}"
+        )
+
+
+def build_list(registry: Registry, cfgs: Any, key: str = "") -> list[Any]:
+    """Build each entry of a list of configs with ``registry``; ``None`` gives ``[]``."""
+    if cfgs is None:
+        return []
+    return [registry.build(c, key=f"{key}.{i}") for i, c in enumerate(cfgs)]
+
+
+BACKBONES = Registry("backbone")
+NECKS = Registry("neck")
+HEADS = Registry("head")  # base class set in detlab.models.heads.base
+MODELS = Registry("model")
+LOSSES = Registry("loss")
+ASSIGNERS = Registry("assigner")
+POSTPROCESSORS = Registry("postprocessor")
+DATASETS = Registry("dataset")
+TRANSFORMS = Registry("transform")
+SAMPLERS = Registry("sampler")
+EVALUATORS = Registry("evaluator")
+OPTIMIZERS = Registry("optimizer")
+SCHEDULERS = Registry("scheduler")
+
+REGISTRIES: dict[str, Registry] = {
+    "backbones": BACKBONES,
+    "necks": NECKS,
+    "heads": HEADS,
+    "models": MODELS,
+    "losses": LOSSES,
+    "assigners": ASSIGNERS,
+    "postprocessors": POSTPROCESSORS,
+    "datasets": DATASETS,
+    "transforms": TRANSFORMS,
+    "samplers": SAMPLERS,
+    "evaluators": EVALUATORS,
+    "optimizers": OPTIMIZERS,
+    "schedulers": SCHEDULERS,
+}
+
+BuildFn = Callable[..., Any]
