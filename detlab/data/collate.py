@@ -1,0 +1,66 @@
+"""Turn dataset samples into a padded :class:`~detlab.structures.Batch`.
+
+Every detlab dataset returns samples of the form::
+
+    {
+        "image": Tensor (C, H, W) float32, already normalized,
+        "target": dict   # any of boxes (N,4) xyxy px, labels (N,), polygons, ignore (N,), mask
+                         # (C, H, W) float tensor, in the same (input) coordinates as "image"
+        "meta": dict     # image_id, path, orig_size (h, w), input_size (h, w), scale (sy, sx),
+                         # optional pad (top, left)
+    }
+
+``collate`` pads images (and masks) bottom/right with zeros to the largest size in the batch,
+rounded up to ``size_divisor`` so every backbone stride divides it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..structures import Batch
+
+__all__ = ["collate", "Collate", "pad_to"]
+
+
+def pad_to(t: torch.Tensor, height: int, width: int, value: float = 0.0) -> torch.Tensor:
+    """Pad the last two dims of ``t`` at the bottom/right to ``(height, width)``."""
+    h, w = t.shape[-2:]
+    if h == height and w == width:
+        return t
+    return F.pad(t, (0, width - w, 0, height - h), value=value)
+
+
+def collate(samples: list[dict[str, Any]], size_divisor: int = 32) -> Batch:
+    """Stack samples into a :class:`Batch`, padding to a multiple of ``size_divisor``."""
+    if not samples:
+        raise ValueError("collate() got an empty list of samples")
+    hs = [s["image"].shape[-2] for s in samples]
+    ws = [s["image"].shape[-1] for s in samples]
+    height = int(math.ceil(max(hs) / size_divisor) * size_divisor)
+    width = int(math.ceil(max(ws) / size_divisor) * size_divisor)
+    images = torch.stack([pad_to(s["image"], height, width) for s in samples])
+    targets = []
+    for s in samples:
+        target = dict(s.get("target", {}))
+        if "mask" in target and isinstance(target["mask"], torch.Tensor):
+            target["mask"] = pad_to(target["mask"], height, width)
+        targets.append(target)
+    meta = [dict(s.get("meta", {})) for s in samples]
+    for m, h, w in zip(meta, hs, ws):
+        m.setdefault("input_size", (h, w))
+    return Batch(images=images, targets=targets, meta=meta)
+
+
+class Collate:
+    """Picklable ``collate`` with a fixed ``size_divisor`` (DataLoader workers need pickling)."""
+
+    def __init__(self, size_divisor: int = 32) -> None:
+        self.size_divisor = size_divisor
+
+    def __call__(self, samples: list[dict[str, Any]]) -> Batch:
+        return collate(samples, self.size_divisor)
