@@ -17,7 +17,7 @@ import difflib
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .errors import ConfigError
@@ -123,7 +123,7 @@ class Registry:
                     f"cannot register {target!r} as a {self.kind}: it must be a subclass of "
                     f"{self.base.__module__}.{self.base.__qualname__}"
                 )
-            if key in self._items and self._items[key] is not target:
+            if key in self._items and not _same_definition(self._items[key], target):
                 other = self._items[key]
                 raise ConfigError(
                     f"{self.kind} name {key!r} is already taken by "
@@ -175,7 +175,7 @@ class Registry:
         msg = f"unknown {self.kind} type {type_!r}."
         if hint:
             msg += f" Did you mean: {', '.join(hint)}?"
-        msg += f" Registered {self.kind}s: {', '.join(sorted(self._items)) or '(none)'}."
+        msg += f" Registered: {', '.join(sorted(self._items)) or '(none)'}."
         msg += " A dotted import path (package.module.Class) also works."
         raise ConfigError(msg)
 
@@ -210,6 +210,15 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._items)} entries)"
+
+
+def _same_definition(a: Any, b: Any) -> bool:
+    # Re-executing a module (a recipe file loaded twice) re-creates its classes; that is the
+    # same definition, not a clash.
+    return a is b or (
+        getattr(a, "__module__", None) == getattr(b, "__module__", object())
+        and getattr(a, "__qualname__", None) == getattr(b, "__qualname__", object())
+    )
 
 
 def _import_dotted(path: str, kind: str) -> Any:
@@ -305,4 +314,3 @@ REGISTRIES: dict[str, Registry] = {
     "schedulers": SCHEDULERS,
 }
 
-BuildFn = Callable[..., Any]

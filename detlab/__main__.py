@@ -1,0 +1,7 @@
+"""``python -m detlab`` = the ``detlab`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""The ``detlab`` command line: train, eval, predict, show, list.
+
+Errors a user can cause (recipe, overrides, paths, checkpoints) print one ``error:`` line and
+exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, DetlabError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USER_ERROR = 2
+
+
+def _split_inputs(items: list[str]) -> tuple[list[str], list[str]]:
+    """Separate ``key=value`` overrides from input paths (a path that exists wins)."""
+    inputs, overrides = [], []
+    for item in items:
+        if "=" in item and not Path(item).exists():
+            overrides.append(item)
+        else:
+            inputs.append(item)
+    return inputs, overrides
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.trainer import fit
+    from .recipe import load
+
+    recipe = load(args.recipe, args.overrides)
+    resume = args.resume
+    run_dir, task, trainer = fit(recipe, resume=resume, work_dir=args.work_dir)
+    if trainer.is_global_zero:
+        ckpt_cb = trainer.checkpoint_callback
+        print(f"\nrun directory: {run_dir}")
+        if ckpt_cb is not None and getattr(ckpt_cb, "best_model_path", ""):
+            score = ckpt_cb.best_model_score
+            primary = task.evaluator.primary if task.evaluator else "loss"
+            print(f"best checkpoint: {ckpt_cb.best_model_path} "
+                  f"({primary}={float(score):.4f})" if score is not None else "")
+        if task.last_metrics:
+            from .engine.callbacks import format_metrics
+
+            primary = task.evaluator.primary if task.evaluator else None
+            print("final validation: " + format_metrics(task.last_metrics, primary))
+    return 0
+
+
+def _evaluate(task: Any, split: str, limit: int | None = None) -> dict[str, float]:
+    import torch
+
+    from .data.datamodule import DataModule
+
+    data = DataModule(task.recipe.section("data"), size_divisor=task.model.size_divisor)
+    loader = data.val_dataloader() if split == "val" else data.test_dataloader()
+    if task.evaluator is None:
+        raise ConfigError("the checkpoint's recipe has no 'evaluator' section")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    task.to(device)
+    task.evaluator.reset()
+    with torch.inference_mode():
+        for i, batch in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            batch = batch.to(device)
+            task.evaluator.update(task.model.predict(batch, stage="test"), batch)
+    return task.evaluator.compute()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.callbacks import format_metrics
+    from .engine.trainer import load_task
+
+    task = load_task(args.checkpoint, args.overrides)
+    metrics = _evaluate(task, args.split)
+    print(format_metrics(metrics, task.evaluator.primary))
+    report = getattr(task.evaluator, "format_histogram", None)
+    if callable(report) and not args.quiet:
+        print(report())
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.datamodule import DataModule
+    from .engine.outputs import write_prediction
+    from .engine.trainer import load_task
+
+    inputs, overrides = _split_inputs(args.items)
+    if not inputs:
+        raise ConfigError("detlab predict: give at least one input file or folder")
+    task = load_task(args.checkpoint, overrides)
+    data = DataModule(task.recipe.section("data"), size_divisor=task.model.size_divisor)
+    loader = data.predict_loader(inputs)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    task.to(device)
+    out_dir = Path(args.out)
+    names = (task.recipe.get("evaluator") or {}).get("class_names")
+    count = 0
+    with torch.inference_mode():
+        for batch in loader:
+            batch = batch.to(device)
+            for pred, meta in zip(task.model.predict(batch, stage="test"), batch.meta):
+                write_prediction(pred, meta, out_dir, names, save_probs=args.save_probs)
+                count += 1
+    print(f"wrote predictions for {count} image(s) to {out_dir}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .recipe import load
+
+    recipe = load(args.recipe, args.overrides)
+    print(recipe.to_json())
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import REGISTRIES, closest, discover
+
+    discover()
+    kinds = list(REGISTRIES)
+    if args.kind:
+        if args.kind not in REGISTRIES:
+            hint = closest(args.kind, kinds, 1)
+            raise ConfigError(
+                f"unknown kind {args.kind!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" (kinds: {', '.join(kinds)})"
+            )
+        kinds = [args.kind]
+    for kind in kinds:
+        rows = REGISTRIES[kind].describe()
+        print(f"{kind}:")
+        if not rows:
+            print("  (none)")
+        width = max((len(n) for n, _ in rows), default=0)
+        for name, doc in rows:
+            print(f"  {name.ljust(width)}  {doc}")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``detlab`` command (also used to generate the CLI docs)."""
+    parser = argparse.ArgumentParser(
+        prog="detlab",
+        description="Train, evaluate and run detlab models from Python recipe files.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a recipe",
+                       description="Train RECIPE; overrides are dotted key=value pairs.")
+    p.add_argument("recipe", help="recipe file, e.g. recipes/fracture_unet.py")
+    p.add_argument("overrides", nargs="*", help="e.g. train.max_epochs=3 data.batch_size=4")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
+                   help="resume the latest run of this recipe, or from CKPT")
+    p.add_argument("--work-dir", default=None, help="root of run directories (default: runs/)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its recipe's data",
+                       description="Evaluate CKPT (the checkpoint carries its recipe).")
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", help="e.g. model.head.threshold=0.3")
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="metrics line only")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="run a checkpoint on images",
+                       description="Predict on INPUT files/folders; write results to --out.")
+    p.add_argument("checkpoint")
+    p.add_argument("items", nargs="+", metavar="INPUT", help="input files or folders "
+                   "(key=value items are overrides)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--save-probs", action="store_true", help="also save probability maps")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("show", help="print the resolved recipe",
+                       description="Print RECIPE after overrides, as JSON.")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("list", help="list registered components",
+                       description="List registered components with their first docstring line.")
+    p.add_argument("kind", nargs="?", default=None,
+                   help="heads, losses, backbones, … (default: all)")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``detlab`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("DETLAB_DEBUG") == "1"
+    try:
+        return int(args.func(args) or 0)
+    except DetlabError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""``DataModule``: datasets, sampler and loaders from the recipe's ``data`` section.
+
+Keys of ``data``::
+
+    train / val / test   dataset configs (test falls back to val)
+    predict              dataset config used by ``detlab predict`` (gets ``paths=[...]``)
+    batch_size           training batch size (val_batch_size defaults to it)
+    num_workers          loader workers (default: min(2, cpu count))
+    size_divisor         pad batches to a multiple of this (default: the model's largest stride)
+    sampler              optional sampler config for training (e.g. PositiveOversampler)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError
+from ..registry import DATASETS, SAMPLERS
+from .collate import Collate
+
+__all__ = ["DataModule", "build_dataset"]
+
+_KNOWN_KEYS = {
+    "train", "val", "test", "predict", "batch_size", "val_batch_size", "num_workers",
+    "size_divisor", "sampler", "pin_memory", "persistent_workers",
+}
+
+
+def build_dataset(cfg: Any, key: str, **defaults: Any) -> Dataset:
+    """Build a registered dataset from its config, naming ``key`` in errors."""
+    if cfg is None:
+        raise ConfigError(f"recipe has no dataset at {key!r}")
+    return DATASETS.build(cfg, key=key, **defaults)
+
+
+class DataModule(pl.LightningDataModule):
+    """Lightning data module over the recipe's ``data`` section (see module docstring)."""
+
+    def __init__(self, cfg: dict[str, Any], size_divisor: int = 32) -> None:
+        super().__init__()
+        unknown = set(cfg) - _KNOWN_KEYS
+        if unknown:
+            from ..registry import closest
+
+            parts = [
+                f"{k!r}" + (f" (did you mean {closest(k, sorted(_KNOWN_KEYS), 1)[0]!r}?)"
+                            if closest(k, sorted(_KNOWN_KEYS), 1) else "")
+                for k in sorted(unknown)
+            ]
+            raise ConfigError(f"unknown key(s) in recipe 'data': {', '.join(parts)}")
+        self.cfg = cfg
+        self.batch_size = int(cfg.get("batch_size", 8))
+        self.val_batch_size = int(cfg.get("val_batch_size") or self.batch_size)
+        default_workers = min(2, os.cpu_count() or 1)
+        self.num_workers = int(cfg.get("num_workers", default_workers))
+        self.collate = Collate(int(cfg.get("size_divisor") or size_divisor))
+        self._datasets: dict[str, Dataset] = {}
+
+    def dataset(self, split: str) -> Dataset:
+        """The dataset for ``split`` (``train``/``val``/``test``), built once."""
+        if split not in self._datasets:
+            cfg = self.cfg.get(split)
+            if split == "test" and cfg is None:
+                return self.dataset("val")
+            self._datasets[split] = build_dataset(cfg, key=f"data.{split}")
+        return self._datasets[split]
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool,
+                sampler: Any = None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+            pin_memory=bool(self.cfg.get("pin_memory", False)),
+            persistent_workers=bool(self.cfg.get("persistent_workers", self.num_workers > 0)),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train")
+        sampler = None
+        if self.cfg.get("sampler") is not None:
+            sampler = SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset)
+        return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), self.val_batch_size, shuffle=False)
+
+    def predict_loader(self, paths: list[str]) -> DataLoader:
+        """Loader over user files for ``detlab predict`` using ``data.predict``."""
+        cfg = self.cfg.get("predict")
+        if cfg is None:
+            raise ConfigError(
+                "recipe has no 'data.predict' dataset: add e.g. "
+                "data['predict'] = dict(type='ImageFiles', channels=1)"
+            )
+        dataset = build_dataset(cfg, key="data.predict", paths=list(paths))
+        return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0,
+                          collate_fn=self.collate)

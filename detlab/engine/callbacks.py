@@ -1,0 +1,69 @@
+"""Callbacks: atomic checkpoints and a per-epoch metrics printout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+__all__ = ["AtomicModelCheckpoint", "MetricsPrinter", "format_metrics"]
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that writes to a temporary file and renames it into place.
+
+    A run killed while saving never leaves a truncated ``last.ckpt`` behind: the previous file
+    stays valid until ``os.replace`` swaps in the complete new one.
+    """
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        tmp = f"{filepath}.tmp"
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        trainer.strategy.barrier("atomic_checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)
+
+
+def format_metrics(metrics: dict[str, Any], primary: str | None = None,
+                   keys: tuple[str, ...] = ()) -> str:
+    """One line ``dice=0.712  pr_auc=0.803 …`` with the primary metric first."""
+    order = [k for k in ((primary,) if primary else ()) + keys if k in metrics]
+    order += [k for k in metrics if k not in order and "/" not in k]
+    parts = []
+    for k in order:
+        v = metrics[k]
+        if isinstance(v, float):
+            parts.append(f"{k}={v:.4g}")
+        elif isinstance(v, int):
+            parts.append(f"{k}={v}")
+    return "  ".join(parts)
+
+
+class MetricsPrinter(Callback):
+    """Prints the evaluator's metrics after each validation epoch (rank 0 only), and the
+    evaluator's own text report (e.g. the probability histogram) when it has one."""
+
+    def __init__(self, run_dir: str | Path | None = None) -> None:
+        self.run_dir = Path(run_dir) if run_dir else None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        evaluator = getattr(pl_module, "evaluator", None)
+        metrics = getattr(pl_module, "last_metrics", {})
+        if evaluator is None or not metrics:
+            return
+        line = format_metrics(metrics, evaluator.primary)
+        rank_zero_info(f"\n[epoch {trainer.current_epoch}] val: {line}")
+        report = getattr(evaluator, "format_histogram", None)
+        if callable(report):
+            rank_zero_info(report())

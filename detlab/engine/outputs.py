@@ -1,0 +1,114 @@
+"""Writing predictions to files for ``detlab predict``: masks, overlays, boxes, polygons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..structures import Prediction
+
+__all__ = ["write_prediction", "overlay_mask", "load_display_image"]
+
+_COLORS = [(255, 40, 40), (40, 200, 40), (40, 120, 255), (255, 200, 0), (200, 0, 200),
+           (0, 200, 200), (255, 120, 0), (120, 60, 255), (128, 128, 0), (0, 128, 128)]
+
+
+def load_display_image(path: str | Path, size: tuple[int, int]) -> Image.Image:
+    """The input image as RGB for overlays (a grey canvas of ``size`` (h, w) if unreadable)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I"):
+                arr = np.asarray(img, dtype=np.float32)
+                arr = (255 * (arr - arr.min()) / max(1.0, float(np.ptp(arr)))).astype(np.uint8)
+                return Image.fromarray(arr).convert("RGB")
+            return img.convert("RGB")
+    except (OSError, ValueError):
+        return Image.new("RGB", (size[1], size[0]), (128, 128, 128))
+
+
+def overlay_mask(image: Image.Image, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """Blend class colours over ``image`` where ``mask`` ``(C, H, W)`` bool is set."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    out = base.copy()
+    for c in range(mask.shape[0]):
+        color = np.asarray(_COLORS[c % len(_COLORS)], dtype=np.float32)
+        m = mask[c].astype(bool)
+        out[m] = (1 - alpha) * base[m] + alpha * color
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
+def _draw_boxes(image: Image.Image, pred: Prediction, names: list[str] | None) -> Image.Image:
+    draw = ImageDraw.Draw(image)
+    for box, score, label in zip(pred.boxes.tolist(), pred.scores.tolist(), pred.labels.tolist()):
+        color = _COLORS[int(label) % len(_COLORS)]
+        draw.rectangle(box, outline=color, width=2)
+        name = names[label] if names and label < len(names) else str(label)
+        draw.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=color)
+    return image
+
+
+def _draw_polygons(image: Image.Image, pred: Prediction) -> Image.Image:
+    draw = ImageDraw.Draw(image)
+    for poly in pred.polygons or []:
+        pts = [tuple(map(float, p)) for p in np.asarray(poly).reshape(-1, 2)]
+        if len(pts) >= 2:
+            draw.line(pts + [pts[0]], fill=_COLORS[0], width=2)
+    return image
+
+
+def write_prediction(pred: Prediction, meta: dict[str, Any], out_dir: Path,
+                     class_names: list[str] | None = None, save_probs: bool = False) -> list[Path]:
+    """Write one image's prediction; returns the files written.
+
+    Segmentation: ``<stem>_mask.png`` (one per class when C > 1, values 0/255) and
+    ``<stem>_overlay.png``; with ``save_probs`` also ``<stem>_probs.npy`` ``(C, H, W)`` float32.
+    Detection / text: ``<stem>.json`` (xyxy pixel boxes or polygons, scores, labels) and
+    ``<stem>_overlay.png``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(str(meta.get("path", meta.get("image_id", "image")))).stem
+    h, w = meta.get("orig_size", (0, 0))
+    written: list[Path] = []
+    image = load_display_image(meta.get("path", ""), (h, w))
+    if pred.mask is not None:
+        mask = pred.mask.detach().cpu().numpy().astype(bool)
+        if mask.shape[0] == 1:
+            paths = [out_dir / f"{stem}_mask.png"]
+        else:
+            paths = [out_dir / f"{stem}_mask_c{c}.png" for c in range(mask.shape[0])]
+        for c, p in enumerate(paths):
+            Image.fromarray((mask[c] * 255).astype(np.uint8)).save(p)
+            written.append(p)
+        overlay = overlay_mask(image, mask)
+        if save_probs and pred.probs is not None:
+            p = out_dir / f"{stem}_probs.npy"
+            np.save(p, pred.probs.detach().cpu().numpy().astype(np.float32))
+            written.append(p)
+    else:
+        record: dict[str, Any] = {"image": meta.get("path"), "orig_size": [h, w]}
+        overlay = image
+        if pred.boxes is not None:
+            record.update(
+                boxes_xyxy=pred.boxes.detach().cpu().tolist(),
+                scores=pred.scores.detach().cpu().tolist(),
+                labels=pred.labels.detach().cpu().tolist(),
+            )
+            overlay = _draw_boxes(image, pred, class_names)
+        if pred.polygons is not None:
+            record["polygons"] = [np.asarray(p).tolist() for p in pred.polygons]
+            record["scores"] = np.asarray(
+                pred.scores.cpu() if hasattr(pred.scores, "cpu") else pred.scores
+            ).tolist()
+            overlay = _draw_polygons(image, pred)
+        p = out_dir / f"{stem}.json"
+        p.write_text(json.dumps(record))
+        written.append(p)
+    p = out_dir / f"{stem}_overlay.png"
+    overlay.save(p)
+    written.append(p)
+    return written

@@ -1,0 +1,117 @@
+"""``DetlabTask``: the LightningModule that trains and validates any detlab ``Model``."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..registry import EVALUATORS, MODELS
+from ..recipe import Recipe
+from ..structures import Batch, Prediction
+from .optim import build_optimizer, build_scheduler
+
+__all__ = ["DetlabTask", "RECIPE_KEY"]
+
+# Key under which checkpoints store the recipe provenance (JSON text: safe for weights_only).
+RECIPE_KEY = "detlab_recipe"
+
+
+class DetlabTask(pl.LightningModule):
+    """Wraps ``Model`` + optimizer/schedule + evaluator for Lightning.
+
+    * every loss term is logged separately (``train/loss_*``) next to their sum (``train/loss``);
+    * validation predictions feed the evaluator, whose metrics are logged as ``val/<name>``
+      each epoch; the primary one is also logged as ``val/primary`` for checkpointing;
+    * the recipe (resolved JSON + recipe file texts) is stored in every checkpoint.
+    """
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.model = MODELS.build(recipe.section("model"), key="model")
+        eval_cfg = recipe.get("evaluator")
+        self.evaluator = EVALUATORS.build(eval_cfg, key="evaluator") if eval_cfg else None
+        self.train_cfg: dict[str, Any] = dict(recipe.get("train") or {})
+        self.last_metrics: dict[str, float] = {}
+
+    # -- steps ------------------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> Any:
+        return self.model(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        terms = self.model.loss(batch)
+        bad = [k for k, v in terms.items() if not k.startswith("loss_")]
+        if bad:
+            raise ConfigError(f"head {type(self.model.head).__name__} returned non-loss keys {bad}")
+        total = sum(terms.values())
+        bs = len(batch)
+        for key, value in terms.items():
+            self.log(f"train/{key}", value.detach(), batch_size=bs, on_step=True, on_epoch=True)
+        self.log("train/loss", total.detach(), batch_size=bs, prog_bar=True, on_step=True,
+                 on_epoch=True)
+        if not torch.isfinite(total):
+            # Fail early with the terms: a NaN loss otherwise shows up epochs later as NaN weights.
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            raise FloatingPointError(f"non-finite loss at step {self.global_step}: {values}")
+        return total
+
+    def on_validation_epoch_start(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.reset()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> list[Prediction]:
+        preds = self.model.predict(batch, stage="val")
+        if self.evaluator is not None:
+            self.evaluator.update(preds, batch)
+        return preds
+
+    def on_validation_epoch_end(self) -> None:
+        if self.evaluator is None:
+            return
+        metrics = self.evaluator.compute()  # already gathered across processes
+        self.last_metrics = metrics
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(float(value)):
+                self.log(f"val/{key}", float(value), sync_dist=False, rank_zero_only=False)
+        primary = self.evaluator.primary
+        if primary in metrics:
+            self.log("val/primary", float(metrics[primary]), prog_bar=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        preds = self.model.predict(batch, stage="test")
+        if self.evaluator is not None:
+            self.evaluator.update(preds, batch)
+
+    def on_test_epoch_start(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.reset()
+
+    def on_test_epoch_end(self) -> None:
+        if self.evaluator is not None:
+            self.last_metrics = self.evaluator.compute()
+
+    # -- optimization -----------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.train_cfg.get("optimizer"), self.model)
+        sched_cfg = self.train_cfg.get("scheduler")
+        if sched_cfg is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        max_epochs = max(1, int(self.trainer.max_epochs or 1))
+        steps_per_epoch = max(1, math.ceil(total / max_epochs))
+        scheduler = build_scheduler(sched_cfg, optimizer, total, steps_per_epoch)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RECIPE_KEY] = json.dumps(self.recipe.provenance())
+        checkpoint["detlab_metrics"] = {
+            k: float(v) for k, v in self.last_metrics.items() if isinstance(v, (int, float))
+        }

@@ -1,0 +1,227 @@
+"""Runs: run directories, the Lightning ``Trainer`` from a recipe, checkpoints in and out.
+
+Layout of one run::
+
+    runs/<recipe name>/version_<N>/
+        recipe.json          resolved recipe (what was trained)
+        recipe_source.py     the recipe file's text (provenance.json has every file + sha256)
+        provenance.json
+        metrics.csv          Lightning CSV log (one row per logged step/epoch)
+        events.out.tfevents… TensorBoard log
+        checkpoints/best.ckpt, checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from ..errors import CheckpointError, ConfigError
+from ..recipe import Recipe, from_source
+from ..registry import closest
+from .callbacks import AtomicModelCheckpoint, MetricsPrinter
+from .task import RECIPE_KEY, DetlabTask
+
+__all__ = [
+    "TRAIN_KEYS", "new_run_dir", "latest_checkpoint", "build_trainer", "fit",
+    "load_checkpoint", "load_task",
+]
+
+TRAIN_KEYS = {
+    "max_epochs": 10, "optimizer": None, "scheduler": None, "precision": "32-true",
+    "accumulate_grad_batches": 1, "gradient_clip_val": None, "gradient_clip_algorithm": "norm",
+    "ema": None, "accelerator": "auto", "devices": "auto", "num_nodes": 1, "strategy": "auto",
+    "seed": 0, "limit_train_batches": None, "limit_val_batches": None,
+    "log_every_n_steps": 10, "check_val_every_n_epoch": 1, "work_dir": "runs",
+    "deterministic": False, "num_sanity_val_steps": 0, "progress_bar": True,
+}
+
+
+def _train_cfg(recipe: Recipe) -> dict[str, Any]:
+    cfg = dict(recipe.get("train") or {})
+    unknown = set(cfg) - set(TRAIN_KEYS)
+    if unknown:
+        parts = []
+        for k in sorted(unknown):
+            hint = closest(k, sorted(TRAIN_KEYS), 1)
+            parts.append(f"{k!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        raise ConfigError(
+            f"unknown key(s) in recipe 'train': {', '.join(parts)}; "
+            f"known keys: {', '.join(sorted(TRAIN_KEYS))}"
+        )
+    return {**TRAIN_KEYS, **cfg}
+
+
+def new_run_dir(work_dir: str | Path, name: str) -> Path:
+    """``<work_dir>/<name>/version_<N>`` with N one more than the highest existing."""
+    root = Path(work_dir) / name
+    versions = [
+        int(m.group(1)) for p in root.glob("version_*")
+        if (m := re.fullmatch(r"version_(\d+)", p.name))
+    ] if root.is_dir() else []
+    return root / f"version_{max(versions, default=-1) + 1}"
+
+
+def latest_checkpoint(work_dir: str | Path, name: str) -> Path:
+    """``last.ckpt`` of the newest run of recipe ``name`` that has one."""
+    root = Path(work_dir) / name
+    candidates = sorted(
+        root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime
+    ) if root.is_dir() else []
+    if not candidates:
+        raise CheckpointError(
+            f"--resume: no run of recipe {name!r} with a checkpoint under {root}/ "
+            "(give the checkpoint path: --resume PATH)"
+        )
+    return candidates[-1]
+
+
+def _write_run_files(run_dir: Path, recipe: Recipe) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.json").write_text(recipe.to_json())
+    if recipe.path is not None and recipe.path.is_file():
+        (run_dir / "recipe_source.py").write_text(recipe.path.read_text(encoding="utf-8"))
+    prov = recipe.provenance()
+    prov["files"] = {k: {"path": v["path"], "sha256": v["sha256"]} for k, v in prov["files"].items()}
+    (run_dir / "provenance.json").write_text(json.dumps(prov, indent=2))
+
+
+def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
+                  monitor: bool = True, **overrides: Any) -> pl.Trainer:
+    """A Lightning ``Trainer`` configured from the recipe's ``train`` section."""
+    cfg = _train_cfg(recipe)
+    callbacks: list[Any] = [
+        AtomicModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best",
+            monitor="val/primary" if monitor else None,
+            mode="max" if higher_is_better else "min",
+            save_top_k=1 if monitor else 0,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        MetricsPrinter(run_dir),
+    ]
+    if cfg["ema"]:
+        ema = dict(cfg["ema"]) if isinstance(cfg["ema"], dict) else {}
+        callbacks.append(EMAWeightAveraging(**ema))
+    if cfg["progress_bar"]:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    loggers = [
+        CSVLogger(save_dir=run_dir.parent.parent, name=run_dir.parent.name, version=run_dir.name),
+        TensorBoardLogger(save_dir=run_dir.parent.parent, name=run_dir.parent.name,
+                          version=run_dir.name, default_hp_metric=False),
+    ]
+    kwargs = dict(
+        max_epochs=cfg["max_epochs"], accelerator=cfg["accelerator"], devices=cfg["devices"],
+        num_nodes=cfg["num_nodes"], strategy=cfg["strategy"], precision=cfg["precision"],
+        accumulate_grad_batches=cfg["accumulate_grad_batches"],
+        gradient_clip_val=cfg["gradient_clip_val"],
+        gradient_clip_algorithm=cfg["gradient_clip_algorithm"],
+        log_every_n_steps=cfg["log_every_n_steps"],
+        check_val_every_n_epoch=cfg["check_val_every_n_epoch"],
+        num_sanity_val_steps=cfg["num_sanity_val_steps"],
+        deterministic=cfg["deterministic"], callbacks=callbacks, logger=loggers,
+        default_root_dir=str(run_dir), enable_progress_bar=bool(cfg["progress_bar"]),
+        enable_model_summary=False,
+    )
+    for key in ("limit_train_batches", "limit_val_batches"):
+        if cfg[key] is not None:
+            kwargs[key] = cfg[key]
+    kwargs.update(overrides)
+    try:
+        return pl.Trainer(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"recipe 'train' section: {err}") from err
+
+
+def fit(recipe: Recipe, resume: str | Path | None = None,
+        work_dir: str | Path | None = None) -> tuple[Path, DetlabTask, pl.Trainer]:
+    """Train ``recipe``; returns the run directory, the task and the trainer.
+
+    ``resume`` is a checkpoint path or ``"latest"`` (newest ``last.ckpt`` of this recipe). A
+    resumed run continues in the run directory of its checkpoint, restoring weights, optimizer,
+    scheduler, EMA and epoch counter.
+    """
+    from ..data.datamodule import DataModule
+
+    cfg = _train_cfg(recipe)
+    root = Path(work_dir or cfg["work_dir"])
+    pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+    ckpt_path = None
+    if resume is not None:
+        ckpt_path = latest_checkpoint(root, recipe.name) if resume == "latest" else Path(resume)
+        load_checkpoint(ckpt_path)  # validates: exists, detlab checkpoint, weights_only-safe
+        run_dir = ckpt_path.parent.parent
+    else:
+        run_dir = new_run_dir(root, recipe.name)
+    _write_run_files(run_dir, recipe)
+    task = DetlabTask(recipe)
+    data = DataModule(recipe.section("data"), size_divisor=task.model.size_divisor)
+    evaluator = task.evaluator
+    trainer = build_trainer(
+        recipe, run_dir,
+        higher_is_better=getattr(evaluator, "higher_is_better", True),
+        monitor=evaluator is not None,
+    )
+    trainer.fit(task, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    return run_dir, task, trainer
+
+
+def load_checkpoint(path: str | Path) -> tuple[Recipe, dict[str, Any]]:
+    """Read a detlab checkpoint safely (``weights_only=True``).
+
+    Returns:
+        The recipe stored in it and the raw checkpoint dict.
+
+    Raises:
+        CheckpointError: missing file, unreadable file, or not a detlab checkpoint.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for garbage files
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from err
+    if not isinstance(ckpt, dict) or RECIPE_KEY not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{path} is not a detlab checkpoint (no {RECIPE_KEY!r} entry); "
+            "checkpoints written by `detlab train` carry their recipe"
+        )
+    try:
+        recipe = from_source(json.loads(ckpt[RECIPE_KEY]))
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {path} has a corrupt recipe entry: {err}") from err
+    return recipe, ckpt
+
+
+def load_task(path: str | Path, overrides: list[str] | None = None) -> DetlabTask:
+    """Rebuild the task (model + evaluator) from a checkpoint alone, weights loaded, in eval
+    mode. ``overrides`` apply to the stored recipe (e.g. a post-processing threshold)."""
+    from ..recipe import apply_overrides
+
+    recipe, ckpt = load_checkpoint(path)
+    if overrides:
+        apply_overrides(recipe, overrides)
+        recipe.overrides = recipe.overrides + list(overrides)
+    task = DetlabTask(recipe)
+    missing, unexpected = task.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not match its recipe's model: "
+            f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}"
+        )
+    task.eval()
+    return task

@@ -1,0 +1,369 @@
+"""Python recipe files: loading, variants, typed dotted overrides, JSON round trip.
+
+A recipe is a Python file whose public top-level dicts (``model``, ``data``, ``train``,
+``evaluator`` …) describe a run. A variant loads its parent explicitly and edits it::
+
+    from detlab.recipe import load_parent
+    _base = load_parent("fracture_unet.py")          # path relative to this file
+    model, data, train, evaluator = (_base[k] for k in ("model", "data", "train", "evaluator"))
+    train["max_epochs"] = 30
+
+Overrides are ``dotted.key=value`` strings; values are Python literals (``3``, ``0.5``,
+``[1, 2]``, ``(2, 3)``, ``None``/``null``, ``true``/``True``) or bare strings. A key that does not
+exist is an error naming the closest existing key; ``+dotted.key=value`` adds a new key.
+
+The resolved recipe (classes written as registered names or ``module.Class`` paths) and the text
+and sha256 of every recipe file involved are what runs and checkpoints store, so a checkpoint
+alone rebuilds its model.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import hashlib
+import importlib.util
+import inspect
+import json
+import re
+import sys
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .registry import REGISTRIES, closest
+
+__all__ = [
+    "Recipe",
+    "load",
+    "load_parent",
+    "apply_overrides",
+    "parse_override",
+    "to_jsonable",
+    "dumps",
+    "from_source",
+    "SECTIONS",
+]
+
+# Sections detlab itself reads; others are kept and passed along untouched.
+SECTIONS = ("model", "data", "train", "evaluator")
+_MODULE_PREFIX = "detlab_recipe_"
+
+
+class Recipe(dict):
+    """A resolved recipe: a plain nested dict plus where it came from.
+
+    Attributes:
+        path: the recipe file (``None`` for recipes rebuilt from a checkpoint's JSON).
+        name: the recipe's stem (``fracture_unet``), used for ``runs/<name>/``.
+        files: ``{module_name: {"path": str, "text": str, "sha256": str}}`` for the recipe and
+            every parent it loaded, so classes defined inside recipe files can be rebuilt.
+        overrides: the override strings applied, in order.
+    """
+
+    def __init__(self, data: Mapping[str, Any], *, path: Path | None = None, name: str = "",
+                 files: dict[str, dict[str, str]] | None = None,
+                 overrides: list[str] | None = None) -> None:
+        super().__init__(data)
+        self.path = path
+        self.name = name or (path.stem if path else "recipe")
+        self.files = files or {}
+        self.overrides = list(overrides or [])
+
+    def section(self, key: str) -> dict[str, Any]:
+        """A top-level section, or an error naming the recipe file and the sections it has."""
+        if key not in self or self[key] is None:
+            where = f" in {self.path}" if self.path else ""
+            raise ConfigError(
+                f"recipe{where} has no {key!r} section (it has: {', '.join(sorted(self)) or '-'})"
+            )
+        return self[key]
+
+    def to_json(self) -> str:
+        """The resolved recipe as JSON (classes as names or dotted paths)."""
+        return dumps(self)
+
+    def provenance(self) -> dict[str, Any]:
+        """What a checkpoint stores to rebuild this recipe without the files."""
+        return {
+            "name": self.name,
+            "path": str(self.path) if self.path else None,
+            "resolved": self.to_json(),
+            "files": self.files,
+            "overrides": self.overrides,
+        }
+
+
+# -- loading ------------------------------------------------------------------------------------
+_loading_stack: list[tuple[Path, dict[str, dict[str, str]]]] = []
+
+
+def _module_name(path: Path) -> str:
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    stem = re.sub(r"\W", "_", path.stem)
+    return f"{_MODULE_PREFIX}{stem}_{digest}"
+
+
+def _exec_file(path: Path, files: dict[str, dict[str, str]]) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    name = _module_name(path)
+    files[name] = {
+        "path": str(path),
+        "text": text,
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    sys.modules[name] = module
+    try:
+        code = compile(text, str(path), "exec")
+    except SyntaxError as err:
+        raise ConfigError(
+            f"syntax error in recipe {path}, line {err.lineno}: {err.msg}"
+            + (f"\n    {err.text.rstrip()}" if err.text else "")
+        ) from err
+    _loading_stack.append((path, files))
+    try:
+        exec(code, module.__dict__)
+    except ConfigError:
+        raise
+    except Exception as err:
+        tb = err.__traceback__
+        line = None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == str(path):
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        where = f", line {line}" if line else ""
+        raise ConfigError(
+            f"error while executing recipe {path}{where}: {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        _loading_stack.pop()
+    return module.__dict__
+
+
+def _sections(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: v for k, v in namespace.items()
+        if not k.startswith("_") and isinstance(v, dict)
+    }
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe file and apply dotted ``overrides``.
+
+    Raises:
+        ConfigError: file missing, syntax error, error while executing it, bad override.
+    """
+    path = Path(path).expanduser()
+    files: dict[str, dict[str, str]] = {}
+    namespace = _exec_file(path.resolve() if path.exists() else path, files)
+    data = copy.deepcopy(_sections(namespace))
+    apply_overrides(data, overrides or [])
+    return Recipe(data, path=path, files=files, overrides=overrides)
+
+
+def load_parent(relative: str | Path) -> dict[str, Any]:
+    """Load a parent recipe from inside a recipe file, relative to that file.
+
+    Returns a deep copy of the parent's sections, to be edited in plain Python.
+    """
+    if not _loading_stack:
+        frame = inspect.stack()[1]
+        base_dir = Path(frame.filename).parent
+        files: dict[str, dict[str, str]] = {}
+    else:
+        current, files = _loading_stack[-1]
+        base_dir = current.parent
+    target = Path(relative)
+    if not target.is_absolute():
+        target = (base_dir / target).resolve()
+    if not target.is_file():
+        raise ConfigError(f"load_parent: parent recipe not found: {target}")
+    return copy.deepcopy(_sections(_exec_file(target, files)))
+
+
+def from_source(provenance: Mapping[str, Any]) -> Recipe:
+    """Rebuild a :class:`Recipe` from :meth:`Recipe.provenance` (e.g. a checkpoint's).
+
+    Recipe files stored in the provenance are re-executed as modules first (without touching
+    the disk), so classes that were defined inside a recipe resolve again.
+    """
+    files = dict(provenance.get("files") or {})
+    for name, info in files.items():
+        if name in sys.modules:
+            continue
+        module = types.ModuleType(name)
+        module.__file__ = info.get("path") or name
+        sys.modules[name] = module
+        try:
+            exec(compile(info["text"], module.__file__, "exec"), module.__dict__)
+        except Exception:
+            # A parent that cannot be found any more is fine: its sections are already
+            # resolved into the JSON; only classes defined inside it would be missing.
+            sys.modules.pop(name, None)
+    data = json.loads(provenance["resolved"])
+    path = provenance.get("path")
+    return Recipe(
+        data, path=Path(path) if path else None, name=provenance.get("name", ""),
+        files=files, overrides=provenance.get("overrides"),
+    )
+
+
+# -- overrides ----------------------------------------------------------------------------------
+_LITERALS = {"none": None, "null": None, "true": True, "false": False}
+
+
+def parse_override(text: str) -> tuple[str, Any, bool]:
+    """Split ``"a.b=1"`` into ``("a.b", 1, False)``; a leading ``+`` marks a new key."""
+    if "=" not in text:
+        raise ConfigError(
+            f"override {text!r} is not of the form key=value (e.g. train.max_epochs=3)"
+        )
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    add = key.startswith("+")
+    key = key.lstrip("+")
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    return key, parse_value(raw.strip()), add
+
+
+def parse_value(raw: str) -> Any:
+    """A Python literal if ``raw`` is one (``None``/``null``/``true`` too), else the string."""
+    if raw.lower() in _LITERALS:
+        return _LITERALS[raw.lower()]
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def _all_keys(obj: Any, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    items = obj.items() if isinstance(obj, dict) else (
+        enumerate(obj) if isinstance(obj, (list, tuple)) else []
+    )
+    for k, v in items:
+        path = f"{prefix}.{k}" if prefix else str(k)
+        keys.append(path)
+        keys.extend(_all_keys(v, path))
+    return keys
+
+
+def _check_type(key: str, old: Any, new: Any) -> Any:
+    if old is None or new is None:
+        return new
+    if isinstance(old, bool):
+        if not isinstance(new, bool):
+            raise ConfigError(f"override {key}={new!r}: expected a boolean (true/false)")
+        return new
+    if isinstance(old, (int, float)) and not isinstance(old, bool):
+        if isinstance(new, bool) or not isinstance(new, (int, float)):
+            kind = "an integer" if isinstance(old, int) else "a number"
+            raise ConfigError(f"override {key}={new!r}: expected {kind} (current value {old!r})")
+        if isinstance(old, int) and isinstance(new, float) and not new.is_integer():
+            raise ConfigError(f"override {key}={new!r}: expected an integer (current value {old!r})")
+        return type(old)(new) if isinstance(old, float) else new
+    if isinstance(old, (list, tuple)) and not isinstance(new, (list, tuple)):
+        raise ConfigError(f"override {key}={new!r}: expected a list (current value {old!r})")
+    if isinstance(old, dict) and not isinstance(new, dict):
+        if isinstance(new, str):  # replacing a component by name: type only
+            return {"type": new}
+        raise ConfigError(f"override {key}={new!r}: expected a dict (current value {old!r})")
+    return new
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides in place (see module docstring); returns ``data``."""
+    for text in overrides:
+        key, value, add = parse_override(text)
+        parts = key.split(".")
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            prefix = ".".join(parts[: depth + 1])
+            if isinstance(node, (list, tuple)):
+                if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                    raise ConfigError(
+                        f"override {text!r}: {prefix!r} is not a valid index (list of length "
+                        f"{len(node)})"
+                    )
+                if isinstance(node, tuple):  # make the tuple editable in its parent
+                    raise ConfigError(f"override {text!r}: cannot edit inside tuple at {prefix!r}")
+                idx = int(part)
+                if last:
+                    node[idx] = _check_type(key, node[idx], value)
+                else:
+                    node = node[idx]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"override {text!r}: {'.'.join(parts[:depth])!r} is {node!r}, not a dict"
+                )
+            if part not in node:
+                if add and last:
+                    node[part] = value
+                    break
+                if add:
+                    node[part] = {}
+                    node = node[part]
+                    continue
+                hint = closest(key, _all_keys(data), n=1)
+                raise ConfigError(
+                    f"override {text!r}: no key {prefix!r} in the recipe"
+                    + (f"; did you mean {hint[0]!r}?" if hint else "")
+                    + f" (use +{key}=... to add a new key)"
+                )
+            if last:
+                node[part] = _check_type(key, node[part], value)
+            else:
+                node = node[part]
+    return data
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+def _class_ref(obj: Any) -> str:
+    for registry in REGISTRIES.values():
+        for name, cls in registry._items.items():
+            if cls is obj:
+                return name
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not module or not qualname or "<locals>" in qualname:
+        raise ConfigError(f"cannot store {obj!r} in a recipe: define it at module level")
+    return f"{module}.{qualname}"
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Nested dicts/lists with classes and functions replaced by their names."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if inspect.isclass(obj) or inspect.isfunction(obj):
+        return _class_ref(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise ConfigError(
+        f"recipe value {obj!r} of type {type(obj).__name__} cannot be stored; use plain "
+        "numbers, strings, lists, dicts and classes"
+    )
+
+
+def dumps(data: Mapping[str, Any], indent: int | None = 2) -> str:
+    """The recipe as JSON text (see :func:`to_jsonable`)."""
+    return json.dumps(to_jsonable(data), indent=indent)
+
+
+def find_module_path(module_name: str) -> str | None:
+    """Where a module would be imported from (used by ``detlab show`` for user classes)."""
+    spec = importlib.util.find_spec(module_name)
+    return spec.origin if spec else None
