@@ -98,11 +98,10 @@ class CocoEvaluator(Evaluator):
         self.max_dets = max_dets
         self.backend = backend
         self.primary = primary
-        known = self._metric_names(len(self.class_names or []))
-        if primary not in known and not primary.startswith("AP/"):
+        # "AP/<name>" with default names ("class_<i>") can only be checked in compute().
+        known = self._metric_names()
+        if primary not in known and not (primary.startswith("AP/") and class_names is None):
             raise ConfigError(f"primary={primary!r} is not a metric; choose one of {known}")
-        if primary.startswith("AP/") and self.class_names and primary not in known:
-            raise ConfigError(f"primary={primary!r} names no class; choose one of {known}")
         self._records: list[dict[str, Any]] = []
         self._last: dict[str, Any] | None = None
 
@@ -157,9 +156,10 @@ class CocoEvaluator(Evaluator):
             summary_line(True, stats["AP50"], "all", last, iou=0.5),
             summary_line(True, stats["AP75"], "all", last, iou=0.75),
         ]
-        lines += [summary_line(True, stats[f"AP_{a}"], a, last) for a in ("small", "medium", "large")]
+        sizes = ("small", "medium", "large")
+        lines += [summary_line(True, stats[f"AP_{a}"], a, last) for a in sizes]
         lines += [summary_line(False, stats[f"AR{m}"], "all", m) for m in dets]
-        lines += [summary_line(False, stats[f"AR_{a}"], a, last) for a in ("small", "medium", "large")]
+        lines += [summary_line(False, stats[f"AR_{a}"], a, last) for a in sizes]
         if relative:
             lines += [
                 summary_line(True, v, f"rel_{k}", last) for k, v in self._last["rel"].items()
@@ -170,15 +170,17 @@ class CocoEvaluator(Evaluator):
     def _max_dets_list(self) -> list[int]:
         return sorted({m for m in (1, 10, self.max_dets) if m <= self.max_dets})
 
-    def _metric_names(self, num_classes: int) -> list[str]:
+    def _metric_names(self) -> list[str]:
         names = list(_COCO_KEYS) + [f"AR{m}" for m in self._max_dets_list()]
         names += ["AR_small", "AR_medium", "AR_large"]
         names += [f"AP_rel_{k}" for k in self.relative_areas]
-        names += [f"AP/{n}" for n in (self.class_names or [])[:num_classes]]
+        names += [f"AP/{n}" for n in self.class_names or []]
         return names
 
     def _num_classes(self, records: list[dict[str, Any]]) -> int:
-        seen = [int(r[k].max()) + 1 for r in records for k in ("gt_labels", "dt_labels") if r[k].size]
+        seen = [
+            int(r[k].max()) + 1 for r in records for k in ("gt_labels", "dt_labels") if r[k].size
+        ]
         if self.class_names is None:
             return max(seen, default=0)
         if seen and max(seen) > len(self.class_names):
