@@ -1,0 +1,175 @@
+"""In-memory COCO bbox evaluation: detlab records → COCO dicts → COCOeval → summary numbers.
+
+Kept apart from :mod:`detlab.evaluation.coco` so the evaluator only deals with batches and DDP,
+and this module only with the COCO API (pycocotools or faster-coco-eval, same numbers).
+
+A *record* is one image, on the CPU::
+
+    {"image_id": Any, "height": int, "width": int,                      # original image
+     "gt_boxes": float64 (G, 4) xyxy px, "gt_labels": int64 (G,), "gt_ignore": bool (G,),
+     "dt_boxes": float64 (D, 4) xyxy px, "dt_scores": float64 (D,), "dt_labels": int64 (D,)}
+
+Labels are detlab's 0-based contiguous class indices; COCO category ids are ``label + 1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = [
+    "Backend",
+    "COCO_AREA_RANGES",
+    "build_coco_dicts",
+    "evaluate_bbox",
+    "mean_valid",
+    "summary_line",
+]
+
+Backend = Literal["pycocotools", "faster_coco_eval"]
+AreaMode = Literal["absolute", "relative"]
+
+# COCO's own size buckets in px² (pycocotools Params.setDetParams); "all" first, as COCO does.
+COCO_AREA_RANGES: dict[str, tuple[float, float]] = {
+    "all": (0.0, 1e5**2),
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e5**2),
+}
+
+
+def load_backend(backend: str) -> tuple[Any, Any]:
+    """Return ``(COCO, COCOeval)`` classes of ``backend``; ConfigError if it is unknown/missing."""
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval
+    if backend == "faster_coco_eval":
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+        except ImportError as err:
+            raise ConfigError(
+                "backend='faster_coco_eval' needs the faster-coco-eval package, which is not "
+                "installed: `pip install faster-coco-eval` (or `pip install detlab[fast]`), "
+                "or use backend='pycocotools'"
+            ) from err
+        return COCO, COCOeval_faster
+    raise ConfigError(
+        f"backend must be 'pycocotools' or 'faster_coco_eval', got {backend!r}"
+    )
+
+
+def build_coco_dicts(
+    records: Sequence[dict[str, Any]], num_classes: int, area: AreaMode = "absolute"
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Build a COCO ground-truth dataset dict and a detection annotation list from ``records``.
+
+    Image ids are ``1..len(records)`` in record order and annotation ids start at 1 (an id of
+    0 means "unmatched" inside COCOeval), whatever ids the dataset uses. ``bbox`` is xywh px.
+
+    ``area`` selects what goes into every annotation's ``"area"`` field, the only thing COCOeval
+    compares with ``params.areaRng``: ``"absolute"`` → box area in px² (we have no masks, so the
+    box area stands in for COCO's segment area); ``"relative"`` → box area / image area.
+    """
+    images, gts, dts = [], [], []
+    for img_id, rec in enumerate(records, start=1):
+        h, w = int(rec["height"]), int(rec["width"])
+        images.append({"id": img_id, "height": h, "width": w})
+        norm = float(h * w) if area == "relative" else 1.0
+        for box, label, ignore in zip(rec["gt_boxes"], rec["gt_labels"], rec["gt_ignore"]):
+            x, y, bw, bh = _xywh(box)
+            gts.append({
+                "id": len(gts) + 1, "image_id": img_id, "category_id": int(label) + 1,
+                "bbox": [x, y, bw, bh], "area": bw * bh / norm,
+                # COCO's ignore region: never a FP nor a miss, may absorb several detections
+                "iscrowd": int(bool(ignore)),
+            })
+        for box, score, label in zip(rec["dt_boxes"], rec["dt_scores"], rec["dt_labels"]):
+            x, y, bw, bh = _xywh(box)
+            dts.append({
+                "id": len(dts) + 1, "image_id": img_id, "category_id": int(label) + 1,
+                "bbox": [x, y, bw, bh], "area": bw * bh / norm, "score": float(score),
+                "iscrowd": 0,
+            })
+    categories = [{"id": k + 1, "name": str(k)} for k in range(num_classes)]
+    return {"images": images, "annotations": gts, "categories": categories}, dts
+
+
+def _xywh(box: np.ndarray) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return x1, y1, x2 - x1, y2 - y1
+
+
+def evaluate_bbox(
+    gt: dict[str, Any],
+    dts: list[dict[str, Any]],
+    area_ranges: dict[str, tuple[float, float]],
+    max_dets: Sequence[int],
+    backend: Backend = "pycocotools",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run COCOeval (bbox) with the given area ranges and max-detection limits, silently.
+
+    Returns:
+        ``precision`` ``(T, R, K, A, M)`` and ``recall`` ``(T, K, A, M)`` as in COCOeval.eval,
+        ``-1`` where a setting has no (non-ignored) ground truth. T = 10 IoU thresholds
+        0.50:0.95, R = 101 recall points, K = categories, A = ``area_ranges``, M = ``max_dets``.
+    """
+    coco_cls, eval_cls = load_backend(backend)
+    with contextlib.redirect_stdout(io.StringIO()):
+        if backend == "faster_coco_eval":
+            coco_gt = coco_cls(gt, print_function=_quiet)
+            coco_dt = coco_cls({**_meta(gt), "annotations": dts}, print_function=_quiet)
+            ev = eval_cls(coco_gt, coco_dt, "bbox", print_function=_quiet)
+        else:
+            coco_gt = _pycoco(coco_cls, gt)
+            coco_dt = _pycoco(coco_cls, {**_meta(gt), "annotations": dts})
+            ev = eval_cls(coco_gt, coco_dt, "bbox")
+        ev.params.areaRng = [list(r) for r in area_ranges.values()]
+        ev.params.areaRngLbl = list(area_ranges)
+        ev.params.maxDets = list(max_dets)
+        ev.evaluate()
+        ev.accumulate()
+    return np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"])
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _meta(gt: dict[str, Any]) -> dict[str, Any]:
+    return {"images": gt["images"], "categories": gt["categories"]}
+
+
+def _pycoco(coco_cls: Any, dataset: dict[str, Any]) -> Any:
+    # Built directly rather than via loadRes, which crashes on an empty result list and would
+    # overwrite the "area" we set for relative buckets.
+    coco = coco_cls()
+    coco.dataset = dataset
+    coco.createIndex()
+    return coco
+
+
+def mean_valid(values: np.ndarray) -> float:
+    """Mean over entries ``> -1`` (COCO's "defined" settings); ``-1.0`` when there are none."""
+    valid = values[values > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
+def summary_line(
+    ap: bool, value: float, area: str, max_dets: int, iou: float | None = None
+) -> str:
+    """One line of COCOeval.summarize(), formatted exactly as pycocotools prints it."""
+    title = "Average Precision" if ap else "Average Recall"
+    kind = "(AP)" if ap else "(AR)"
+    iou_str = "0.50:0.95" if iou is None else f"{iou:0.2f}"
+    return (
+        f" {title:<18} {kind} @[ IoU={iou_str:<9} | area={area:>6s} | "
+        f"maxDets={max_dets:>3d} ] = {value:0.3f}"
+    )
