@@ -1,0 +1,111 @@
+"""One test over every registered head: shapes, finite ``loss_*`` terms, gradients reaching
+every parameter, predictions inside the original image.
+
+A new head must add an entry to ``CASES`` (tiny model config, batch builder, output check);
+the test fails for a registered head that has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detlab.models import Model
+from detlab.registry import HEADS, discover
+from detlab.structures import Batch, Prediction
+
+
+class _BCE(nn.Module):
+    def forward(self, logits, target):
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+
+@dataclass
+class Case:
+    model: dict[str, Any]  # Model(**model)
+    batch: Callable[[], Batch]
+    check_outputs: Callable[[Any, Batch], None]  # raw head outputs vs. batch
+
+
+def _seg_batch() -> Batch:
+    """Two 1-channel images of 48x80 (not a multiple of 32), orig sizes at scale 2 and 1."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 1, 48, 80)
+    masks = [(torch.rand(2, 48, 80) > 0.7).float() for _ in range(2)]
+    meta = [
+        dict(image_id=0, path="a", orig_size=(24, 40), input_size=(48, 80), scale=(2.0, 2.0)),
+        dict(image_id=1, path="b", orig_size=(48, 80), input_size=(48, 80), scale=(1.0, 1.0)),
+    ]
+    return Batch(images=images, targets=[{"mask": m} for m in masks], meta=meta)
+
+
+def _check_attention_unet(outputs: Any, batch: Batch) -> None:
+    assert outputs["logits"].shape == (2, 2, 64, 96)  # padded to a multiple of 32 by Model
+    shapes = [tuple(a.shape) for a in outputs["attention"]]
+    assert shapes == [(2, 1, 64 // s, 96 // s) for s in (16, 8, 4, 2)]
+
+
+CASES: dict[str, Case] = {
+    "AttentionUNetHead": Case(
+        model=dict(
+            backbone=dict(type="TimmBackbone", name="resnet10t", in_chans=1),
+            head=dict(type="AttentionUNetHead", num_classes=2, loss=_BCE()),
+        ),
+        batch=_seg_batch,
+        check_outputs=_check_attention_unet,
+    ),
+}
+
+
+def _check_inside_image(pred: Prediction, orig_size: tuple[int, int]) -> None:
+    h, w = orig_size
+    if pred.probs is not None:
+        assert pred.probs.shape[-2:] == (h, w) and pred.mask.shape == pred.probs.shape
+        assert pred.mask.dtype == torch.bool and 0 <= pred.probs.min() and pred.probs.max() <= 1
+    if pred.boxes is not None and len(pred.boxes):
+        b = pred.boxes
+        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all()
+        assert (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+        assert len(pred.scores) == len(b) == len(pred.labels)
+    for poly in pred.polygons or []:
+        assert (poly[:, 0] >= 0).all() and (poly[:, 0] <= w).all()
+        assert (poly[:, 1] >= 0).all() and (poly[:, 1] <= h).all()
+
+
+discover()
+
+
+@pytest.mark.parametrize("name", HEADS.names())
+def test_every_head(name: str) -> None:
+    if name not in CASES:
+        pytest.fail(f"head {name!r} is registered but has no entry in CASES of {__file__}")
+    case = CASES[name]
+    torch.manual_seed(0)
+    model = Model(**case.model)
+    batch = case.batch()
+
+    case.check_outputs(model(batch.images), batch)
+
+    losses = model.loss(batch)
+    assert losses and all(k.startswith("loss_") for k in losses), sorted(losses)
+    for key, value in losses.items():
+        assert value.ndim == 0 and torch.isfinite(value), (key, value)
+    sum(losses.values()).backward()
+    no_grad = [
+        n for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
+    assert not no_grad, f"parameters without a finite gradient: {no_grad[:10]}"
+
+    model.eval()
+    with torch.no_grad():
+        preds = model.predict(batch)
+    assert len(preds) == len(batch)
+    for pred, meta in zip(preds, batch.meta):
+        _check_inside_image(pred, tuple(meta["orig_size"]))
