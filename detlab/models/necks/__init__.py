@@ -1,0 +1,6 @@
+"""Necks: multi-scale feature fusion between backbone and head (``FPN``, ``PAN``)."""
+
+from .fpn import FPN
+from .pan import PAN
+
+__all__ = ["FPN", "PAN"]
