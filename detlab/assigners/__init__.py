@@ -1,0 +1,1 @@
+"""Label assigners: match predictions (anchors, points) to ground-truth boxes for the losses."""

@@ -1,0 +1,1 @@
+"""Data: datasets, albumentations transforms, samplers, collate and the Lightning data module."""

@@ -84,6 +84,7 @@ class DataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled loader over ``data.train``, or ordered by ``data.sampler`` when set."""
         dataset = self.dataset("train")
         sampler = None
         if self.cfg.get("sampler") is not None:
@@ -91,9 +92,11 @@ class DataModule(pl.LightningDataModule):
         return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
+        """Loader over ``data.val`` in dataset order (batch size ``val_batch_size``)."""
         return self._loader(self.dataset("val"), self.val_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
+        """Loader over ``data.test`` (``data.val`` when there is none), in dataset order."""
         return self._loader(self.dataset("test"), self.val_batch_size, shuffle=False)
 
     def predict_loader(self, paths: list[str]) -> DataLoader:

@@ -56,6 +56,7 @@ class MetricsPrinter(Callback):
         self.run_dir = Path(run_dir) if run_dir else None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Print ``pl_module.last_metrics`` (primary first) and the evaluator's report."""
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         evaluator = getattr(pl_module, "evaluator", None)

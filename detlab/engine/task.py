@@ -42,9 +42,12 @@ class DetlabTask(pl.LightningModule):
 
     # -- steps ------------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Any:
+        """Raw head outputs of the model for ``images`` ``(B, C, H, W)``."""
         return self.model(images)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Sum of the head's ``loss_*`` terms; logs each term and the sum. Raises
+        ``FloatingPointError`` naming the terms when the sum is not finite."""
         terms = self.model.loss(batch)
         bad = [k for k, v in terms.items() if not k.startswith("loss_")]
         if bad:
@@ -62,16 +65,20 @@ class DetlabTask(pl.LightningModule):
         return total
 
     def on_validation_epoch_start(self) -> None:
+        """Reset the evaluator."""
         if self.evaluator is not None:
             self.evaluator.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> list[Prediction]:
+        """Predict (``stage="val"``) and feed the evaluator; returns the predictions."""
         preds = self.model.predict(batch, stage="val")
         if self.evaluator is not None:
             self.evaluator.update(preds, batch)
         return preds
 
     def on_validation_epoch_end(self) -> None:
+        """Compute the evaluator's metrics, log them as ``val/<name>`` and the primary one as
+        ``val/primary`` (what checkpoints monitor)."""
         if self.evaluator is None:
             return
         metrics = self.evaluator.compute()  # already gathered across processes
@@ -84,20 +91,25 @@ class DetlabTask(pl.LightningModule):
             self.log("val/primary", float(metrics[primary]), prog_bar=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """Predict (``stage="test"``) and feed the evaluator."""
         preds = self.model.predict(batch, stage="test")
         if self.evaluator is not None:
             self.evaluator.update(preds, batch)
 
     def on_test_epoch_start(self) -> None:
+        """Reset the evaluator."""
         if self.evaluator is not None:
             self.evaluator.reset()
 
     def on_test_epoch_end(self) -> None:
+        """Store the evaluator's metrics in ``last_metrics``."""
         if self.evaluator is not None:
             self.last_metrics = self.evaluator.compute()
 
     # -- optimization -----------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
+        """Optimizer from ``train.optimizer`` and, if ``train.scheduler`` is set, its LR schedule
+        stepped every optimizer step."""
         optimizer = build_optimizer(self.train_cfg.get("optimizer"), self.model)
         sched_cfg = self.train_cfg.get("scheduler")
         if sched_cfg is None:
@@ -111,6 +123,7 @@ class DetlabTask(pl.LightningModule):
 
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the recipe provenance (JSON text) and the last metrics in the checkpoint."""
         checkpoint[RECIPE_KEY] = json.dumps(self.recipe.provenance())
         checkpoint["detlab_metrics"] = {
             k: float(v) for k, v in self.last_metrics.items() if isinstance(v, (int, float))

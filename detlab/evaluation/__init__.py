@@ -1,0 +1,1 @@
+"""Evaluators: accumulate predictions over a split and compute metrics (DDP-safe)."""

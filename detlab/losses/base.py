@@ -94,4 +94,5 @@ class Loss(nn.Module):
         self.name = name
 
     def extra_repr(self) -> str:
+        """The loss's settings as shown by ``repr(loss)``."""
         return f"name={self.name!r}, weight={self.weight:g}"

@@ -1,0 +1,1 @@
+"""Pure tensor functions shared by heads, losses and post-processors (boxes, NMS, polygons)."""

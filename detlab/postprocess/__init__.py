@@ -1,0 +1,1 @@
+"""Post-processors: turn raw head outputs into :class:`~detlab.structures.Prediction` objects."""

@@ -39,6 +39,7 @@ class AttentionGate(nn.Module):
         self.psi = nn.Conv2d(inter_channels, 1, 1)
 
     def forward(self, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """Gated skip ``x * alpha`` and the gate ``alpha`` ``(B, 1, H, W)`` in [0, 1]."""
         theta = self.theta_x(x)
         if theta.shape[-2:] != g.shape[-2:]:
             theta = F.interpolate(theta, size=g.shape[-2:], mode="bilinear", align_corners=False)

@@ -73,6 +73,7 @@ class Bottleneck(nn.Module):
         self.residual = shortcut and in_channels == out_channels
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, H, W) -> (B, out_channels, H, W)``."""
         y = self.conv2(self.conv1(x))
         return x + y if self.residual else y
 
@@ -103,6 +104,7 @@ class C2f(nn.Module):
         self.fuse = conv_norm_act((2 + num_blocks) * hidden, out_channels, 1, norm=norm)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, H, W) -> (B, out_channels, H, W)``."""
         chunks = list(self.split(x).split(self.hidden, dim=1))
         for block in self.blocks:
             chunks.append(block(chunks[-1]))
