@@ -1,0 +1,164 @@
+"""List the public detlab symbols that have no docstring; exit status 1 if there are any.
+
+Public means:
+
+* every module of the package whose dotted name has no part starting with ``_``;
+* in it, the names listed in ``__all__`` (without ``__all__``: every name not starting with
+  ``_``) that are classes or functions; a name re-exported through ``__all__`` is checked where
+  it is defined, even in a private module;
+* the methods and properties a public class defines itself whose names do not start with
+  ``_``. An override without a docstring passes when it overrides a documented method of a
+  detlab base class (the contract is written there, e.g. ``OverlapLoss.per_class``); overrides
+  of torch or Lightning hooks need their own docstring, saying what detlab does in them.
+
+Run ``python tools/check_docstrings.py [package]``; ``make docs`` runs it through the MkDocs
+hook in ``docs/hooks.py``, and ``tests/docs/test_check_docstrings.py`` runs it in the suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import pkgutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+__all__ = ["public_modules", "missing_docstrings", "main"]
+
+
+def _is_private(dotted: str) -> bool:
+    return any(part.startswith("_") for part in dotted.split(".")[1:])
+
+
+def public_modules(package: str = "detlab") -> list[str]:
+    """Dotted names of the package and every public module and subpackage in it, sorted."""
+    root = importlib.import_module(package)
+    names = [package]
+    for info in pkgutil.walk_packages(root.__path__, prefix=package + "."):
+        if not _is_private(info.name):
+            names.append(info.name)
+    return sorted(names)
+
+
+def _has_doc(obj: Any) -> bool:
+    doc = getattr(obj, "__doc__", None)
+    if inspect.isclass(obj):
+        doc = vars(obj).get("__doc__")
+        # dataclasses invent "Name(field: type, ...)" when the class has no docstring
+        if dataclasses.is_dataclass(obj) and doc and doc.startswith(f"{obj.__name__}("):
+            return False
+    return bool(doc and doc.strip())
+
+
+def _where(obj: Any) -> str:
+    target = obj.fget if isinstance(obj, property) else obj
+    target = getattr(target, "__func__", target)
+    try:
+        path = Path(inspect.getsourcefile(target) or "?")
+        line = inspect.getsourcelines(target)[1]
+    except (OSError, TypeError):
+        return "?"
+    try:
+        path = path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    return f"{path}:{line}"
+
+
+def _public_objects(module: ModuleType) -> Iterator[Any]:
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [n for n in vars(module) if not n.startswith("_")]
+    for name in names:
+        obj = getattr(module, name, None)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            # without __all__ only what the module defines itself (not its imports)
+            if hasattr(module, "__all__") or obj.__module__ == module.__name__:
+                yield obj
+
+
+def _documented_in_base(cls: type, name: str, package: str) -> bool:
+    return any(
+        name in vars(base)
+        and base.__module__.split(".")[0] == package
+        and _has_doc(_unwrap(vars(base)[name]))
+        for base in cls.__mro__[1:]
+    )
+
+
+def _unwrap(member: Any) -> Any:
+    if isinstance(member, (staticmethod, classmethod)):
+        return member.__func__
+    return member
+
+
+def _methods(cls: type) -> Iterator[tuple[str, Any]]:
+    for name, member in vars(cls).items():
+        if name.startswith("_"):
+            continue
+        member = _unwrap(member)
+        if inspect.isfunction(member) or isinstance(member, property):
+            yield name, member
+
+
+def missing_docstrings(package: str = "detlab") -> list[str]:
+    """``"path:line  dotted.name"`` for every public symbol of ``package`` without a docstring
+    (modules, classes, functions, methods, properties), plus modules that fail to import."""
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for module_name in public_modules(package):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            problems.append(f"{module_name}  (cannot import: {err})")
+            continue
+        if not _has_doc(module):
+            problems.append(f"{_module_file(module)}:1  {module_name} (module)")
+        for obj in _public_objects(module):
+            if obj.__module__.split(".")[0] != package:
+                continue
+            key = (obj.__module__, obj.__qualname__)
+            if key in seen:
+                continue
+            seen.add(key)
+            if not _has_doc(obj):
+                problems.append(f"{_where(obj)}  {obj.__module__}.{obj.__qualname__}")
+            if not inspect.isclass(obj):
+                continue
+            for name, member in _methods(obj):
+                if _has_doc(member) or _documented_in_base(obj, name, package):
+                    continue
+                problems.append(f"{_where(member)}  {obj.__module__}.{obj.__qualname__}.{name}")
+    return sorted(problems)
+
+
+def _module_file(module: ModuleType) -> str:
+    path = Path(module.__file__ or "?")
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the missing docstrings of the package named in ``argv`` (default ``detlab``);
+    return 1 if there are any, else 0."""
+    args = sys.argv[1:] if argv is None else argv
+    package = args[0] if args else "detlab"
+    problems = missing_docstrings(package)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} public symbol(s) of {package} without a docstring")
+        return 1
+    print(f"every public symbol of {package} has a docstring")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
