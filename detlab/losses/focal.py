@@ -27,7 +27,8 @@ class FocalLoss(Loss):
         alpha: weight of positives in [0, 1], or None.
         gamma: focusing exponent (>= 0); 0 gives (alpha-balanced) cross-entropy.
         activation: ``"sigmoid"`` or ``"softmax"``.
-        weight, name: see :class:`~detlab.losses.base.Loss`.
+        weight: factor on the result (see :class:`~detlab.losses.base.Loss`).
+        name: key suffix, reported as ``loss_<name>`` (see :class:`~detlab.losses.base.Loss`).
     """
 
     def __init__(

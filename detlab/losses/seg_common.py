@@ -117,7 +117,8 @@ class OverlapLoss(Loss):
         smooth: added to numerator and denominator (as MONAI's ``smooth_nr``/``smooth_dr``);
             keeps an empty class at a finite value.
         include_background: False drops channel 0 after the activation.
-        weight, name: see :class:`~detlab.losses.base.Loss`.
+        weight: factor on the result (see :class:`~detlab.losses.base.Loss`).
+        name: key suffix, reported as ``loss_<name>`` (see :class:`~detlab.losses.base.Loss`).
     """
 
     def __init__(

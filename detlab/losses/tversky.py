@@ -25,11 +25,13 @@ class TverskyLoss(OverlapLoss):
     ``batch=False``). Matches ``monai.losses.TverskyLoss(sigmoid=True)`` with the same
     ``alpha``/``beta``/``batch`` and ``smooth_nr = smooth_dr = smooth``.
 
+    ``activation``, ``batch``, ``smooth``, ``include_background``, ``weight`` and ``name`` are
+    those of :class:`OverlapLoss`.
+
     Args:
         alpha: weight of false positives (>= 0).
         beta: weight of false negatives (>= 0); beta > alpha favours recall, as wanted for small
             lesions.
-        activation, batch, smooth, include_background, weight, name: see :class:`OverlapLoss`.
     """
 
     def __init__(
@@ -66,10 +68,10 @@ class FocalTverskyLoss(TverskyLoss):
     prediction); the power is made linear on ``1 - TI < 1e-6`` (:func:`power_finite_grad`) so
     the loss is still 0 there but its gradient is finite instead of NaN.
 
+    The other arguments are those of :class:`TverskyLoss`.
+
     Args:
         gamma: exponent (> 0); 1 gives :class:`TverskyLoss`.
-        alpha, beta, activation, batch, smooth, include_background, weight, name: see
-            :class:`TverskyLoss`.
     """
 
     def __init__(

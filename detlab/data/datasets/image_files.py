@@ -52,7 +52,8 @@ class ImageFiles(Dataset):
     Args:
         paths: image files, or folders (every image file inside, sorted).
         channels: 1 (grayscale) or 3 (RGB).
-        mean, std: per-channel normalization of the [0, 1] values.
+        mean: per-channel value subtracted from the [0, 1] pixels.
+        std: per-channel divisor applied after subtracting ``mean``.
     """
 
     def __init__(self, paths: Sequence[str | Path], channels: int = 3,
