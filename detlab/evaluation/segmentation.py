@@ -117,11 +117,13 @@ class SegmentationEvaluator(Evaluator):
         )
         self._edges_f32 = torch.from_numpy(self.bin_edges.astype(np.float32))
         self._records: list[dict[str, Any]] = []
+        self._gathered: dict[str, Any] | None = None
 
     # -- accumulation -------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget every image seen so far."""
         self._records = []
+        self._gathered = None
 
     def update(self, predictions: list[Prediction], batch: Batch) -> None:
         """Add one record per image (``probs`` in original size; ground truth from ``batch``)."""
@@ -131,6 +133,7 @@ class SegmentationEvaluator(Evaluator):
             )
         for pred, target, meta in zip(predictions, batch.targets, batch.meta):
             self._records.append(self._record(pred, target, meta))
+        self._gathered = None
 
     @torch.no_grad()
     def _record(self, pred: Prediction, target: dict[str, Any], meta: dict[str, Any]) -> dict:
@@ -174,7 +177,13 @@ class SegmentationEvaluator(Evaluator):
 
     # -- results ------------------------------------------------------------------------------
     def _totals(self) -> dict[str, Any] | None:
-        """Records of all ranks, deduplicated by image_id, summed; ``None`` when empty."""
+        """Records of all ranks, deduplicated by image_id, summed; ``None`` when empty.
+
+        The result is kept until the next ``update``/``reset``, so after ``compute`` (collective,
+        every rank) the histogram can be printed on rank 0 alone without a second gather.
+        """
+        if self._gathered is not None:
+            return self._gathered
         records = self.dedup(gather_objects(self._records))
         if not records:
             return None
@@ -183,6 +192,7 @@ class SegmentationEvaluator(Evaluator):
             raise DataError(f"images disagree on the number of classes: {sorted(shapes)}")
         total = {k: sum(r[k] for r in records) for k in ("pos_hist", "neg_hist", "tp", "fp", "fn")}
         total["max_prob"] = max(r["max_prob"] for r in records)
+        self._gathered = total
         return total
 
     def compute(self) -> dict[str, float]:
@@ -218,7 +228,8 @@ class SegmentationEvaluator(Evaluator):
 
     def histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """``(bin_edges (K+1,), counts (K,) int64)`` of predicted probabilities over all pixels
-        and classes since :meth:`reset` (collective under DDP: call it on every rank)."""
+        and classes since :meth:`reset` (collective under DDP unless :meth:`compute` ran since the
+        last update: then every rank already holds the gathered totals)."""
         totals = self._totals()
         if totals is None:
             return self.bin_edges.copy(), np.zeros(len(self.bin_edges) - 1, dtype=np.int64)
