@@ -28,7 +28,8 @@ def order_box_points(points: np.ndarray) -> np.ndarray:
     boxes rotated by less than 45 degrees). Plain Python: 4 points are cheaper than numpy calls.
     """
     pts = [(float(x), float(y)) for x, y in points]
-    twice_area = sum(pts[i][0] * pts[i - 3][1] - pts[i - 3][0] * pts[i][1] for i in range(4))
+    nxt = [pts[(i + 1) % 4] for i in range(4)]
+    twice_area = sum(p[0] * q[1] - q[0] * p[1] for p, q in zip(pts, nxt))
     if twice_area < 0:  # counter-clockwise on screen
         pts.reverse()
     start = min(range(4), key=lambda i: pts[i][0] + pts[i][1])
