@@ -45,7 +45,7 @@ def _segment_distance(polygon: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np
     ``(K, h, w)`` buffers (this is the hot loop of target generation).
     """
     a = polygon
-    ab = np.roll(polygon, -1, axis=0) - a  # (K, 2) edge vectors
+    ab = np.concatenate((a[1:], a[:1])) - a  # (K, 2) edge vectors (np.roll is 10x slower)
     ab_len2 = (ab * ab).sum(axis=1)
     # Zero-length edges (repeated vertices) reduce to point distances: t = 0 below.
     inv_len2 = np.divide(1.0, ab_len2, out=np.zeros_like(ab_len2), where=ab_len2 > 1e-12)
@@ -55,7 +55,8 @@ def _segment_distance(polygon: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np
     inv = inv_len2[:, None, None]
     # (K, h, w): position of the point's projection along each edge, 0 at a and 1 at b.
     t = (px * (abx * inv)) + (py * (aby * inv))
-    np.clip(t, 0.0, 1.0, out=t)
+    np.maximum(t, 0.0, out=t)  # clamp to the segment (np.clip's wrapper costs more here)
+    np.minimum(t, 1.0, out=t)
     dx = t * abx
     np.subtract(px, dx, out=dx)
     dx *= dx
