@@ -79,7 +79,7 @@ def match_text_polygons(
         return 0, int(care_pred.sum()), int(care_gt.sum())
 
     pred_areas = shapely.area(pred_geoms)
-    # Candidate pairs whose envelopes touch; everything else has zero intersection.
+    # Only pairs that intersect (tree filter on envelopes, then the exact predicate) can match.
     pairs = shapely.STRtree(gt_geoms).query(pred_geoms, predicate="intersects")
     pred_idx, gt_idx = pairs[0], pairs[1]
     inter = shapely.area(shapely.intersection(pred_geoms[pred_idx], gt_geoms[gt_idx]))
