@@ -152,6 +152,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# Modules that add commands of their own: each defines ``add_command(subparsers)`` which adds a
+# subparser whose default ``func(args) -> int`` runs the command. One line per module.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 # -- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``detlab`` command (also used to generate the CLI docs)."""
@@ -201,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", nargs="?", default=None,
                    help="heads, losses, backbones, … (default: all)")
     p.set_defaults(func=cmd_list)
+
+    import importlib
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_command(sub)
     return parser
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "dumps",
     "from_source",
     "SECTIONS",
+    "with_defaults",
 ]
 
 # Sections detlab itself reads; others are kept and passed along untouched.
@@ -163,9 +164,20 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path).expanduser()
     files: dict[str, dict[str, str]] = {}
     namespace = _exec_file(path.resolve() if path.exists() else path, files)
-    data = copy.deepcopy(_sections(namespace))
+    data = with_defaults(copy.deepcopy(_sections(namespace)))
     apply_overrides(data, overrides or [])
     return Recipe(data, path=path, files=files, overrides=overrides)
+
+
+def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill missing keys of the ``train``/``data`` sections from :mod:`detlab.defaults`."""
+    from .defaults import SECTION_DEFAULTS
+
+    for section, defaults in SECTION_DEFAULTS.items():
+        if section in data or section == "train":
+            current = data.get(section) or {}
+            data[section] = {**copy.deepcopy(defaults), **current}
+    return data
 
 
 def load_parent(relative: str | Path) -> dict[str, Any]:
@@ -279,6 +291,37 @@ def _check_type(key: str, old: Any, new: Any) -> Any:
     return new
 
 
+def _is_component_argument(node: dict[str, Any], name: str) -> bool:
+    """Whether ``name`` is a constructor argument of the component ``node["type"]`` names
+    (so ``model.head.threshold=0.3`` works when the recipe relies on the default)."""
+    type_ = node.get("type")
+    if type_ is None:
+        return False
+    cls = None
+    if inspect.isclass(type_) or callable(type_):
+        cls = type_
+    else:
+        for registry in REGISTRIES.values():
+            if type_ in registry:
+                cls = registry.get(type_)
+                break
+        else:
+            if "." in str(type_):
+                try:
+                    cls = REGISTRIES["models"].get(type_)  # any registry resolves dotted paths
+                except ConfigError:
+                    cls = None
+    if cls is None:
+        return False
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params and params[name].kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+    )
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides in place (see module docstring); returns ``data``."""
     for text in overrides:
@@ -307,6 +350,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     f"override {text!r}: {'.'.join(parts[:depth])!r} is {node!r}, not a dict"
                 )
             if part not in node:
+                if last and _is_component_argument(node, part):
+                    node[part] = value
+                    break
                 if add and last:
                     node[part] = value
                     break

@@ -139,3 +139,19 @@ def test_apply_overrides_add_nested():
     data = {"a": {}}
     apply_overrides(data, ["+a.b.c=1"])
     assert data == {"a": {"b": {"c": 1}}}
+
+
+def test_train_and_data_defaults_are_filled_and_overridable(base):
+    recipe = load(base, ["train.precision=16-mixed", "data.num_workers=0"])
+    assert recipe["train"]["precision"] == "16-mixed"
+    assert recipe["train"]["max_epochs"] == 15  # the recipe's value wins over the default
+    assert recipe["data"]["num_workers"] == 0 and recipe["data"]["val_batch_size"] is None
+
+
+def test_override_of_constructor_argument_not_written_in_recipe(tmp_path):
+    path = tmp_path / "r.py"
+    path.write_text("model = dict(loss=dict(type='FocalTverskyLoss', alpha=0.3))\n")
+    recipe = load(path, ["model.loss.gamma=0.5"])
+    assert recipe["model"]["loss"]["gamma"] == 0.5
+    with pytest.raises(ConfigError, match="no key 'model.loss.gama'"):
+        load(path, ["model.loss.gama=0.5"])

@@ -18,16 +18,14 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
+from ..defaults import DATA_DEFAULTS
 from ..errors import ConfigError
 from ..registry import DATASETS, SAMPLERS
 from .collate import Collate
 
 __all__ = ["DataModule", "build_dataset"]
 
-_KNOWN_KEYS = {
-    "train", "val", "test", "predict", "batch_size", "val_batch_size", "num_workers",
-    "size_divisor", "sampler", "pin_memory", "persistent_workers",
-}
+_KNOWN_KEYS = set(DATA_DEFAULTS)
 
 
 def build_dataset(cfg: Any, key: str, **defaults: Any) -> Dataset:
@@ -55,8 +53,8 @@ class DataModule(pl.LightningDataModule):
         self.cfg = cfg
         self.batch_size = int(cfg.get("batch_size", 8))
         self.val_batch_size = int(cfg.get("val_batch_size") or self.batch_size)
-        default_workers = min(2, os.cpu_count() or 1)
-        self.num_workers = int(cfg.get("num_workers", default_workers))
+        workers = cfg.get("num_workers")
+        self.num_workers = int(min(2, os.cpu_count() or 1) if workers is None else workers)
         self.collate = Collate(int(cfg.get("size_divisor") or size_divisor))
         self._datasets: dict[str, Dataset] = {}
 
@@ -79,7 +77,10 @@ class DataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=self.collate,
             pin_memory=bool(self.cfg.get("pin_memory", False)),
-            persistent_workers=bool(self.cfg.get("persistent_workers", self.num_workers > 0)),
+            persistent_workers=bool(
+                self.num_workers > 0 if self.cfg.get("persistent_workers") is None
+                else self.cfg["persistent_workers"]
+            ),
             drop_last=False,
         )
 

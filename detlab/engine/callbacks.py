@@ -8,9 +8,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ["AtomicModelCheckpoint", "MetricsPrinter", "format_metrics"]
+__all__ = ["AtomicModelCheckpoint", "AppendingCSVLogger", "MetricsPrinter", "format_metrics"]
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
@@ -31,6 +33,29 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(self)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing ``metrics.csv``; a resumed run must keep the
+    epochs before the interruption, so this one appends and keeps the existing header."""
+
+    def _check_log_dir_exists(self) -> None:
+        path = os.path.join(self.log_dir, self.NAME_METRICS_FILE)
+        if os.path.isfile(path):
+            with open(path, newline="") as f:
+                header = f.readline().strip()
+            self.metrics_keys = [k for k in header.split(",") if k]
+
+
+class AppendingCSVLogger(CSVLogger):
+    """``CSVLogger`` that appends to ``metrics.csv`` when resuming into the same run folder."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:  # type: ignore[override]
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def format_metrics(metrics: dict[str, Any], primary: str | None = None,

@@ -21,12 +21,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
+from ..defaults import TRAIN_DEFAULTS
 from ..errors import CheckpointError, ConfigError
 from ..recipe import Recipe, from_source
 from ..registry import closest
-from .callbacks import AtomicModelCheckpoint, MetricsPrinter
+from .callbacks import AppendingCSVLogger, AtomicModelCheckpoint, MetricsPrinter
 from .task import RECIPE_KEY, DetlabTask
 
 __all__ = [
@@ -34,14 +35,7 @@ __all__ = [
     "load_checkpoint", "load_task",
 ]
 
-TRAIN_KEYS = {
-    "max_epochs": 10, "optimizer": None, "scheduler": None, "precision": "32-true",
-    "accumulate_grad_batches": 1, "gradient_clip_val": None, "gradient_clip_algorithm": "norm",
-    "ema": None, "accelerator": "auto", "devices": "auto", "num_nodes": 1, "strategy": "auto",
-    "seed": 0, "limit_train_batches": None, "limit_val_batches": None,
-    "log_every_n_steps": 10, "check_val_every_n_epoch": 1, "work_dir": "runs",
-    "deterministic": False, "num_sanity_val_steps": 0, "progress_bar": True,
-}
+TRAIN_KEYS = TRAIN_DEFAULTS
 
 
 def _train_cfg(recipe: Recipe) -> dict[str, Any]:
@@ -56,7 +50,7 @@ def _train_cfg(recipe: Recipe) -> dict[str, Any]:
             f"unknown key(s) in recipe 'train': {', '.join(parts)}; "
             f"known keys: {', '.join(sorted(TRAIN_KEYS))}"
         )
-    return {**TRAIN_KEYS, **cfg}
+    return {**TRAIN_KEYS, **cfg}  # recipes from load() are complete; dicts built by hand may not be
 
 
 def new_run_dir(work_dir: str | Path, name: str) -> Path:
@@ -116,7 +110,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
     if cfg["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     loggers = [
-        CSVLogger(save_dir=run_dir.parent.parent, name=run_dir.parent.name, version=run_dir.name),
+        AppendingCSVLogger(save_dir=run_dir.parent.parent, name=run_dir.parent.name, version=run_dir.name),
         TensorBoardLogger(save_dir=run_dir.parent.parent, name=run_dir.parent.name,
                           version=run_dir.name, default_hp_metric=False),
     ]

@@ -1,0 +1,110 @@
+"""Samplers that change how often rare positive samples are seen during training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from ..errors import ConfigError
+from ..registry import SAMPLERS
+
+__all__ = ["PositiveOversampler"]
+
+
+@SAMPLERS.register()
+class PositiveOversampler(Sampler[int]):
+    """Draw indices with replacement so that positives make up ``positive_fraction`` of an epoch.
+
+    Each of the ``num_samples`` draws is a positive with probability ``positive_fraction`` and a
+    negative otherwise, i.e. positives get ``positive_weight`` times the sampling weight of
+    negatives (9x for 10 % positive slices and ``positive_fraction=0.5``). Within each group
+    indices are dealt from fresh random permutations rather than drawn independently, so every
+    positive is repeated about equally often (none is left out by chance) and negatives do not
+    repeat until all of them have been used. The order of an epoch depends only on ``seed`` and the
+    epoch set by :meth:`set_epoch` (Lightning calls it; under DDP Lightning wraps this sampler in
+    a ``DistributedSamplerWrapper`` that splits the epoch between ranks).
+
+    Args:
+        dataset: provides ``positive_flags() -> (N,) bool`` (e.g.
+            :class:`~detlab.data.datasets.synthetic_spine.SyntheticSpineCT`).
+        positive_fraction: expected share of positive draws, in ``(0, 1]``.
+        num_samples: draws per epoch (default ``len(dataset)``).
+        seed: base seed of the per-epoch generator.
+
+    Raises:
+        ConfigError: the dataset has no ``positive_flags``, no positive sample, or no negative
+            sample while ``positive_fraction < 1``.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        positive_fraction: float = 0.5,
+        num_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        name = type(dataset).__name__
+        if not callable(getattr(dataset, "positive_flags", None)):
+            raise ConfigError(
+                f"PositiveOversampler needs a dataset with positive_flags(); {name} has none"
+            )
+        if not 0.0 < float(positive_fraction) <= 1.0:
+            raise ConfigError(f"positive_fraction must be in (0, 1], got {positive_fraction!r}")
+        if num_samples is None:
+            num_samples = len(dataset)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ConfigError(f"num_samples must be a positive int, got {num_samples!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative int, got {seed!r}")
+        flags = np.asarray(dataset.positive_flags(), dtype=bool).reshape(-1)
+        self.positive_indices = np.flatnonzero(flags)
+        self.negative_indices = np.flatnonzero(~flags)
+        n_pos, n_neg = len(self.positive_indices), len(self.negative_indices)
+        if n_pos == 0:
+            raise ConfigError(
+                f"PositiveOversampler: dataset {name} has no positive sample among {len(flags)}"
+            )
+        if n_neg == 0 and positive_fraction < 1.0:
+            raise ConfigError(
+                f"PositiveOversampler: dataset {name} has only positive samples, so "
+                f"positive_fraction={positive_fraction} < 1 cannot be reached"
+            )
+        self.positive_fraction = float(positive_fraction)
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+        # Weight of a positive relative to a negative that gives the requested share:
+        # n_pos * w / (n_pos * w + n_neg) = f  ->  w = f * n_neg / ((1 - f) * n_pos).
+        f = self.positive_fraction
+        self.positive_weight = float("inf") if f == 1.0 else f * n_neg / ((1.0 - f) * n_pos)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order :meth:`__iter__` yields next."""
+        self.epoch = int(epoch)
+
+    def indices(self) -> np.ndarray:
+        """``(num_samples,)`` int64 indices of the current epoch."""
+        rng = np.random.default_rng((self.seed, self.epoch))
+        take_pos = rng.random(self.num_samples) < self.positive_fraction
+        out = np.empty(self.num_samples, dtype=np.int64)
+        k = int(take_pos.sum())
+        out[take_pos] = _cycle(rng, self.positive_indices, k)
+        out[~take_pos] = _cycle(rng, self.negative_indices, self.num_samples - k)
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def _cycle(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
+    """``count`` entries of ``pool`` dealt from consecutive random permutations of it."""
+    if count == 0:
+        return np.empty(0, dtype=np.int64)
+    rounds = -(-count // len(pool))
+    return np.concatenate([rng.permutation(pool) for _ in range(rounds)])[:count]

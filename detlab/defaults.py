@@ -1,0 +1,51 @@
+"""Defaults of the recipe sections detlab reads itself (``train``, ``data``).
+
+They are merged into every loaded recipe before overrides, so ``detlab show`` prints every knob
+and ``train.precision=16-mixed`` works even when the recipe file does not mention it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["TRAIN_DEFAULTS", "DATA_DEFAULTS", "SECTION_DEFAULTS"]
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 10,               # epochs to train
+    "optimizer": {"type": "AdamW", "lr": 1e-3},
+    "scheduler": None,              # e.g. dict(type="WarmupCosine", warmup_epochs=1)
+    "precision": "32-true",         # "16-mixed" / "bf16-mixed" for AMP
+    "accumulate_grad_batches": 1,
+    "gradient_clip_val": None,
+    "gradient_clip_algorithm": "norm",
+    "ema": None,                    # dict(decay=0.999) keeps an EMA of the weights
+    "accelerator": "auto",          # a GPU when there is one
+    "devices": "auto",
+    "num_nodes": 1,
+    "strategy": "auto",             # "ddp" for several GPUs / nodes
+    "seed": 0,
+    "limit_train_batches": None,
+    "limit_val_batches": None,
+    "log_every_n_steps": 10,
+    "check_val_every_n_epoch": 1,
+    "work_dir": "runs",
+    "deterministic": False,
+    "num_sanity_val_steps": 0,
+    "progress_bar": True,
+}
+
+DATA_DEFAULTS: dict[str, Any] = {
+    "train": None,
+    "val": None,
+    "test": None,                   # falls back to val
+    "predict": None,                # dataset for `detlab predict` (gets paths=[...])
+    "batch_size": 8,
+    "val_batch_size": None,         # defaults to batch_size
+    "num_workers": 2,
+    "size_divisor": None,           # defaults to the model's largest stride
+    "sampler": None,                # e.g. dict(type="PositiveOversampler", positive_fraction=0.5)
+    "pin_memory": False,
+    "persistent_workers": None,     # defaults to num_workers > 0
+}
+
+SECTION_DEFAULTS: dict[str, dict[str, Any]] = {"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}
