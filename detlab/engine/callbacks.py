@@ -52,6 +52,7 @@ class AppendingCSVLogger(CSVLogger):
 
     @property
     def experiment(self) -> ExperimentWriter:  # type: ignore[override]
+        """The CSV writer of this run (created on first use; appends to an existing file)."""
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
