@@ -116,18 +116,19 @@ def _methods(cls: type) -> Iterator[tuple[str, Any]]:
 def documented_args(doc: str | None) -> list[str]:
     """Names documented in the Google-style ``Args:`` section of ``doc`` (grouped entries such
     as ``mean, std: ...`` give both names; leading ``*`` are dropped)."""
-    lines = inspect.cleandoc(doc or "").splitlines()
     names: list[str] = []
-    inside, entry_indent = False, None
-    for line in lines:
-        if not inside:
-            inside = bool(_ARGS_HEADER.match(line))
+    header_indent, entry_indent = None, None
+    for line in (doc or "").expandtabs().splitlines():
+        indent = len(line) - len(line.lstrip())
+        if header_indent is None:
+            if _ARGS_HEADER.match(line.strip()):
+                header_indent = indent
             continue
         if not line.strip():
             continue
-        indent = len(line) - len(line.lstrip())
-        if indent == 0:  # the next section or paragraph
-            inside, entry_indent = False, None
+        if indent <= header_indent:  # the next section or paragraph
+            header_indent = indent if _ARGS_HEADER.match(line.strip()) else None
+            entry_indent = None
             continue
         if entry_indent is None:
             entry_indent = indent
