@@ -179,16 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its recipe's data",
                        description="Evaluate CKPT (the checkpoint carries its recipe).")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a .ckpt written by detlab train")
     p.add_argument("overrides", nargs="*", help="e.g. model.head.threshold=0.3")
-    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--split", choices=("val", "test"), default="val",
+                   help="data split to evaluate (data.test falls back to data.val)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="metrics line only")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="run a checkpoint on images",
                        description="Predict on INPUT files/folders; write results to --out.")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a .ckpt written by detlab train")
     p.add_argument("items", nargs="+", metavar="INPUT", help="input files or folders "
                    "(key=value items are overrides)")
     p.add_argument("--out", required=True, help="output folder")
@@ -197,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="print the resolved recipe",
                        description="Print RECIPE after overrides, as JSON.")
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("recipe", help="recipe file")
+    p.add_argument("overrides", nargs="*", help="e.g. data.batch_size=4")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("list", help="list registered components",
