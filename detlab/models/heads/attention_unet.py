@@ -78,6 +78,10 @@ class AttentionUNetHead(Head):
     (empty with ``gate="none"``).
     """
 
+    # Constructor arguments that only change post-processing (``detlab sweep`` may vary them
+    # without re-running the network).
+    postprocess_args: tuple[str, ...] = ("threshold",)
+
     def __init__(
         self,
         in_channels: Sequence[int],
