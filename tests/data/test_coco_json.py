@@ -96,6 +96,18 @@ def test_horizontal_flip_moves_boxes_not_orig_boxes(coco):
     assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (36, 16, 48, 32)
 
 
+def test_transform_dropping_a_box_keeps_fields_aligned(coco):
+    # Crop keeps x in [0, 30) of the 60x100 image: box 1 is cut to (10, 20, 30, 35), the crowd
+    # box at x >= 50 leaves; labels, ignore and orig_boxes must follow the survivor.
+    crop = dict(type="Crop", x_min=0, y_min=0, x_max=30, y_max=60)
+    sample = CocoDetection(*coco, img_size=None, transforms=[crop])[0]
+    target = sample["target"]
+    assert sample["meta"]["input_size"] == (60, 30) and sample["meta"]["pad"] == (2, 1)
+    np.testing.assert_allclose(target["boxes"].numpy(), [[11, 22, 31, 37]], atol=1e-3)
+    assert target["labels"].tolist() == [2] and target["ignore"].tolist() == [False]
+    np.testing.assert_array_equal(target["orig_boxes"].numpy(), [[10, 20, 40, 35]])
+
+
 def test_object_areas_from_annotations_only(coco, tmp_path):
     ds = CocoDetection(*coco)
     (tmp_path / "img" / "a.png").unlink()  # no decoding needed
@@ -200,9 +212,10 @@ def test_image_size_disagreeing_with_annotation(coco):
         CocoDetection(ann, img_dir)[0]
 
 
-def test_undecodable_image(coco):
+@pytest.mark.parametrize("content", [b"not a png", b""])
+def test_undecodable_image(coco, content):
     ann, img_dir = coco
-    (img_dir / "a.png").write_bytes(b"not a png")
+    (img_dir / "a.png").write_bytes(content)
     with pytest.raises(DataError, match="cannot decode image file .*a.png"):
         CocoDetection(ann, img_dir)[0]
 

@@ -95,7 +95,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     # imdecode from bytes: cv2.imread cannot open non-ASCII paths on every platform.
-    image = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
+    data = np.fromfile(str(path), np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise DataError(f"cannot decode image file {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -105,7 +106,9 @@ def check_files_exist(paths: Sequence[str | Path], source: str) -> None:
     """Raise :class:`DataError` naming the first missing files (``check_files=True``)."""
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
-        shown = ", ".join(missing[:5]) + (f" … ({len(missing)} in all)" if len(missing) > 5 else "")
+        shown = ", ".join(missing[:5])
+        if len(missing) > 5:
+            shown += f" … ({len(missing)} in all)"
         raise DataError(f"image file(s) listed in {source} not found: {shown}")
 
 
