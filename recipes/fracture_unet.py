@@ -29,6 +29,7 @@ model = dict(
         decoder_channels=(64, 32, 16, 16, 8),
         activation="sigmoid",
         threshold=0.5,
+        prior_prob=0.01,             # start every pixel at p=0.01, not 0.5 (RetinaNet init)
         loss=dict(
             type="CombinedLoss",
             terms=[
