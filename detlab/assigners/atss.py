@@ -10,7 +10,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..ops.boxes import aligned_iou
 from ..registry import ASSIGNERS
-from .base import AssignResult, check_gt, gather_targets, keep_best_gt, points_in_boxes
+from .base import AssignResult, build_result, check_gt, pick_best_gt, points_in_boxes
 
 __all__ = ["ATSSAssigner"]
 
@@ -108,22 +108,21 @@ class ATSSAssigner:
         std = cand_iou.std(dim=-1, keepdim=True) if cand.shape[-1] > 1 else 0.0
         threshold = cand_iou.mean(dim=-1, keepdim=True) + std
 
-        overlaps = torch.zeros(b, g, a, dtype=dtype, device=pred_scores.device)
-        overlaps.scatter_(-1, cand, cand_iou)
-        above = torch.zeros(b, g, a, dtype=torch.bool, device=pred_scores.device)
-        above.scatter_(-1, cand, cand_iou >= threshold)
-        mask_pos = above & points_in_boxes(points, gt_boxes) & valid[..., None]
-        mask_pos = keep_best_gt(mask_pos, overlaps)
-
-        result = gather_targets(mask_pos, labels, gt_boxes, torch.ones(b, a, dtype=dtype,
-                                device=pred_scores.device), c)
+        inside = points_in_boxes(points, gt_boxes, valid)  # (B, G, A)
+        bi = torch.arange(b, device=cand.device)[:, None, None].expand_as(cand)
+        gi = torch.arange(g, device=cand.device)[None, :, None].expand_as(cand)
+        pos = (cand_iou >= threshold) & inside.gather(-1, cand)
+        # An anchor claimed by several ground truths keeps the one it overlaps most.
+        _, gt_index, fg = pick_best_gt((b, g, a), (bi[pos], gi[pos], cand[pos]), cand_iou[pos])
+        quality = torch.ones(b, a, dtype=dtype, device=cand.device)
         if pred_boxes is not None:
             if pred_boxes.shape != (b, a, 4):
-                raise ValueError(f"pred_boxes must be (B, A, 4) = {(b, a, 4)}, got "
-                                 f"{tuple(pred_boxes.shape)}")
-            quality = aligned_iou(pred_boxes.to(dtype), result.target_boxes).clamp(min=0)
-            result.target_scores = result.target_scores * quality[..., None]
-        return result
+                raise ValueError(
+                    f"pred_boxes must be (B, A, 4) = {(b, a, 4)}, got {tuple(pred_boxes.shape)}"
+                )
+            assigned = gt_boxes.gather(1, gt_index[..., None].expand(-1, -1, 4))
+            quality = aligned_iou(pred_boxes.to(dtype), assigned).clamp(min=0)
+        return build_result(gt_index, fg, labels, gt_boxes, quality, c)
 
     def _anchor_boxes(
         self, points: Tensor, strides: Tensor | None, boxes: Tensor | None, dtype: torch.dtype

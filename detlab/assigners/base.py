@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import DataError
 
-__all__ = ["AssignResult", "points_in_boxes", "check_gt", "keep_best_gt", "gather_targets"]
+__all__ = ["AssignResult", "points_in_boxes", "check_gt", "pick_best_gt", "build_result"]
 
 
 @dataclass
@@ -79,42 +79,71 @@ def check_gt(
     return labels, valid
 
 
-def points_in_boxes(points: Tensor, boxes: Tensor) -> Tensor:
-    """Whether each point lies strictly inside each box.
+def points_in_boxes(points: Tensor, boxes: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Whether each point lies strictly inside each box (and the box is ``valid``).
 
     ``points`` ``(A, 2)`` (x, y) × xyxy ``boxes`` ``(B, G, 4)`` → bool ``(B, G, A)``.
     """
+    if valid is not None:  # an invalid box becomes one that holds no point
+        empty = boxes.new_tensor([float("inf"), float("inf"), float("-inf"), float("-inf")])
+        boxes = torch.where(valid[..., None], boxes, empty)
     x, y = points[:, 0], points[:, 1]
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
-    return (x > x1) & (x < x2) & (y > y1) & (y < y2)
+    inside = x > x1  # in-place ands: fewer (B, G, A) temporaries, which cost page faults
+    inside &= x < x2
+    inside &= y > y1
+    inside &= y < y2
+    return inside
 
 
-def keep_best_gt(mask_pos: Tensor, quality: Tensor) -> Tensor:
-    """Resolve anchors matched to several ground truths: keep the one with the highest
-    ``quality`` (e.g. IoU) among those matched.
+def pick_best_gt(
+    shape: tuple[int, int, int],
+    pairs: tuple[Tensor, Tensor, Tensor],
+    quality: Tensor,
+    buffer: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """For each anchor, the positive (image, gt, anchor) pair of highest ``quality`` (e.g. IoU).
 
-    ``mask_pos`` bool ``(B, G, A)`` × ``quality`` ``(B, G, A)`` → bool ``(B, G, A)``.
+    Args:
+        shape: ``(B, G, A)``.
+        pairs: index vectors ``(b, g, a)`` of the positive pairs, each ``(P,)``.
+        quality: ``(P,)`` values >= 0 of those pairs.
+        buffer: optional float tensor of ``shape`` to reuse (its content is overwritten).
+
+    Returns:
+        ``(best, gt_index, fg_mask)``, each ``(B, A)``: the best quality (-1 where none), the
+        index of its ground truth (arbitrary where none) and whether the anchor has any.
     """
-    multiple = mask_pos.sum(dim=1, keepdim=True) > 1
-    best = quality.masked_fill(~mask_pos, float("-inf")).argmax(dim=1, keepdim=True)
-    is_best = torch.zeros_like(mask_pos).scatter_(1, best, True)
-    return torch.where(multiple, is_best & mask_pos, mask_pos)
+    bi, gi, ai = pairs
+    dense = quality.new_full(shape, -1.0) if buffer is None else buffer.fill_(-1.0)
+    dense[bi, gi, ai] = quality
+    best, gt_index = dense.max(dim=1)
+    return best, gt_index, best >= 0
 
 
-def gather_targets(
-    mask_pos: Tensor, labels: Tensor, gt_boxes: Tensor, quality: Tensor, num_classes: int
+def build_result(
+    gt_index: Tensor,
+    fg_mask: Tensor,
+    labels: Tensor,
+    gt_boxes: Tensor,
+    quality: Tensor,
+    num_classes: int,
 ) -> AssignResult:
-    """Build an :class:`AssignResult` from the final one-gt-per-anchor ``mask_pos`` ``(B, G, A)``.
+    """Gather per-anchor targets from the assignment ``gt_index`` / ``fg_mask`` ``(B, A)``.
 
     ``quality`` ``(B, A)`` is the soft score put at the true class of positive anchors.
     """
-    fg_mask = mask_pos.any(dim=1)
-    gt_index = mask_pos.to(torch.uint8).argmax(dim=1)  # (B, A), 0 for background (fixed below)
     target_labels = labels.gather(1, gt_index)
     target_boxes = gt_boxes.gather(1, gt_index[..., None].expand(-1, -1, 4))
-    target_labels = torch.where(fg_mask, target_labels, torch.full_like(target_labels, num_classes))
     target_boxes = target_boxes * fg_mask[..., None].to(target_boxes.dtype)
-    one_hot = torch.nn.functional.one_hot(target_labels, num_classes + 1)[..., :num_classes]
-    target_scores = one_hot.to(quality.dtype) * (quality * fg_mask)[..., None]
-    gt_index = torch.where(fg_mask, gt_index, torch.full_like(gt_index, -1))
-    return AssignResult(target_labels, target_boxes, target_scores, fg_mask, gt_index)
+    b, a = gt_index.shape
+    target_scores = quality.new_zeros(b, a, num_classes).scatter_(
+        2, (target_labels * fg_mask)[..., None], (quality * fg_mask)[..., None]
+    )
+    return AssignResult(
+        target_labels=torch.where(fg_mask, target_labels, num_classes),
+        target_boxes=target_boxes,
+        target_scores=target_scores,
+        fg_mask=fg_mask,
+        gt_index=torch.where(fg_mask, gt_index, -1),
+    )

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..ops.boxes import aligned_iou
 from ..registry import ASSIGNERS
-from .base import AssignResult, check_gt, gather_targets, keep_best_gt, points_in_boxes
+from .base import AssignResult, build_result, check_gt, pick_best_gt, points_in_boxes
 
 __all__ = ["TaskAlignedAssigner"]
 
@@ -113,25 +113,37 @@ class TaskAlignedAssigner:
         gt_boxes = gt_boxes.to(dtype)
         pred_boxes = pred_boxes.to(dtype)
 
-        candidate = points_in_boxes(anchor_points.to(dtype), gt_boxes) & valid[..., None]
-        # IoU only where it can matter (inside a real box), as tiny objects leave most pairs empty.
-        bi, gi, ai = candidate.nonzero(as_tuple=True)
-        overlaps = torch.zeros(b, g, a, dtype=dtype, device=pred_scores.device)
+        # IoU and scores only where they can matter (anchor inside a real box): tiny objects
+        # leave most (gt, anchor) pairs empty.
+        inside = points_in_boxes(anchor_points.to(dtype), gt_boxes, valid)
+        bi, gi, ai = inside.nonzero(as_tuple=True)
         iou = aligned_iou(gt_boxes[bi, gi], pred_boxes[bi, ai], self.iou_kind).clamp(min=0)
-        overlaps[bi, gi, ai] = iou
-        scores = pred_scores.to(dtype)[bi, ai, labels[bi, gi]]
-        metric = torch.zeros_like(overlaps)
-        metric[bi, gi, ai] = scores.pow(self.alpha) * overlaps[bi, gi, ai].pow(self.beta)
+        score = pred_scores[bi, ai, labels[bi, gi]].to(dtype)
+        metric = score.pow(self.alpha) * iou.pow(self.beta)
 
         # Rank only anchors inside the box (-1 elsewhere): a tiny box whose few inside anchors
         # all have t = 0 (early training) still gets them, instead of ties with outside anchors.
-        k = min(self.topk, a)
-        top_idx = torch.where(candidate, metric, -1.0).topk(k, dim=-1).indices  # (B, G, k)
-        in_topk = torch.zeros_like(candidate).scatter_(-1, top_idx, True)
-        mask_pos = keep_best_gt(in_topk & candidate, overlaps)
+        dense = iou.new_full((b, g, a), -1.0)
+        dense[bi, gi, ai] = metric
+        top_idx = dense.topk(min(self.topk, a), dim=-1).indices  # (B, G, k)
+        in_topk = inside.zero_().scatter_(-1, top_idx, True)  # reuses the (B, G, A) buffer
+        pos = in_topk[bi, gi, ai]
+        bi, gi, ai, iou, metric = bi[pos], gi[pos], ai[pos], iou[pos], metric[pos]
+        # An anchor claimed by several ground truths keeps the one it overlaps most.
+        _, gt_index, fg = pick_best_gt((b, g, a), (bi, gi, ai), iou, buffer=dense)
+        chosen = gi == gt_index[bi, ai]
+        bi, gi, ai, iou, metric = bi[chosen], gi[chosen], ai[chosen], iou[chosen], metric[chosen]
 
-        metric = metric * mask_pos
-        max_metric = metric.amax(dim=-1, keepdim=True)
-        max_iou = (overlaps * mask_pos).amax(dim=-1, keepdim=True)
-        quality = (metric * max_iou / (max_metric + self.eps)).amax(dim=1)  # (B, A)
-        return gather_targets(mask_pos, labels, gt_boxes, quality, c)
+        # Normalize per ground truth: its best anchor's target is its best IoU (paper eq. 9).
+        max_metric = _segment_max((b, g), (bi, gi), metric)
+        max_iou = _segment_max((b, g), (bi, gi), iou)
+        quality = torch.zeros(b, a, dtype=dtype, device=iou.device)
+        quality[bi, ai] = metric * max_iou[bi, gi] / (max_metric[bi, gi] + self.eps)
+        return build_result(gt_index, fg, labels, gt_boxes, quality, c)
+
+
+def _segment_max(shape: tuple[int, int], index: tuple[Tensor, Tensor], values: Tensor) -> Tensor:
+    """``out[i, j] = max(values[k] for k with index[k] == (i, j))``, 0 where none (values >= 0)."""
+    flat = index[0] * shape[1] + index[1]
+    out = values.new_zeros(shape[0] * shape[1])
+    return out.scatter_reduce_(0, flat, values, "amax").reshape(shape)

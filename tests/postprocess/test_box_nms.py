@@ -34,6 +34,16 @@ def test_standard_matches_torchvision(seed):
     assert torch.equal(keep, tvops.nms(boxes, scores, 0.5))
 
 
+def test_standard_many_boxes_matches_torchvision():
+    # > 1000 boxes on CPU: one pass over class-offset float64 boxes instead of a class loop
+    boxes, scores, labels = random_detections(3000, 7, classes=20)
+    keep, _ = nms(boxes, scores, labels, "standard", 0.5)
+    want = tvops.batched_nms(boxes, scores, labels, 0.5)
+    # 3000 float32 uniforms hold a tie or two, which the two may order differently
+    assert set(keep.tolist()) == set(want.tolist())
+    assert torch.equal(scores[keep], scores[want])
+
+
 # -- Soft-NMS -------------------------------------------------------------------------------------
 A, B, C, D = [0, 0, 10, 10], [0, 0, 10, 8], [20, 20, 30, 30], [0, 0, 10, 9]
 IOU_AB, IOU_AD, IOU_BD = 0.8, 0.9, 80 / 90
@@ -233,6 +243,21 @@ def test_batched_equals_per_image_and_reference(method):
             assert single[2].tolist() == [c for _, _, c in ref]
     assert batched[2][0].shape == (0, 4)
     assert len(batched[0][1]) == 20
+
+
+def test_prefix_is_lengthened_when_short_of_max_detections():
+    # 3000 copies of one box outrank 40 disjoint boxes: the first 1024-candidate prefix keeps a
+    # single box, so the post-processor must look further to return 30 detections.
+    dup = torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(3000, 1)
+    boxes = torch.cat([dup, grid_boxes(41)[1:] + 100])
+    scores = torch.cat([0.5 + 0.4 * torch.rand(3000, generator=torch.Generator().manual_seed(8)),
+                        torch.linspace(0.45, 0.1, 40)])[:, None]
+    post = BoxPostProcessor(score_threshold=0.05, max_detections=30, iou_threshold=0.5)
+    out_boxes, out_scores, _ = post(boxes, scores)
+    ref = reference_postprocess(boxes, scores, 0.05, 30000, 0.5, 30)
+    assert out_scores.tolist() == pytest.approx([s for s, _, _ in ref])
+    torch.testing.assert_close(out_boxes, boxes[[i for _, i, _ in ref]])
+    assert len(out_scores) == 30 and out_scores[0] == scores[:3000].max()
 
 
 def test_empty_inputs():
