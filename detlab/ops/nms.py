@@ -118,7 +118,9 @@ def nms(
     Args:
         labels: ``Tensor[N]`` classes; boxes of different classes never suppress each other
             unless ``class_agnostic`` (None means class-agnostic).
-        method: ``"standard"`` (torchvision ``nms``/``batched_nms``), ``"soft_gaussian"``,
+        method: ``"standard"`` (torchvision ``nms``/``batched_nms``; per-class over more than
+            1000 boxes on CPU, one ``nms`` over float64 class-offset boxes, which gives the same
+            boxes without torchvision's loop over classes), ``"soft_gaussian"``,
             ``"soft_linear"`` or ``"diou"``.
         iou_threshold: suppression threshold (IoU, or DIoU for ``"diou"``; linear Soft-NMS
             decays above it; Gaussian Soft-NMS ignores it).
