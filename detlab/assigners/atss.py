@@ -113,7 +113,7 @@ class ATSSAssigner:
         gi = torch.arange(g, device=cand.device)[None, :, None].expand_as(cand)
         pos = (cand_iou >= threshold) & inside.gather(-1, cand)
         # An anchor claimed by several ground truths keeps the one it overlaps most.
-        _, gt_index, fg = pick_best_gt((b, g, a), (bi[pos], gi[pos], cand[pos]), cand_iou[pos])
+        gt_index, fg, _ = pick_best_gt((b, g, a), (bi[pos], gi[pos], cand[pos]), cand_iou[pos])
         quality = torch.ones(b, a, dtype=dtype, device=cand.device)
         if pred_boxes is not None:
             if pred_boxes.shape != (b, a, 4):

@@ -14,7 +14,14 @@ from torch import Tensor
 
 from ..errors import DataError
 
-__all__ = ["AssignResult", "points_in_boxes", "check_gt", "pick_best_gt", "build_result"]
+__all__ = [
+    "AssignResult",
+    "points_in_boxes",
+    "check_gt",
+    "pick_best_gt",
+    "segment_topk",
+    "build_result",
+]
 
 
 @dataclass
@@ -97,28 +104,49 @@ def points_in_boxes(points: Tensor, boxes: Tensor, valid: Tensor | None = None) 
 
 
 def pick_best_gt(
-    shape: tuple[int, int, int],
-    pairs: tuple[Tensor, Tensor, Tensor],
-    quality: Tensor,
-    buffer: Tensor | None = None,
+    shape: tuple[int, int, int], pairs: tuple[Tensor, Tensor, Tensor], quality: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """For each anchor, the positive (image, gt, anchor) pair of highest ``quality`` (e.g. IoU).
+    """For each anchor, its positive (image, gt, anchor) pair of highest ``quality`` (e.g. IoU);
+    ties go to the lowest gt index. Works on the pairs only, never a dense ``(B, G, A)`` tensor.
 
     Args:
         shape: ``(B, G, A)``.
         pairs: index vectors ``(b, g, a)`` of the positive pairs, each ``(P,)``.
         quality: ``(P,)`` values >= 0 of those pairs.
-        buffer: optional float tensor of ``shape`` to reuse (its content is overwritten).
 
     Returns:
-        ``(best, gt_index, fg_mask)``, each ``(B, A)``: the best quality (-1 where none), the
-        index of its ground truth (arbitrary where none) and whether the anchor has any.
+        ``(gt_index, fg_mask, chosen)``: ``(B, A)`` index of each anchor's ground truth (0 where
+        it has none), ``(B, A)`` whether it has one, and ``(P,)`` which pairs were kept.
     """
+    b, g, a = shape
     bi, gi, ai = pairs
-    dense = quality.new_full(shape, -1.0) if buffer is None else buffer.fill_(-1.0)
-    dense[bi, gi, ai] = quality
-    best, gt_index = dense.max(dim=1)
-    return best, gt_index, best >= 0
+    anchor = bi * a + ai
+    best = quality.new_full((b * a,), -1.0).scatter_reduce_(0, anchor, quality, "amax")
+    tied = quality == best[anchor]
+    lowest = torch.full((b * a,), g, dtype=gi.dtype, device=gi.device)
+    lowest.scatter_reduce_(0, anchor, torch.where(tied, gi, g), "amin")
+    chosen = tied & (gi == lowest[anchor])
+    fg_mask = (best >= 0).reshape(b, a)
+    gt_index = torch.where(fg_mask, lowest.reshape(b, a), 0)
+    return gt_index, fg_mask, chosen
+
+
+def segment_topk(segment: Tensor, values: Tensor, k: int) -> Tensor:
+    """Mask of the ``k`` largest ``values`` within each segment id (ties: earlier entry first).
+
+    ``segment`` and ``values`` are ``(P,)``; this is a per-group top-k on a sparse list, so a
+    dense ``(B, G, A)`` tensor is never built.
+    """
+    order = values.sort(descending=True, stable=True).indices
+    order = order[segment[order].sort(stable=True).indices]  # by segment, then value
+    sorted_segment = segment[order]
+    first = torch.ones_like(sorted_segment, dtype=torch.bool)
+    first[1:] = sorted_segment[1:] != sorted_segment[:-1]
+    position = torch.arange(order.numel(), device=order.device)
+    start = torch.cummax(torch.where(first, position, 0), dim=0).values
+    keep = torch.zeros_like(values, dtype=torch.bool)
+    keep[order] = position - start < k
+    return keep
 
 
 def build_result(

@@ -11,7 +11,14 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..ops.boxes import aligned_iou
 from ..registry import ASSIGNERS
-from .base import AssignResult, build_result, check_gt, pick_best_gt, points_in_boxes
+from .base import (
+    AssignResult,
+    build_result,
+    check_gt,
+    pick_best_gt,
+    points_in_boxes,
+    segment_topk,
+)
 
 __all__ = ["TaskAlignedAssigner"]
 
@@ -121,17 +128,12 @@ class TaskAlignedAssigner:
         score = pred_scores[bi, ai, labels[bi, gi]].to(dtype)
         metric = score.pow(self.alpha) * iou.pow(self.beta)
 
-        # Rank only anchors inside the box (-1 elsewhere): a tiny box whose few inside anchors
-        # all have t = 0 (early training) still gets them, instead of ties with outside anchors.
-        dense = iou.new_full((b, g, a), -1.0)
-        dense[bi, gi, ai] = metric
-        top_idx = dense.topk(min(self.topk, a), dim=-1).indices  # (B, G, k)
-        in_topk = inside.zero_().scatter_(-1, top_idx, True)  # reuses the (B, G, A) buffer
-        pos = in_topk[bi, gi, ai]
+        # Rank only anchors inside the box: a tiny box whose few inside anchors all have t = 0
+        # (early training) still gets them, instead of ties with outside anchors.
+        pos = segment_topk(bi * g + gi, metric, self.topk)
         bi, gi, ai, iou, metric = bi[pos], gi[pos], ai[pos], iou[pos], metric[pos]
         # An anchor claimed by several ground truths keeps the one it overlaps most.
-        _, gt_index, fg = pick_best_gt((b, g, a), (bi, gi, ai), iou, buffer=dense)
-        chosen = gi == gt_index[bi, ai]
+        gt_index, fg, chosen = pick_best_gt((b, g, a), (bi, gi, ai), iou)
         bi, gi, ai, iou, metric = bi[chosen], gi[chosen], ai[chosen], iou[chosen], metric[chosen]
 
         # Normalize per ground truth: its best anchor's target is its best IoU (paper eq. 9).
