@@ -8,7 +8,7 @@ import torch
 import torchvision.ops as tvops
 
 from detlab.assigners.atss import ATSSAssigner
-from detlab.assigners.base import AssignResult
+from detlab.assigners.base import AssignResult, pick_best_gt, segment_topk
 from detlab.assigners.task_aligned import TaskAlignedAssigner
 from detlab.errors import ConfigError, DataError
 from detlab.registry import ASSIGNERS
@@ -31,6 +31,31 @@ def gt(boxes, labels, valid=None):
 def positives(result: AssignResult, image: int = 0) -> dict[int, int]:
     fg = result.fg_mask[image].nonzero().flatten().tolist()
     return {a: int(result.gt_index[image, a]) for a in fg}
+
+
+# -- sparse helpers ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "segment, values, k, keep",
+    [
+        ([0, 0, 0, 1, 1], [0.1, 0.3, 0.2, 0.5, 0.4], 2, [0, 1, 1, 1, 1]),
+        ([0, 0, 0, 1, 1], [0.1, 0.3, 0.2, 0.5, 0.4], 1, [0, 1, 0, 1, 0]),
+        ([0, 0, 0, 2], [0.0, 0.0, 0.0, 0.7], 2, [1, 1, 0, 1]),  # ties: earlier entries first
+        ([3, 1, 3, 1], [0.2, 0.9, 0.4, 0.1], 1, [0, 1, 1, 0]),  # unsorted segments
+        ([], [], 3, []),
+    ],
+)
+def test_segment_topk(segment, values, k, keep):
+    got = segment_topk(torch.tensor(segment, dtype=torch.long), torch.tensor(values), k)
+    assert got.tolist() == [bool(v) for v in keep]
+
+
+def test_pick_best_gt_prefers_highest_quality_then_lowest_gt():
+    # B=1, G=3, A=3; anchor 0 claimed by gts 2 (0.4) and 1 (0.6); anchor 2 by gts 2 and 0 (tie)
+    pairs = (torch.zeros(4, dtype=torch.long), torch.tensor([2, 1, 2, 0]),
+             torch.tensor([0, 0, 2, 2]))
+    gt_index, fg, chosen = pick_best_gt((1, 3, 3), pairs, torch.tensor([0.4, 0.6, 0.5, 0.5]))
+    assert gt_index.tolist() == [[1, 0, 0]] and fg.tolist() == [[True, False, True]]
+    assert chosen.tolist() == [False, True, False, True]
 
 
 # -- task-aligned ---------------------------------------------------------------------------------
