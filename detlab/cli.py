@@ -154,7 +154,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # Modules that add commands of their own: each defines ``add_command(subparsers)`` which adds a
 # subparser whose default ``func(args) -> int`` runs the command. One line per module.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "detlab.engine.sweep",
+)
 
 
 # -- parser -------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ errors users make, each one line on stderr with exit status 2."""
 import csv
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,28 +12,7 @@ from PIL import Image
 
 from detlab.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "fracture_unet.py"
-TINY = [
-    "data.train.num_samples=16", "data.val.num_samples=8", "data.train.image_size=64",
-    "data.val.image_size=64", "data.batch_size=4", "data.num_workers=0",
-    "train.max_epochs=1", "train.progress_bar=false",
-    "model.head.decoder_channels=[16, 16, 16, 8, 8]",
-]
-
-
-def _metric_epochs(run_dir: Path) -> list[int]:
-    with open(run_dir / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    return sorted({int(r["epoch"]) for r in rows if r.get("val/pr_auc")})
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    work = tmp_path_factory.mktemp("runs")
-    assert main(["train", str(RECIPE), *TINY, "--work-dir", str(work)]) == 0
-    run_dir = work / "fracture_unet" / "version_0"
-    return work, run_dir
+from conftest import RECIPE, TINY, metric_epochs as _metric_epochs
 
 
 def test_train_writes_run_directory(trained):

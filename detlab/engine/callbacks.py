@@ -81,7 +81,9 @@ class MetricsPrinter(Callback):
     def __init__(self, run_dir: str | Path | None = None) -> None:
         self.run_dir = Path(run_dir) if run_dir else None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+    # on_validation_end runs after the LightningModule's on_validation_epoch_end, where the
+    # metrics of *this* epoch are computed (callback epoch-end hooks run before the module's).
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         """Print ``pl_module.last_metrics`` (primary first) and the evaluator's report."""
         if trainer.sanity_checking or not trainer.is_global_zero:
             return

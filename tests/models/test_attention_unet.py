@@ -186,3 +186,18 @@ def test_mask_of_wrong_shape_is_data_error():
     batch = Batch(images=torch.randn(1, 1, 8, 8), targets=[{"mask": torch.zeros(3, 8, 8)}])
     with pytest.raises(DataError, match=r"image 0.*\(3, 8, 8\)"):
         model.loss(batch)
+
+
+def test_prior_prob_sets_initial_probability():
+    import math
+
+    import torch
+
+    from detlab.models.heads.attention_unet import AttentionUNetHead
+
+    head = AttentionUNetHead([8, 16], [1, 2], num_classes=1, loss=torch.nn.Identity(),
+                             decoder_channels=[8], prior_prob=0.01)
+    assert head.classifier.bias.item() == pytest.approx(math.log(0.01 / 0.99))
+    with pytest.raises(ConfigError, match="prior_prob"):
+        AttentionUNetHead([8, 16], [1, 2], num_classes=1, loss=torch.nn.Identity(),
+                          decoder_channels=[8], prior_prob=1.5)

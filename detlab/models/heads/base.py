@@ -26,6 +26,11 @@ class Head(nn.Module):
     heads with per-stage post-processing settings use it, others ignore it.
     """
 
+    #: Constructor arguments that only affect :meth:`postprocess` (thresholds, NMS, unclip
+    #: ratios …). ``detlab sweep`` varies ``model.head.<arg>…`` keys only for these names, reusing
+    #: the network outputs computed once.
+    postprocess_args: tuple[str, ...] = ()
+
     def forward(self, feats: list[Tensor]) -> Any:  # pragma: no cover - abstract
         """Raw outputs for a list of feature maps ``(B, C_i, H_i, W_i)``; no targets needed."""
         raise NotImplementedError

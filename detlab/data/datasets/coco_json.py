@@ -1,0 +1,194 @@
+"""``CocoDetection``: boxes from a COCO-format JSON file (``instances_*.json``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import ConfigError, DataError
+from ...registry import DATASETS
+from .detection_base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Annotations,
+    DetectionDataset,
+    check_files_exist,
+)
+
+__all__ = ["CocoDetection"]
+
+
+@DATASETS.register
+class CocoDetection(DetectionDataset):
+    """Images and boxes of a COCO annotation file; every listed image is a sample.
+
+    Category ids (any integers) are sorted and mapped to contiguous labels ``0 .. K-1``
+    (``class_names[label]`` is the category name, ``category_ids[label]`` its COCO id).
+    ``classes`` selects and orders categories by name instead; annotations of other categories
+    are dropped. Annotation ``bbox`` is ``[x, y, w, h]`` px and becomes xyxy;
+    ``iscrowd: 1`` (or ``ignore: 1``) sets the target's ``ignore`` flag. Images without
+    annotations are valid samples with zero boxes. The sample format is described in
+    :mod:`detlab.data.datasets.detection_base`.
+
+    Args:
+        ann_file: COCO JSON with ``images`` (id, file_name, width, height), ``annotations``
+            (image_id, category_id, bbox) and ``categories`` (id, name).
+        img_dir: folder that ``file_name`` is relative to.
+        classes: category names to keep, in label order; ``None`` keeps all.
+        check_files: check every image file exists now (otherwise when it is loaded).
+        transforms, img_size, stride, scale_up, pad_value, mean, std: see
+            :class:`~detlab.data.datasets.detection_base.DetectionDataset`.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | Path,
+        img_dir: str | Path,
+        transforms: Sequence[Any] | None = None,
+        img_size: int | None = 640,
+        classes: Sequence[str] | None = None,
+        check_files: bool = False,
+        stride: int | None = 32,
+        scale_up: bool = True,
+        pad_value: float = 114,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(transforms, img_size, stride, scale_up, pad_value, mean, std)
+        if classes is not None and (isinstance(classes, str) or not classes):
+            raise ConfigError(f"CocoDetection.classes={classes!r}: expected a list of names")
+        self.ann_file = Path(ann_file)
+        self.img_dir = Path(img_dir)
+        data = _load_json(self.ann_file)
+        self.category_ids, self.class_names = self._categories(data, classes)
+        label_of = {cid: label for label, cid in enumerate(self.category_ids)}
+        self._images = self._image_records(data)
+        self._boxes: dict[Any, list] = {rec["id"]: [] for rec in self._images}
+        self._parse_annotations(data, label_of)
+        if check_files:
+            check_files_exist([self._path(r) for r in self._images], str(self.ann_file))
+
+    # -- DetectionDataset API -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def annotations(self, index: int) -> Annotations:
+        rec = self._images[index]
+        rows = self._boxes[rec["id"]]
+        table = np.asarray(rows, np.float64).reshape(-1, 6)  # x1 y1 x2 y2 label ignore
+        return Annotations(
+            image_id=rec["id"],
+            path=str(self._path(rec)),
+            boxes=table[:, :4].astype(np.float32),
+            labels=table[:, 4].astype(np.int64),
+            ignore=table[:, 5].astype(bool),
+            size=(rec["height"], rec["width"]),
+            source=str(self.ann_file),
+        )
+
+    # -- parsing --------------------------------------------------------------------------------
+    def _path(self, rec: dict[str, Any]) -> Path:
+        return self.img_dir / rec["file_name"]
+
+    def _categories(
+        self, data: dict[str, Any], classes: Sequence[str] | None
+    ) -> tuple[list[int], list[str]]:
+        cats = _field(data, "categories", list, self.ann_file, "the file")
+        by_id: dict[int, str] = {}
+        for i, cat in enumerate(cats):
+            where = f"categories[{i}]"
+            cid = _field(cat, "id", int, self.ann_file, where)
+            if cid in by_id:
+                raise DataError(f"{self.ann_file}: {where} repeats category id {cid}")
+            by_id[cid] = str(_field(cat, "name", str, self.ann_file, where))
+        if classes is None:
+            ids = sorted(by_id)
+            return ids, [by_id[c] for c in ids]
+        id_of: dict[str, int] = {}
+        for cid, name in sorted(by_id.items()):
+            id_of.setdefault(name, cid)
+        missing = [n for n in classes if n not in id_of]
+        if missing:
+            raise DataError(
+                f"{self.ann_file}: classes {missing} are not category names "
+                f"(the file has {sorted(id_of)})"
+            )
+        return [id_of[n] for n in classes], list(classes)
+
+    def _image_records(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        records, seen = [], set()
+        for i, img in enumerate(_field(data, "images", list, self.ann_file, "the file")):
+            where = f"images[{i}]"
+            rec = {
+                "id": _field(img, "id", (int, str), self.ann_file, where),
+                "file_name": _field(img, "file_name", str, self.ann_file, where),
+                "width": _field(img, "width", int, self.ann_file, where),
+                "height": _field(img, "height", int, self.ann_file, where),
+            }
+            if rec["id"] in seen:
+                raise DataError(f"{self.ann_file}: {where} repeats image id {rec['id']!r}")
+            seen.add(rec["id"])
+            records.append(rec)
+        return records
+
+    def _parse_annotations(self, data: dict[str, Any], label_of: dict[int, int]) -> None:
+        known_cats = set(label_of)
+        all_cats = {c["id"] for c in data["categories"]}
+        for i, ann in enumerate(_field(data, "annotations", list, self.ann_file, "the file")):
+            where = f"annotations[{i}]"
+            image_id = _field(ann, "image_id", (int, str), self.ann_file, where)
+            cid = _field(ann, "category_id", int, self.ann_file, where)
+            bbox = _field(ann, "bbox", list, self.ann_file, where)
+            if image_id not in self._boxes:
+                raise DataError(
+                    f"{self.ann_file}: {where} key 'image_id' = {image_id!r} is not in 'images'"
+                )
+            if cid not in all_cats:
+                raise DataError(
+                    f"{self.ann_file}: {where} key 'category_id' = {cid} is not in 'categories'"
+                )
+            if len(bbox) != 4 or not all(_is_number(v) and math.isfinite(v) for v in bbox):
+                raise DataError(
+                    f"{self.ann_file}: {where} key 'bbox' = {bbox!r}: expected [x, y, w, h]"
+                )
+            if cid not in known_cats:
+                continue
+            x, y, w, h = (float(v) for v in bbox)
+            crowd = bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0))
+            self._boxes[image_id].append((x, y, x + w, y + h, label_of[cid], float(crowd)))
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(f"COCO annotation file not found: {path}")
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object with key 'images', got "
+                        f"{type(data).__name__}")
+    return data
+
+
+def _field(obj: Any, key: str, kind: type | tuple[type, ...], path: Path, where: str) -> Any:
+    """``obj[key]`` checked for type; errors name the file, the entry and the key."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: {where} must be a JSON object, got {type(obj).__name__}")
+    if key not in obj:
+        raise DataError(f"{path}: {where} has no key {key!r}")
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataError(f"{path}: {where} key {key!r} = {value!r}: expected {names}")
+    return value
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -1,0 +1,265 @@
+"""What every box-detection dataset shares: image reading, letterbox, augmentation, targets.
+
+A detection dataset only parses its annotation format into :class:`Annotations`; this module
+turns ``(image, Annotations)`` into detlab's sample dict (see :mod:`detlab.data.collate`)::
+
+    image   float32 (3, H, W), (x / 255 - mean) / std
+    target  boxes (N, 4) float32 xyxy px in INPUT coordinates, labels (N,) int64,
+            ignore (N,) bool (COCO crowd regions), orig_boxes (N, 4) float32 xyxy px in the
+            ORIGINAL image, taken from the annotation file before any augmentation
+    meta    image_id, path, orig_size (h, w), input_size (h, w) of the resized image before
+            padding, scale (sy, sx), pad (top, left); without geometric augmentation
+            input = orig * scale + pad exactly
+
+Pipeline of :meth:`DetectionDataset.make_sample`: resize keeping the ratio to ``img_size``
+(:func:`~detlab.data.letterbox.resize_keep_ratio`) → recipe transforms (albumentations, boxes
+follow) → pad to a multiple of ``stride`` → normalize. Augmenting before padding keeps gray
+bands out of flips and crops, so ``pad`` is the true padding.
+
+``orig_boxes`` are the annotations of the objects that survive augmentation, never moved by it.
+The evaluator maps ground truth with them, which is only meaningful where the image is not
+geometrically augmented (validation/test). Under geometric augmentation ``meta["scale"]`` and
+``meta["pad"]`` describe only the letterbox step; training code must use ``boxes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ...errors import ConfigError, DataError
+from ..letterbox import pad_to_stride, resize_keep_ratio
+from ..transforms import build_transforms
+
+__all__ = [
+    "Annotations",
+    "DetectionDataset",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "read_rgb",
+    "check_files_exist",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Annotations:
+    """One image's annotations as parsed from a file.
+
+    Attributes:
+        image_id: unique, hashable id (COCO id, relative path …).
+        path: image file.
+        boxes: ``(N, 4)`` xyxy, float32 pixels, or float64 fractions of the image width/height
+            when ``normalized`` (YOLO labels; converted once the image size is known).
+        labels: ``(N,)`` int64 in ``[0, num_classes)``.
+        ignore: ``(N,)`` bool, True for crowd/ignore regions.
+        size: ``(h, w)`` the annotation file states, checked against the decoded image.
+        source: file the annotations come from, for error messages.
+    """
+
+    image_id: Any
+    path: str
+    boxes: np.ndarray
+    labels: np.ndarray
+    ignore: np.ndarray
+    size: tuple[int, int] | None = None
+    normalized: bool = False
+    source: str = ""
+
+    def relative_areas(self) -> np.ndarray:
+        """``(M,)`` box area / image area of the non-ignored, non-empty boxes (no decoding)."""
+        boxes = self.boxes[~self.ignore]
+        areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+        if not self.normalized:
+            if self.size is None:
+                raise DataError(
+                    f"image {self.image_id!r}: relative areas need the image size in the "
+                    "annotations"
+                )
+            areas = areas / float(self.size[0] * self.size[1])
+        return areas[areas > 0].astype(np.float64)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to ``(H, W, 3)`` uint8 RGB (grayscale is repeated, alpha dropped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file not found: {path}")
+    # imdecode from bytes: cv2.imread cannot open non-ASCII paths on every platform.
+    data = np.fromfile(str(path), np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DataError(f"cannot decode image file {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_files_exist(paths: Sequence[str | Path], source: str) -> None:
+    """Raise :class:`DataError` naming the first missing files (``check_files=True``)."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5])
+        if len(missing) > 5:
+            shown += f" … ({len(missing)} in all)"
+        raise DataError(f"image file(s) listed in {source} not found: {shown}")
+
+
+class DetectionDataset(Dataset):
+    """Base of box-detection datasets; subclasses implement ``__len__`` and :meth:`annotations`.
+
+    Args:
+        transforms: recipe list of albumentations configs, applied to the resized uint8 RGB
+            image with its boxes (``build_transforms(task="detection")``). Do not add
+            ``Normalize``: the dataset normalizes with ``mean``/``std``.
+        img_size: long side of the letterbox (the image fits in ``img_size x img_size``);
+            ``None`` keeps the original resolution (e.g. for crop-based training).
+        stride: pad each side to a multiple of this (least padding); ``None`` pads to
+            ``img_size x img_size``.
+        scale_up: enlarge images smaller than ``img_size`` (``False``: only shrink).
+        pad_value: gray level of the letterbox padding (0–255).
+        mean, std: per-channel normalization of ``x / 255``.
+    """
+
+    class_names: list[str] = []
+
+    def __init__(
+        self,
+        transforms: Sequence[Any] | None = None,
+        img_size: int | None = 640,
+        stride: int | None = 32,
+        scale_up: bool = True,
+        pad_value: float = 114,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        name = type(self).__name__
+        if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int)
+                                     or img_size < 1):
+            raise ConfigError(f"{name}.img_size={img_size!r}: expected a positive int or None")
+        if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int)
+                                   or stride < 1):
+            raise ConfigError(f"{name}.stride={stride!r}: expected a positive int or None")
+        if stride is None and img_size is None:
+            raise ConfigError(f"{name}: stride=None pads to img_size, so img_size cannot be None")
+        if not 0 <= float(pad_value) <= 255:
+            raise ConfigError(f"{name}.pad_value={pad_value!r}: expected a gray level in [0, 255]")
+        self.mean = _channel_values(mean, "mean", name)
+        self.std = _channel_values(std, "std", name)
+        if (self.std <= 0).any():
+            raise ConfigError(f"{name}.std={tuple(std)!r}: every value must be > 0")
+        self.img_size = img_size
+        self.stride = stride
+        self.scale_up = bool(scale_up)
+        self.pad_value = float(pad_value)
+        self.transforms = build_transforms(transforms, task="detection",
+                                           key=f"{name}.transforms")
+
+    # -- what a format implements ---------------------------------------------------------------
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def annotations(self, index: int) -> Annotations:  # pragma: no cover - abstract
+        """Parse the annotations of image ``index`` (no image decoding)."""
+        raise NotImplementedError
+
+    def load_image(self, ann: Annotations) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB image of ``ann`` (read from ``ann.path``)."""
+        return read_rgb(ann.path)
+
+    # -- shared ---------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (labels are ``0 .. num_classes - 1``)."""
+        return len(self.class_names)
+
+    def object_areas(self, index: int) -> np.ndarray:
+        """``(M,)`` relative areas (box / image area) of image ``index``'s non-ignored objects,
+        from the annotations only (cheap: used by samplers over the whole dataset)."""
+        return self.annotations(index).relative_areas()
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, Annotations]:
+        """Original ``(H, W, 3)`` uint8 RGB image and its annotations with pixel boxes."""
+        ann = self.annotations(index)
+        image = self.load_image(ann)
+        h, w = image.shape[:2]
+        if ann.size is not None and tuple(ann.size) != (h, w):
+            raise DataError(
+                f"image {ann.path} is {h}x{w} (h x w) but {ann.source or 'its annotations'} "
+                f"says {ann.size[0]}x{ann.size[1]}"
+            )
+        if ann.normalized:
+            boxes = ann.boxes.astype(np.float64) * np.array([w, h, w, h], np.float64)
+            ann = Annotations(ann.image_id, ann.path, boxes.astype(np.float32), ann.labels,
+                              ann.ignore, (h, w), False, ann.source)
+        return image, ann
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, ann = self.load_raw(index)
+        return self.make_sample(image, ann)
+
+    def make_sample(
+        self, image: np.ndarray, ann: Annotations, extra_meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Letterbox, augment and normalize ``image`` (H, W, 3) uint8 with pixel-box ``ann``."""
+        orig_h, orig_w = image.shape[:2]
+        resized, boxes, scale = resize_keep_ratio(image, ann.boxes, self.img_size, self.scale_up)
+        # Clip to the image and drop empty boxes first: albumentations rejects x2 <= x1.
+        boxes, keep = _clip_nonempty(boxes, resized.shape[0], resized.shape[1])
+        if self.transforms is not None:
+            out = self.transforms(image=resized, bboxes=boxes, labels=keep)
+            resized = out["image"]
+            boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+            # Transforms may drop boxes: the label field carries each survivor's row index.
+            keep = np.asarray(out["labels"], np.int64).reshape(-1)
+        input_h, input_w = resized.shape[:2]
+        padded, boxes, pad = pad_to_stride(resized, boxes, self.stride, self.pad_value,
+                                           self.img_size)
+        meta = {
+            "image_id": ann.image_id, "path": ann.path, "orig_size": (orig_h, orig_w),
+            "input_size": (input_h, input_w), "scale": scale, "pad": pad,
+        }
+        meta.update(extra_meta or {})
+        return {
+            "image": self.normalize(padded),
+            "target": {
+                "boxes": torch.from_numpy(boxes.astype(np.float32)),
+                "labels": torch.from_numpy(ann.labels[keep].astype(np.int64)),
+                "ignore": torch.from_numpy(ann.ignore[keep].astype(bool)),
+                "orig_boxes": torch.from_numpy(ann.boxes[keep].astype(np.float32)),
+            },
+            "meta": meta,
+        }
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        """``(H, W, 3)`` uint8 (or float in [0, 1]) → ``(3, H, W)`` float32 normalized."""
+        arr = image.astype(np.float32)
+        if image.dtype == np.uint8:
+            arr /= 255.0
+        arr = (arr - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def _clip_nonempty(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    boxes = boxes.reshape(-1, 4).copy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+    return boxes[keep], keep.astype(np.int64)
+
+
+def _channel_values(values: Sequence[float], arg: str, owner: str) -> np.ndarray:
+    try:
+        arr = np.asarray([float(v) for v in values], np.float32)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{owner}.{arg}={values!r}: expected 3 numbers (R, G, B)") from None
+    if arr.shape != (3,):
+        raise ConfigError(f"{owner}.{arg}={tuple(values)!r}: expected 3 numbers (R, G, B)")
+    return arr

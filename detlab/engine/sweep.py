@@ -1,0 +1,196 @@
+"""``detlab sweep``: post-processing and evaluator settings tried on one inference pass.
+
+The network runs once over the evaluation split; its raw outputs are kept (on the CPU). For
+every combination of the swept values, only the head's post-processing and the evaluator are
+rebuilt from the recipe with those overrides and re-run on the kept outputs. A table sorted by
+the primary metric is printed.
+
+Only keys that cannot change the network's outputs may be swept: ``evaluator.…`` and
+``model.head.<arg>…`` where ``<arg>`` is listed in the head's ``postprocess_args``
+(e.g. ``threshold`` for the Attention U-Net, ``postprocess`` for the DB head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..recipe import apply_overrides, parse_value
+from ..registry import EVALUATORS, HEADS
+from ..structures import to_device
+from .callbacks import format_metrics
+
+__all__ = ["parse_sweep", "split_values", "run_sweep", "add_command", "SweepResult"]
+
+
+def split_values(raw: str) -> list[str]:
+    """Split ``"1,2,[3, 4]"`` at top-level commas: ``["1", "2", "[3, 4]"]``."""
+    parts, depth, current = [], 0, []
+    for ch in raw:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current).strip())
+    return [p for p in parts if p]
+
+
+def parse_sweep(items: Iterable[str]) -> dict[str, list[Any]]:
+    """``["a.b=1,2", "c=x"]`` → ``{"a.b": [1, 2], "c": ["x"]}`` (values typed like overrides)."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"sweep item {item!r} is not of the form key=v1,v2,…")
+        key, raw = item.split("=", 1)
+        values = split_values(raw)
+        if not values:
+            raise ConfigError(f"sweep item {item!r} has no values")
+        grid[key.strip()] = [parse_value(v) for v in values]
+    if not grid:
+        raise ConfigError("detlab sweep: give at least one key=v1,v2,… item")
+    return grid
+
+
+def _check_keys(grid: dict[str, list[Any]], head: torch.nn.Module) -> None:
+    allowed = tuple(getattr(head, "postprocess_args", ()))
+    for key in grid:
+        parts = key.split(".")
+        if parts[0] == "evaluator":
+            continue
+        if parts[:2] == ["model", "head"] and len(parts) >= 3 and parts[2] in allowed:
+            continue
+        raise ConfigError(
+            f"cannot sweep {key!r}: only evaluator.* and model.head.<arg>.* for post-processing "
+            f"arguments of {type(head).__name__} ({', '.join(allowed) or 'none'}) reuse the "
+            "network outputs; other keys need `detlab eval CKPT key=value` per value"
+        )
+
+
+class SweepResult(list):
+    """Rows ``{"settings": {...}, "metrics": {...}}`` plus timing attributes (seconds)."""
+
+    inference_s: float = 0.0
+    postprocess_s: float = 0.0
+    primary: str = ""
+
+
+@torch.inference_mode()
+def run_sweep(task: Any, grid: dict[str, list[Any]], split: str = "val",
+              limit: int | None = None) -> SweepResult:
+    """Run ``task``'s model once over ``split`` and evaluate every combination of ``grid``.
+
+    Returns rows sorted by the primary metric (best first).
+    """
+    from ..data.datamodule import DataModule
+
+    model = task.model
+    _check_keys(grid, model.head)
+    data = DataModule(task.recipe.section("data"), size_divisor=model.size_divisor)
+    loader = data.val_dataloader() if split == "val" else data.test_dataloader()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+
+    t0 = time.perf_counter()
+    cached = []
+    for i, batch in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        outputs = model(batch.images.to(device))
+        cached.append((to_device(outputs, "cpu"), batch))
+    inference_s = time.perf_counter() - t0
+
+    head_state = {k: v.cpu() for k, v in model.head.state_dict().items()}
+    neck_or_backbone = model.neck if model.neck is not None else model.backbone
+    result = SweepResult()
+    keys = list(grid)
+    higher = True
+    t1 = time.perf_counter()
+    for values in itertools.product(*(grid[k] for k in keys)):
+        overrides = [f"{k}={v!r}" for k, v in zip(keys, values)]
+        recipe = copy.deepcopy(dict(task.recipe))
+        apply_overrides(recipe, overrides)
+        head = HEADS.build(recipe["model"]["head"], key="model.head",
+                           in_channels=list(neck_or_backbone.channels),
+                           strides=list(neck_or_backbone.strides))
+        head.load_state_dict(head_state)
+        head.eval()
+        evaluator = EVALUATORS.build(recipe["evaluator"], key="evaluator")
+        evaluator.reset()
+        for outputs, batch in cached:
+            evaluator.update(head.postprocess(outputs, batch, stage="test"), batch)
+        result.append({"settings": dict(zip(keys, values)), "metrics": evaluator.compute()})
+        result.primary = evaluator.primary
+        higher = getattr(evaluator, "higher_is_better", True)
+    result.postprocess_s = time.perf_counter() - t1
+    result.inference_s = inference_s
+    result.sort(key=lambda r: r["metrics"].get(result.primary, 0.0), reverse=higher)
+    return result
+
+
+def format_table(result: SweepResult) -> str:
+    """The sweep as an aligned text table, best row first."""
+    if not result:
+        return "(no combinations)"
+    keys = list(result[0]["settings"])
+    metric_keys = [result.primary] + [
+        k for k in result[0]["metrics"] if k != result.primary and "/" not in k
+    ][:5]
+    header = keys + metric_keys
+    rows = [
+        [repr(r["settings"][k]) for k in keys]
+        + [f"{r['metrics'].get(m, float('nan')):.4f}" for m in metric_keys]
+        for r in result
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run ``detlab sweep``."""
+    from .trainer import load_task
+
+    grid = parse_sweep(args.items)
+    task = load_task(args.checkpoint)
+    result = run_sweep(task, grid, split=args.split, limit=args.limit)
+    print(format_table(result))
+    n = len(result)
+    per_combo = result.postprocess_s / max(n, 1)
+    naive = n * (result.inference_s + per_combo)
+    print(
+        f"\n{n} combination(s): inference once {result.inference_s:.2f} s, post-processing + "
+        f"evaluation {per_combo:.2f} s each; re-running inference per combination would take "
+        f"~{naive:.1f} s ({naive / max(result.inference_s + result.postprocess_s, 1e-9):.1f}x)"
+    )
+    best = result[0]
+    print("best: " + "  ".join(f"{k}={v!r}" for k, v in best["settings"].items())
+          + "  →  " + format_metrics(best["metrics"], result.primary))
+    return 0
+
+
+def add_command(sub: Any) -> None:
+    """Add ``detlab sweep`` to the CLI."""
+    p = sub.add_parser(
+        "sweep", help="try post-processing settings on one inference pass",
+        description="Run CKPT once over the validation set, then re-run post-processing and "
+        "evaluation for every combination of key=v1,v2,… and print a table sorted by the "
+        "primary metric. Example: detlab sweep CKPT evaluator.threshold=0.1,0.3,0.5",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("items", nargs="+", metavar="KEY=V1,V2,…")
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N batches")
+    p.set_defaults(func=cmd_sweep)

@@ -1,0 +1,91 @@
+"""Shared plumbing of the box and quality losses: argument checks, fp32 casting and reduction.
+
+Every loss here follows one convention (the mmdetection one):
+
+* ``forward(..., weight=None, avg_factor=None)`` computes a per-item loss ``l`` (shape stated by
+  each loss), multiplies it by the optional per-item ``weight``;
+* ``reduction="none"`` returns that tensor, ``"sum"`` its sum, ``"mean"`` its sum divided by
+  ``avg_factor`` when given (e.g. the number of positives or the sum of target scores) and by the
+  number of items otherwise;
+* the result is multiplied by the constructor's ``weight`` (the term's weight in the total loss).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+__all__ = ["Reduction", "WeightedLoss", "as_fp32"]
+
+Reduction = Literal["mean", "sum", "none"]
+_REDUCTIONS = get_args(Reduction)
+
+
+def as_fp32(x: Tensor) -> Tensor:
+    """float16/bfloat16 → float32 (float64 kept, for gradcheck)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+class WeightedLoss(nn.Module):
+    """Base class holding ``weight``, ``reduction``, ``eps`` and ``name`` and reducing a loss.
+
+    Args:
+        weight: multiplier of this term in the total loss (>= 0).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        eps: small positive number guarding divisions.
+        name: the key of this term in a head's loss dict (``"loss_<term>"``).
+    """
+
+    def __init__(
+        self, weight: float = 1.0, reduction: Reduction = "mean", eps: float = 1e-7, name: str = ""
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"{cls}: weight must be a number >= 0, got {weight!r}")
+        if reduction not in _REDUCTIONS:
+            raise ConfigError(f"{cls}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise ConfigError(f"{cls}: eps must be a number in (0, 1), got {eps!r}")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{cls}: name must be a non-empty string, got {name!r}")
+        self.weight = float(weight)
+        self.reduction: Reduction = reduction
+        self.eps = float(eps)
+        self.name = name
+
+    def reduce(
+        self, loss: Tensor, weight: Tensor | None = None, avg_factor: float | Tensor | None = None
+    ) -> Tensor:
+        """Apply the per-item ``weight``, the reduction and the term weight to ``loss``."""
+        if weight is not None:
+            weight = as_fp32(weight).to(loss.device)
+            if weight.dim() < loss.dim():  # (N,) weights a per-item (N, C) loss row-wise
+                weight = weight.reshape(weight.shape + (1,) * (loss.dim() - weight.dim()))
+            try:
+                loss = loss * weight
+            except RuntimeError as err:
+                raise ValueError(
+                    f"{type(self).__name__}: weight of shape {tuple(weight.shape)} does not match "
+                    f"the per-item loss of shape {tuple(loss.shape)}"
+                ) from err
+        if self.reduction == "none":
+            if avg_factor is not None:
+                raise ValueError(f"{type(self).__name__}: avg_factor needs reduction='mean'")
+            return self.weight * loss
+        if self.reduction == "sum":
+            if avg_factor is not None:
+                raise ValueError(f"{type(self).__name__}: avg_factor needs reduction='mean'")
+            return self.weight * loss.sum()
+        if avg_factor is None:
+            # sum / max(n, 1) instead of mean(): an empty batch gives 0 (with a graph), not NaN.
+            return self.weight * loss.sum() / max(loss.numel(), 1)
+        # float32 eps keeps a zero avg_factor (no positives) from dividing by zero.
+        return self.weight * loss.sum() / (avg_factor + torch.finfo(torch.float32).eps)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, reduction={self.reduction!r}, name={self.name!r}"

@@ -1,0 +1,183 @@
+"""Box post-processing: score threshold, pre-NMS top-k, NMS, max detections."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..ops.nms import NMS_METHODS, NMSMethod, nms
+from ..registry import POSTPROCESSORS
+
+__all__ = ["BoxPostProcessor"]
+
+Detections = tuple[Tensor, Tensor, Tensor]
+
+
+@POSTPROCESSORS.register
+class BoxPostProcessor:
+    """Turn per-box class probabilities into final detections for one image or a batch.
+
+    Multi-label like YOLOv8: every (box, class) pair with probability > ``score_threshold`` is a
+    candidate, so one box may be kept for several classes (``multi_label=False`` keeps only each
+    box's best class). The ``pre_nms_topk`` highest-scoring candidates go through NMS
+    (:func:`detlab.ops.nms.nms`), and the ``max_detections`` best survivors are returned.
+
+    Args:
+        score_threshold: minimum class probability of a candidate (and the final threshold of
+            Soft-NMS). 0.001 for mAP evaluation, ~0.25 for deployment.
+        pre_nms_topk: candidates kept before NMS, per image.
+        max_detections: detections returned per image.
+        iou_threshold: NMS threshold (see :func:`detlab.ops.nms.nms`).
+        method: ``"standard"``, ``"soft_gaussian"``, ``"soft_linear"`` or ``"diou"``.
+        class_agnostic: suppress across classes too.
+        sigma: Gaussian Soft-NMS width.
+        multi_label: every class over the threshold is a candidate (True), or only the best.
+    """
+
+    def __init__(
+        self,
+        score_threshold: float = 0.001,
+        pre_nms_topk: int = 30000,
+        max_detections: int = 300,
+        iou_threshold: float = 0.7,
+        method: NMSMethod = "standard",
+        class_agnostic: bool = False,
+        sigma: float = 0.5,
+        multi_label: bool = True,
+    ) -> None:
+        for arg, value in (("score_threshold", score_threshold), ("iou_threshold", iou_threshold)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0 <= value <= 1
+            ):
+                raise ConfigError(
+                    f"BoxPostProcessor: {arg} must be a number in [0, 1], got {value!r}"
+                )
+        for arg, value in (("pre_nms_topk", pre_nms_topk), ("max_detections", max_detections)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"BoxPostProcessor: {arg} must be an int >= 1, got {value!r}")
+        if method not in NMS_METHODS:
+            raise ConfigError(
+                f"BoxPostProcessor: method must be one of {NMS_METHODS}, got {method!r}"
+            )
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma <= 0:
+            raise ConfigError(f"BoxPostProcessor: sigma must be a number > 0, got {sigma!r}")
+        for arg, value in (("class_agnostic", class_agnostic), ("multi_label", multi_label)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"BoxPostProcessor: {arg} must be a bool, got {value!r}")
+        self.score_threshold = float(score_threshold)
+        self.pre_nms_topk = pre_nms_topk
+        self.max_detections = max_detections
+        self.iou_threshold = float(iou_threshold)
+        self.method: NMSMethod = method
+        self.class_agnostic = class_agnostic
+        self.sigma = float(sigma)
+        self.multi_label = multi_label
+
+    def __repr__(self) -> str:
+        return (
+            f"BoxPostProcessor(score_threshold={self.score_threshold}, pre_nms_topk="
+            f"{self.pre_nms_topk}, max_detections={self.max_detections}, iou_threshold="
+            f"{self.iou_threshold}, method={self.method!r}, class_agnostic={self.class_agnostic},"
+            f" multi_label={self.multi_label})"
+        )
+
+    def candidates(self, scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``k`` best (box, class) candidates of each image's ``(B, N, C)`` probabilities.
+
+        Returns ``(values, box_index, labels)``, each ``(B, k)``, sorted by decreasing value;
+        values not over ``score_threshold`` are set to -1 (so the valid ones form a prefix).
+        """
+        b, n, c = scores.shape
+        if self.multi_label:
+            values, idx = scores.reshape(b, n * c).topk(k, dim=1)
+            box_index, labels = idx // c, idx % c
+        else:
+            best, labels_all = scores.max(dim=2)
+            values, box_index = best.topk(k, dim=1)
+            labels = labels_all.gather(1, box_index)
+        values = torch.where(values > self.score_threshold, values, torch.full_like(values, -1))
+        return values, box_index, labels
+
+    def __call__(self, boxes: Tensor, scores: Tensor) -> Detections:
+        """Detections of one image: ``boxes`` ``(N, 4)`` xyxy, ``scores`` ``(N, C)`` probabilities
+        → ``(boxes (K, 4), scores (K,), labels (K,) int64)``, sorted by decreasing score."""
+        if boxes.dim() != 2 or boxes.shape[-1] != 4 or scores.dim() != 2 or (
+            scores.shape[0] != boxes.shape[0]
+        ):
+            raise ValueError(
+                f"boxes must be (N, 4) and scores (N, C), got {tuple(boxes.shape)}, "
+                f"{tuple(scores.shape)}"
+            )
+        return self.batched(boxes[None], scores[None])[0]
+
+    def batched(
+        self, boxes: Tensor | Sequence[Tensor], scores: Tensor | Sequence[Tensor]
+    ) -> list[Detections]:
+        """Detections for a batch: ``(B, N, 4)`` and ``(B, N, C)`` tensors, or lists of per-image
+        ``(N_i, 4)`` and ``(N_i, C)`` tensors → one ``(boxes, scores, labels)`` per image."""
+        if not isinstance(boxes, Tensor) or not isinstance(scores, Tensor):
+            if len(boxes) != len(scores):
+                raise ValueError(f"{len(boxes)} box tensors but {len(scores)} score tensors")
+            return [self.batched(b[None], s[None])[0] for b, s in zip(boxes, scores)]
+        if boxes.dim() != 3 or boxes.shape[-1] != 4 or scores.dim() != 3 or (
+            scores.shape[:2] != boxes.shape[:2]
+        ):
+            raise ValueError(
+                f"boxes must be (B, N, 4) and scores (B, N, C), got {tuple(boxes.shape)}, "
+                f"{tuple(scores.shape)}"
+            )
+        b, n, c = scores.shape
+        if n == 0 or c == 0:
+            return [_empty(boxes, scores) for _ in range(b)]
+        limit = min(self.pre_nms_topk, n * c if self.multi_label else n)
+        if self.method == "standard":
+            return self._standard(boxes, scores, limit)
+        values, box_index, labels = self.candidates(scores, limit)
+        counts = (values >= 0).sum(dim=1).tolist()
+        out = []
+        for i, m in enumerate(counts):  # Soft-/DIoU-NMS loop over kept boxes; image by image
+            cand = boxes[i, box_index[i, :m]]
+            keep, kept = nms(
+                cand, values[i, :m], labels[i, :m], self.method, self.iou_threshold,
+                self.class_agnostic, self.sigma, self.score_threshold, self.max_detections,
+            )
+            out.append((cand[keep], kept, labels[i, :m][keep]))
+        return out
+
+    def _standard(self, boxes: Tensor, scores: Tensor, limit: int) -> list[Detections]:
+        """Greedy NMS keeps a box or not by looking only at higher-scoring boxes, so the first
+        ``max_detections`` survivors of a score-sorted prefix of the candidates are exactly those
+        of all candidates. Start with a short prefix and lengthen it only for images where it
+        yields fewer than ``max_detections`` survivors: exact, and ~20x faster than NMS over
+        30000 candidates at a 0.001 threshold."""
+        out: list[Detections | None] = [None] * boxes.shape[0]
+        pending = list(range(boxes.shape[0]))
+        k = min(limit, max(4 * self.max_detections, 1024))
+        while pending:
+            rows = scores if len(pending) == len(out) else scores[pending]
+            values, box_index, labels = self.candidates(rows, k)
+            counts = (values >= 0).sum(dim=1).tolist()
+            unfinished = []
+            for row, (i, m) in enumerate(zip(pending, counts)):
+                cand = boxes[i, box_index[row, :m]]
+                keep, kept = nms(
+                    cand, values[row, :m], labels[row, :m], "standard", self.iou_threshold,
+                    self.class_agnostic, max_keep=self.max_detections,
+                )
+                if keep.numel() >= self.max_detections or m < k or k >= limit:
+                    out[i] = (cand[keep], kept, labels[row, :m][keep])
+                else:
+                    unfinished.append(i)
+            pending, k = unfinished, min(limit, 4 * k)
+        return out  # type: ignore[return-value]
+
+
+def _empty(boxes: Tensor, scores: Tensor) -> Detections:
+    return (
+        boxes.new_zeros((0, 4)),
+        scores.new_zeros((0,)),
+        torch.zeros(0, dtype=torch.long, device=scores.device),
+    )

@@ -1,0 +1,287 @@
+"""NMS variants (hand cases, torchvision, straightforward references) and BoxPostProcessor."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision.ops as tvops
+
+from detlab.errors import ConfigError
+from detlab.ops.nms import nms
+from detlab.postprocess.box_nms import BoxPostProcessor
+from detlab.registry import POSTPROCESSORS
+
+
+def random_detections(n: int, seed: int, classes: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 40 + 2], 1)
+    return boxes, torch.rand(n, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+# -- standard -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1])
+def test_standard_matches_torchvision(seed):
+    boxes, scores, labels = random_detections(300, seed)
+    keep, kept = nms(boxes, scores, labels, "standard", 0.5)
+    assert torch.equal(keep, tvops.batched_nms(boxes, scores, labels, 0.5))
+    torch.testing.assert_close(kept, scores[keep])
+    keep, _ = nms(boxes, scores, labels, "standard", 0.5, class_agnostic=True)
+    assert torch.equal(keep, tvops.nms(boxes, scores, 0.5))
+    keep, _ = nms(boxes, scores, None, "standard", 0.5)
+    assert torch.equal(keep, tvops.nms(boxes, scores, 0.5))
+
+
+def test_standard_many_boxes_matches_torchvision():
+    # > 1000 boxes on CPU: one pass over class-offset float64 boxes instead of a class loop
+    boxes, scores, labels = random_detections(3000, 7, classes=20)
+    keep, _ = nms(boxes, scores, labels, "standard", 0.5)
+    want = tvops.batched_nms(boxes, scores, labels, 0.5)
+    # 3000 float32 uniforms hold a tie or two, which the two may order differently
+    assert set(keep.tolist()) == set(want.tolist())
+    assert torch.equal(scores[keep], scores[want])
+
+
+# -- Soft-NMS -------------------------------------------------------------------------------------
+A, B, C, D = [0, 0, 10, 10], [0, 0, 10, 8], [20, 20, 30, 30], [0, 0, 10, 9]
+IOU_AB, IOU_AD, IOU_BD = 0.8, 0.9, 80 / 90
+
+
+def _run(method, boxes, scores, labels=None, **kw):
+    keep, kept = nms(torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores), labels,
+                     method, **kw)
+    return keep.tolist(), kept.tolist()
+
+
+def test_soft_gaussian_hand_example():
+    keep, kept = _run("soft_gaussian", [A, B, C], [0.9, 0.8, 0.5], sigma=0.5)
+    assert keep == [0, 2, 1]
+    assert kept == pytest.approx([0.9, 0.5, 0.8 * math.exp(-(IOU_AB**2) / 0.5)], rel=1e-6)
+
+
+def test_soft_gaussian_decays_sequentially():
+    keep, kept = _run("soft_gaussian", [A, B, C, D], [0.9, 0.8, 0.5, 0.85], sigma=0.5)
+    b = 0.8 * math.exp(-(IOU_AB**2) / 0.5)  # decayed by A
+    d = 0.85 * math.exp(-(IOU_AD**2) / 0.5) * math.exp(-(IOU_BD**2) / 0.5)  # by A, then B
+    assert keep == [0, 2, 1, 3]
+    assert kept == pytest.approx([0.9, 0.5, b, d], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "iou_threshold, score_threshold, keep, kept",
+    [
+        (0.3, 0.001, [0, 2, 1], [0.9, 0.5, 0.8 * (1 - IOU_AB)]),  # IoU 0.8 > 0.3: decayed
+        (0.85, 0.001, [0, 1, 2], [0.9, 0.8, 0.5]),  # IoU 0.8 <= 0.85: untouched
+        (0.3, 0.2, [0, 2], [0.9, 0.5]),  # decayed to 0.16 < 0.2: dropped
+    ],
+)
+def test_soft_linear_hand_example(iou_threshold, score_threshold, keep, kept):
+    got_keep, got_kept = _run("soft_linear", [A, B, C], [0.9, 0.8, 0.5],
+                              iou_threshold=iou_threshold, score_threshold=score_threshold)
+    assert got_keep == keep
+    assert got_kept == pytest.approx(kept, rel=1e-6)
+
+
+def test_soft_nms_is_per_class():
+    keep, kept = _run("soft_gaussian", [A, B], [0.9, 0.8], labels=torch.tensor([0, 1]))
+    assert keep == [0, 1] and kept == pytest.approx([0.9, 0.8])
+    keep, kept = _run("soft_gaussian", [A, B], [0.9, 0.8], labels=torch.tensor([0, 1]),
+                      class_agnostic=True)
+    assert kept[1] < 0.8
+
+
+def reference_soft_nms(boxes, scores, sigma, iou_threshold, score_threshold, linear):
+    """Bodla et al. 2017, Algorithm 1, written as plainly as possible."""
+    iou_matrix, scores = tvops.box_iou(boxes, boxes).tolist(), scores.tolist()
+    remaining = list(range(len(scores)))
+    s = {i: scores[i] for i in remaining}
+    out = []
+    while remaining:
+        m = max(remaining, key=lambda i: (s[i], -i))
+        out.append((m, s[m]))
+        remaining.remove(m)
+        for i in list(remaining):
+            u = iou_matrix[m][i]
+            if linear:
+                s[i] = s[i] * (1 - u) if u > iou_threshold else s[i]
+            else:
+                s[i] = s[i] * math.exp(-u * u / sigma)
+            if s[i] < score_threshold:
+                remaining.remove(i)
+    return [m for m, _ in out], [v for _, v in out]
+
+
+@pytest.mark.parametrize("method", ["soft_gaussian", "soft_linear"])
+def test_soft_nms_matches_reference(method):
+    boxes, scores, _ = random_detections(60, 3)
+    keep, kept = nms(boxes, scores, None, method, iou_threshold=0.3, sigma=0.5,
+                     score_threshold=0.05)
+    ref_keep, ref_kept = reference_soft_nms(boxes, scores, 0.5, 0.3, 0.05,
+                                            linear=method == "soft_linear")
+    assert keep.tolist() == ref_keep
+    assert kept.tolist() == pytest.approx(ref_kept, rel=1e-5)
+
+
+# -- DIoU-NMS -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "method, threshold, keep",
+    [
+        # A, B: IoU 0.6, centre distance² 4, enclosing diagonal² 200 → DIoU 0.58
+        ("standard", 0.59, [0]),
+        ("diou", 0.59, [0, 1]),
+        ("diou", 0.57, [0]),
+    ],
+)
+def test_diou_nms_hand_example(method, threshold, keep):
+    got, _ = _run(method, [[0, 0, 10, 10], [0, 0, 10, 6]], [0.9, 0.8], iou_threshold=threshold)
+    assert got == keep
+
+
+def test_diou_nms_matches_reference():
+    boxes, scores, labels = random_detections(200, 4)
+    diou = tvops.distance_box_iou(boxes, boxes).tolist()
+    order, labels_list = scores.argsort(descending=True).tolist(), labels.tolist()
+    suppressed, ref = set(), []
+    for i in order:  # greedy, per class
+        if i in suppressed:
+            continue
+        ref.append(i)
+        suppressed |= {j for j in order if labels_list[j] == labels_list[i] and diou[i][j] > 0.4}
+    keep, _ = nms(boxes, scores, labels, "diou", 0.4)
+    assert keep.tolist() == ref
+
+
+@pytest.mark.parametrize("method", ["standard", "soft_gaussian", "soft_linear", "diou"])
+def test_max_keep_is_a_prefix(method):
+    boxes, scores, labels = random_detections(120, 5)
+    full, full_scores = nms(boxes, scores, labels, method, 0.5)
+    first, first_scores = nms(boxes, scores, labels, method, 0.5, max_keep=7)
+    assert torch.equal(first, full[:7])
+    torch.testing.assert_close(first_scores, full_scores[:7])
+
+
+def test_nms_rejects_unknown_method():
+    with pytest.raises(ValueError, match="matrix"):
+        nms(torch.zeros(1, 4), torch.ones(1), method="matrix")
+
+
+# -- post-processor ---------------------------------------------------------------------------
+def grid_boxes(n: int) -> torch.Tensor:
+    """``n`` disjoint 10x10 boxes."""
+    x = torch.arange(n, dtype=torch.float32) * 20
+    return torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], 1)
+
+
+def test_multi_label_and_threshold():
+    boxes = grid_boxes(2)
+    scores = torch.tensor([[0.9, 0.6, 0.1], [0.2, 0.05, 0.3]])
+    out_boxes, out_scores, out_labels = BoxPostProcessor(score_threshold=0.25)(boxes, scores)
+    assert out_scores.tolist() == pytest.approx([0.9, 0.6, 0.3])
+    assert out_labels.tolist() == [0, 1, 2]
+    torch.testing.assert_close(out_boxes, boxes[[0, 0, 1]])
+    _, single_scores, single_labels = BoxPostProcessor(score_threshold=0.25, multi_label=False)(
+        boxes, scores
+    )
+    assert single_scores.tolist() == pytest.approx([0.9, 0.3]) and single_labels.tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("pre_nms_topk, max_detections, expected", [
+    (3, 300, [0.9, 0.8, 0.7]),
+    (300, 4, [0.9, 0.8, 0.7, 0.6]),
+    (5, 2, [0.9, 0.8]),
+])
+def test_topk_and_max_detections(pre_nms_topk, max_detections, expected):
+    scores = torch.tensor([0.3, 0.9, 0.5, 0.8, 0.6, 0.7, 0.4, 0.2])[:, None]
+    post = BoxPostProcessor(pre_nms_topk=pre_nms_topk, max_detections=max_detections)
+    _, out_scores, _ = post(grid_boxes(8), scores)
+    assert out_scores.tolist() == pytest.approx(expected)
+
+
+def test_nms_is_per_class_unless_agnostic():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 9], [1, 0, 10, 10]])
+    scores = torch.tensor([[0.9, 0.0], [0.8, 0.0], [0.0, 0.7]])
+    _, _, labels = BoxPostProcessor(iou_threshold=0.5)(boxes, scores)
+    assert labels.tolist() == [0, 1]
+    _, _, labels = BoxPostProcessor(iou_threshold=0.5, class_agnostic=True)(boxes, scores)
+    assert labels.tolist() == [0]
+
+
+def reference_postprocess(boxes, scores, thr, topk, iou, max_det):
+    """Straightforward: every (box, class) over thr, top-k, per-class torchvision NMS, cut."""
+    cand = [(s, i, c) for i in range(scores.shape[0]) for c in range(scores.shape[1])
+            if (s := scores[i, c].item()) > thr]
+    cand = sorted(cand, key=lambda t: -t[0])[:topk]
+    kept = []
+    for c in {c for _, _, c in cand}:
+        rows = [(s, i) for s, i, cc in cand if cc == c]
+        b = boxes[[i for _, i in rows]]
+        s = torch.tensor([s for s, _ in rows])
+        kept += [(rows[k][0], rows[k][1], c) for k in tvops.nms(b, s, iou).tolist()]
+    return sorted(kept, key=lambda t: -t[0])[:max_det]
+
+
+@pytest.mark.parametrize("method", ["standard", "diou", "soft_gaussian"])
+def test_batched_equals_per_image_and_reference(method):
+    g = torch.Generator().manual_seed(6)
+    boxes = random_detections(4 * 50, 6)[0].reshape(4, 50, 4)
+    scores = torch.rand(4, 50, 3, generator=g) ** 3
+    scores[2] = 0.0  # an image with nothing over the threshold
+    post = BoxPostProcessor(score_threshold=0.05, pre_nms_topk=60, max_detections=20,
+                            iou_threshold=0.5, method=method)
+    batched = post.batched(boxes, scores)
+    as_list = post.batched(list(boxes), list(scores))
+    for i in range(4):
+        single = post(boxes[i], scores[i])
+        for got in (batched[i], as_list[i]):
+            for a, b in zip(got, single):
+                assert torch.equal(a, b)
+        if method == "standard":
+            ref = reference_postprocess(boxes[i], scores[i], 0.05, 60, 0.5, 20)
+            assert single[1].tolist() == pytest.approx([s for s, _, _ in ref])
+            assert single[2].tolist() == [c for _, _, c in ref]
+    assert batched[2][0].shape == (0, 4)
+    assert len(batched[0][1]) == 20
+
+
+def test_prefix_is_lengthened_when_short_of_max_detections():
+    # 3000 copies of one box outrank 40 disjoint boxes: the first 1024-candidate prefix keeps a
+    # single box, so the post-processor must look further to return 30 detections.
+    dup = torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(3000, 1)
+    boxes = torch.cat([dup, grid_boxes(41)[1:] + 100])
+    scores = torch.cat([0.5 + 0.4 * torch.rand(3000, generator=torch.Generator().manual_seed(8)),
+                        torch.linspace(0.45, 0.1, 40)])[:, None]
+    post = BoxPostProcessor(score_threshold=0.05, max_detections=30, iou_threshold=0.5)
+    out_boxes, out_scores, _ = post(boxes, scores)
+    ref = reference_postprocess(boxes, scores, 0.05, 30000, 0.5, 30)
+    assert out_scores.tolist() == pytest.approx([s for s, _, _ in ref])
+    torch.testing.assert_close(out_boxes, boxes[[i for _, i, _ in ref]])
+    assert len(out_scores) == 30 and out_scores[0] == scores[:3000].max()
+
+
+def test_empty_inputs():
+    post = BoxPostProcessor()
+    out = post(torch.zeros(0, 4), torch.zeros(0, 5))
+    assert [t.shape for t in out] == [(0, 4), (0,), (0,)]
+    assert out[2].dtype == torch.long
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"score_threshold": 1.5}, "score_threshold"),
+        ({"pre_nms_topk": 0}, "pre_nms_topk"),
+        ({"max_detections": 2.0}, "max_detections"),
+        ({"method": "soft"}, "method"),
+        ({"sigma": 0}, "sigma"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        BoxPostProcessor(**kwargs)
+
+
+def test_registered():
+    post = POSTPROCESSORS.build({"type": "BoxPostProcessor", "method": "diou"})
+    assert isinstance(post, BoxPostProcessor) and post.method == "diou"
