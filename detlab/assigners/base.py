@@ -48,6 +48,7 @@ class AssignResult:
 
     @property
     def num_classes(self) -> int:
+        """``C``: the last dimension of ``target_scores`` (also the background label)."""
         return int(self.target_scores.shape[-1])
 
     @classmethod

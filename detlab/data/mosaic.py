@@ -126,6 +126,7 @@ class MosaicDataset(Dataset):
 
     @property
     def epoch(self) -> int:
+        """The epoch set by :meth:`set_epoch` (shared with the loader workers)."""
         return int(self._epoch[0])
 
     def mosaic_enabled(self) -> bool:
