@@ -9,7 +9,8 @@ Public means:
 * the methods and properties a public class defines itself whose names do not start with
   ``_``. An override without a docstring passes when it overrides a documented method of a
   detlab base class (the contract is written there, e.g. ``OverlapLoss.per_class``); overrides
-  of torch or Lightning hooks need their own docstring, saying what detlab does in them.
+  of torch or Lightning hooks need their own docstring, saying what detlab does in them, except
+  the few whose meaning never changes (:data:`PROTOCOL_METHODS`, e.g. ``extra_repr``).
 
 It also lists docstrings whose ``Args:`` section names something that is not a parameter (a
 renamed or removed argument): griffe cannot check that itself because detlab groups related
@@ -34,6 +35,8 @@ from typing import Any
 
 __all__ = ["public_modules", "missing_docstrings", "documented_args", "unknown_args", "main"]
 
+# Overrides whose meaning is fixed by torch/Python; a docstring would only repeat it.
+PROTOCOL_METHODS = frozenset({"extra_repr"})
 _ARGS_HEADER = re.compile(r"^(Args|Arguments|Parameters):\s*$")
 _ARG_ENTRY = re.compile(r"^([*\w][*\w, ]*?)\s*(\([^)]*\))?:(\s|$)")
 
@@ -106,7 +109,7 @@ def _unwrap(member: Any) -> Any:
 
 def _methods(cls: type) -> Iterator[tuple[str, Any]]:
     for name, member in vars(cls).items():
-        if name.startswith("_"):
+        if name.startswith("_") or name in PROTOCOL_METHODS:
             continue
         member = _unwrap(member)
         if inspect.isfunction(member) or isinstance(member, property):
