@@ -14,7 +14,9 @@ Layout of one run::
 from __future__ import annotations
 
 import json
+import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,19 @@ __all__ = [
 ]
 
 TRAIN_KEYS = TRAIN_DEFAULTS
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning prints a cloud-service advert at every fit; it is not information about the
+    run, so detlab's console leaves it out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+# Lightning 2.6 calls a torch pytree API deprecated in torch 2.14 on every fit.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def _train_cfg(recipe: Recipe) -> dict[str, Any]:
