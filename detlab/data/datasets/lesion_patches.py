@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ...errors import ConfigError
+from ...errors import ConfigError, DataError
 from ...registry import DATASETS
 
 __all__ = ["LesionPatches"]
@@ -73,9 +73,13 @@ class LesionPatches(Dataset):
             dataset = {**dataset, "root": root}
         self.dataset = build_dataset(dataset, key="dataset")
         name = type(self.dataset).__name__
-        for attr in ("positive_flags", "read_slice", "make_sample"):
-            if not callable(getattr(self.dataset, attr, None)):
-                raise ConfigError(f"LesionPatches needs a dataset with {attr}(); {name} has none")
+        missing = [f"{a}()" for a in ("positive_flags", "read_slice", "make_sample")
+                   if not callable(getattr(self.dataset, a, None))]
+        if missing:
+            raise ConfigError(
+                f"LesionPatches needs a slice dataset (e.g. CTVolumeSlices); {name} lacks "
+                f"{', '.join(missing)}"
+            )
         flags = np.asarray(self.dataset.positive_flags(), dtype=bool)
         self.positive_indices = np.flatnonzero(flags)
         if positive_ratio > 0 and len(self.positive_indices) == 0:
@@ -127,6 +131,9 @@ class LesionPatches(Dataset):
             around = None
             if positive:
                 ys, xs = np.nonzero(mask)
+                if len(ys) == 0:
+                    raise DataError(f"slice {meta.get('image_id', index)} is flagged positive "
+                                    "but its mask is empty")
                 pick = int(rng.integers(0, len(ys)))
                 around = (int(ys[pick]), int(xs[pick]))
             top, left = self._corner(rng, mask.shape, around)
