@@ -8,10 +8,13 @@ Keys of ``data``::
     num_workers          loader workers (default: min(2, cpu count))
     size_divisor         pad batches to a multiple of this (default: the model's largest stride)
     sampler              optional sampler config for training (e.g. PositiveOversampler)
+    root                 data location given to every train/val/test dataset that takes a
+                         ``root`` argument and sets none (``data.root=/data/Task`` on the CLI)
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -64,8 +67,26 @@ class DataModule(pl.LightningDataModule):
             cfg = self.cfg.get(split)
             if split == "test" and cfg is None:
                 return self.dataset("val")
-            self._datasets[split] = build_dataset(cfg, key=f"data.{split}")
+            self._datasets[split] = build_dataset(self._with_root(cfg, split), key=f"data.{split}")
         return self._datasets[split]
+
+    def _with_root(self, cfg: Any, split: str) -> Any:
+        """``cfg`` with ``root`` filled from ``data.root`` (an error if its dataset takes none:
+        a root that is silently ignored would train on something else)."""
+        root = self.cfg.get("root")
+        if root is None or not isinstance(cfg, dict) or cfg.get("root") is not None:
+            return cfg
+        cls = DATASETS.get(cfg.get("type"))
+        try:
+            takes_root = "root" in inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            takes_root = False
+        if not takes_root:
+            raise ConfigError(
+                f"data.root={root!r} is set but data.{split} ({getattr(cls, '__name__', cls)}) "
+                "takes no root; for CT studies use recipes/fracture_unet_ct.py data.root=..."
+            )
+        return {**cfg, "root": root}
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool,
                 sampler: Any = None) -> DataLoader:
