@@ -80,7 +80,9 @@ class MetricsPrinter(Callback):
     def __init__(self, run_dir: str | Path | None = None) -> None:
         self.run_dir = Path(run_dir) if run_dir else None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        # Not on_validation_epoch_end: Lightning runs callbacks' epoch-end hooks before the
+        # module's, so last_metrics would still hold the previous epoch there.
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         evaluator = getattr(pl_module, "evaluator", None)
