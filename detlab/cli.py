@@ -227,8 +227,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging() -> None:
+    """Show detlab's own warnings (bad cases skipped, a collapsed model) as
+    ``WARNING detlab.diagnostics: …`` on stderr, unless the application configured logging."""
+    import logging
+
+    logger = logging.getLogger("detlab")
+    if logger.handlers or logging.getLogger().hasHandlers():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``detlab`` console script; returns the exit status."""
+    _setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("DETLAB_DEBUG") == "1"

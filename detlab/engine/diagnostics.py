@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from PIL import Image
 
 from . import render
 from .show_data import batch_summary, render_batch
@@ -72,7 +73,8 @@ def collapse_check(metrics: Mapping[str, float], min_threshold: float = 1e-4,
         reasons.append(f"best threshold {float(best):.3g} is at the bottom of the search range")
     if not reasons:
         return None
-    return ("model looks collapsed (predicts almost no lesion): " + "; ".join(reasons)
+    return ("model looks collapsed (its scores do not single out lesion pixels): "
+            + "; ".join(reasons)
             + ". Check a training batch (`detlab show-data RECIPE --out DIR`), the masks, the "
             "positive oversampling and the loss weights.")
 
@@ -179,14 +181,14 @@ class DiagnosticsCallback(Callback):
             picture = render.image_to_rgb(s["image"], s["display_channel"])
             if s["mask"] is not None:
                 picture = render.overlay(picture, s["mask"])
-            row = [render.caption(picture, s["name"][:24]),
-                   render.caption(render.heatmap(s["probs"][0], size), "probability")]
+            pictures = [(picture, s["name"][:24]),
+                        (render.heatmap(s["probs"][0], size), "probability")]
             for j, alpha in enumerate(s["attention"]):
                 label = f"gate {j + 1} ({alpha.shape[-2]}x{alpha.shape[-1]})"
-                row.append(render.caption(render.heatmap(alpha[0], size), label))
-            row += [render.caption(render.heatmap(torch.zeros(size), size), "")] * (
-                columns - len(row))
-            tiles += row
+                pictures.append((render.heatmap(alpha[0], size), label))
+            row = [render.caption(render.fit(p, 160), text) for p, text in pictures]
+            tiles += row + [render.caption(render.fit(Image.new("RGB", size[::-1]), 160), "")
+                            ] * (columns - len(row))
         title = f"epoch {epoch}: attention gates, coarse to fine (yellow = 1, passes the skip)"
-        render.grid(tiles, columns, tile=160, title=title).save(
+        render.grid(tiles, columns, title=title).save(
             self.out / f"attention_epoch{epoch}.png")

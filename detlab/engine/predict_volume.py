@@ -108,16 +108,17 @@ def _montage(display: np.ndarray, mask: np.ndarray, stem: str) -> Image.Image:
     if len(hits) == 0:
         k = display.shape[0] // 2
         tile = Image.fromarray((255 * display[k]).astype(np.uint8)).convert("RGB")
-        return render.grid([render.caption(tile, f"slice {k}")], 1,
+        return render.grid([render.caption(render.fit(tile, 384), f"slice {k}")], 1,
                            title=f"{stem}: no slice with a predicted lesion")
     shown = hits if len(hits) <= _MAX_MONTAGE else hits[
         np.linspace(0, len(hits) - 1, _MAX_MONTAGE).round().astype(int)]
     tiles = []
     for k in shown:
         tile = Image.fromarray((255 * display[k]).astype(np.uint8)).convert("RGB")
-        tiles.append(render.caption(render.overlay(tile, mask[k]), f"slice {k}: {area[k]} px"))
+        tiles.append(render.caption(render.fit(render.overlay(tile, mask[k]), 192),
+                                    f"slice {k}: {area[k]} px"))
     title = f"{stem}: {len(hits)} slice(s) with a predicted lesion, showing {len(shown)}"
-    return render.grid(tiles, 6, tile=192, title=title)
+    return render.grid(tiles, 6, title=title)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from .outputs import _COLORS, overlay_mask
 
 __all__ = [
     "to_uint8", "image_to_rgb", "overlay", "heatmap", "draw_boxes", "draw_polygons",
-    "caption", "grid", "probability_chart",
+    "caption", "fit", "grid", "probability_chart",
 ]
 
 _BG = (24, 24, 24)
@@ -96,26 +96,29 @@ def caption(picture: Image.Image, text: str, height: int = 14) -> Image.Image:
     return out
 
 
-def _fit(picture: Image.Image, tile: int) -> Image.Image:
+def fit(picture: Image.Image, tile: int) -> Image.Image:
+    """``picture`` scaled so its longer side is ``tile`` px (nearest-neighbour when enlarging,
+    so single pixels of a small patch stay visible)."""
     scale = tile / max(picture.width, picture.height)
-    if scale >= 1 and max(picture.size) <= tile:
+    if abs(scale - 1) < 1e-6:
         return picture
     size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-    return picture.resize(size, Image.Resampling.NEAREST)
+    method = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
+    return picture.resize(size, method)
 
 
-def grid(tiles: Sequence[Image.Image], columns: int, tile: int = 256, pad: int = 4,
+def grid(tiles: Sequence[Image.Image], columns: int, pad: int = 4,
          title: str = "") -> Image.Image:
-    """Tiles scaled to fit ``tile`` px, laid out row by row, with an optional title."""
+    """Tiles (scale them with :func:`fit` first) laid out row by row, with an optional title."""
     if not tiles:
-        tiles = [Image.new("RGB", (tile, tile // 4), _BG)]
-    tiles = [_fit(t, tile) for t in tiles]
+        tiles = [Image.new("RGB", (64, 16), _BG)]
     columns = max(1, min(columns, len(tiles)))
     rows = -(-len(tiles) // columns)
     cell_w = max(t.width for t in tiles) + pad
     cell_h = max(t.height for t in tiles) + pad
     top = 18 if title else 0
-    out = Image.new("RGB", (columns * cell_w + pad, rows * cell_h + pad + top), _BG)
+    width = max(columns * cell_w + pad, 8 + 6 * len(title))
+    out = Image.new("RGB", (width, rows * cell_h + pad + top), _BG)
     for i, t in enumerate(tiles):
         out.paste(t, (pad + (i % columns) * cell_w, top + pad + (i // columns) * cell_h))
     if title:

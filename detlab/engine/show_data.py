@@ -23,7 +23,7 @@ from . import render
 __all__ = ["render_batch", "batch_summary", "show_data", "add_command"]
 
 
-def _tile(batch: Batch, i: int) -> Image.Image:
+def _tile(batch: Batch, i: int, tile: int) -> Image.Image:
     meta = batch.meta[i] if i < len(batch.meta) else {}
     target = batch.targets[i] if i < len(batch.targets) else {}
     h, w = (int(v) for v in meta.get("input_size", batch.images.shape[-2:]))
@@ -41,7 +41,7 @@ def _tile(batch: Batch, i: int) -> Image.Image:
         picture = render.draw_polygons(picture, target["polygons"])
         positive = f" {len(target['polygons'])} polygons"
     name = str(meta.get("image_id", i))
-    return render.caption(picture, f"{name[:28]}{positive}")
+    return render.caption(render.fit(picture, tile), f"{name[:28]}{positive}")
 
 
 def render_batch(batch: Batch, max_images: int = 16, columns: int = 4,
@@ -51,16 +51,23 @@ def render_batch(batch: Batch, max_images: int = 16, columns: int = 4,
     n = min(len(batch), max_images)
     title = (f"batch of {len(batch)}: images {tuple(batch.images.shape)}, "
              f"showing {n}")
-    return render.grid([_tile(batch, i) for i in range(n)], columns, tile, title=title)
+    return render.grid([_tile(batch, i, tile) for i in range(n)], columns, title=title)
 
 
 def batch_summary(batch: Batch) -> str:
     """Text facts about a batch that expose loader bugs: shape, value range per channel, how
     many images carry a lesion / boxes, share of mask pixels."""
     images = batch.images.float()
-    lines = [f"images {tuple(images.shape)} {batch.images.dtype}"]
-    for c in range(images.shape[1]):
-        ch = images[:, c]
+    sizes = [tuple(int(v) for v in m.get("input_size", images.shape[-2:])) for m in batch.meta]
+    sizes = sizes or [tuple(images.shape[-2:])] * len(images)
+    lines = [f"images {tuple(images.shape)} {batch.images.dtype}; sizes before padding: "
+             f"{sorted(set(sizes))}"]
+    # statistics over image content only: the zero padding would pull them towards 0
+    content = [images[i, :, :h, :w].reshape(images.shape[1], -1) for i, (h, w) in
+               enumerate(sizes)]
+    values = torch.cat(content, dim=1)
+    for c in range(values.shape[0]):
+        ch = values[c]
         lines.append(f"  channel {c}: min {float(ch.min()):.4g}  max {float(ch.max()):.4g}  "
                      f"mean {float(ch.mean()):.4g}  std {float(ch.std()):.4g}")
     masks = [t["mask"] for t in batch.targets if isinstance(t.get("mask"), torch.Tensor)]
