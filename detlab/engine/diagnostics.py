@@ -59,7 +59,8 @@ def collapse_check(metrics: Mapping[str, float], min_threshold: float = 1e-4,
     prevalence, pr_auc = float(metrics["prevalence"]), float(metrics["pr_auc"])
     if prevalence <= 0:
         return ("validation set has no lesion pixel: PR-AUC, recall and the collapse check "
-                "cannot be judged; check that validation masks are loaded")
+                "cannot be judged; check that validation masks are loaded "
+                "(`detlab show-data RECIPE --split val --out DIR`)")
     reasons = []
     max_prob = float(metrics.get("max_prob", 1.0))
     if max_prob < min_threshold or float(metrics.get("frac_above_min_threshold", 1.0)) == 0:
