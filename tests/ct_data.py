@@ -7,7 +7,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -107,4 +106,4 @@ def listing(root: Path) -> dict[str, tuple[int, int]]:
 
 
 __all__ = ["LPS_AFFINE", "make_study", "write_nifti", "write_msd", "write_dicom_series",
-           "dicom_affine", "listing", "pydicom"]
+           "dicom_affine", "listing"]

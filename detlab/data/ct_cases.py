@@ -176,6 +176,11 @@ def split_cases(
     if split == "all":
         return ids
     if val_cases is not None:
+        if isinstance(val_cases, str) or not all(isinstance(c, str) for c in val_cases):
+            raise ConfigError(
+                f"val_cases must be a list of case ids (strings), got {val_cases!r}; on the "
+                "command line quote them: \"data.val.val_cases=['case_007','case_012']\""
+            )
         unknown = [c for c in val_cases if c not in ids]
         if unknown:
             hints = {c: closest(c, ids, 1) for c in unknown[:5]}

@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
 from ..defaults import DATA_DEFAULTS
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..registry import DATASETS, SAMPLERS
 from .collate import Collate
 
@@ -36,6 +36,15 @@ def build_dataset(cfg: Any, key: str, **defaults: Any) -> Dataset:
     if cfg is None:
         raise ConfigError(f"recipe has no dataset at {key!r}")
     return DATASETS.build(cfg, key=key, **defaults)
+
+
+def _case_ids(dataset: Any) -> list[str] | None:
+    """``dataset.case_ids()`` (looking through wrappers with a ``dataset`` attribute), or None."""
+    while dataset is not None:
+        if callable(getattr(dataset, "case_ids", None)):
+            return list(dataset.case_ids())
+        dataset = getattr(dataset, "dataset", None)
+    return None
 
 
 class DataModule(pl.LightningDataModule):
@@ -67,8 +76,23 @@ class DataModule(pl.LightningDataModule):
             cfg = self.cfg.get(split)
             if split == "test" and cfg is None:
                 return self.dataset("val")
-            self._datasets[split] = build_dataset(self._with_root(cfg, split), key=f"data.{split}")
+            cfg = self._with_root(cfg, split)
+            self._datasets[split] = build_dataset(cfg, key=f"data.{split}")
+            self._check_disjoint_cases()
         return self._datasets[split]
+
+    def _check_disjoint_cases(self) -> None:
+        """Datasets that know their cases (CT studies) must not share one between train and
+        val: slices of one patient in both would make validation measure memory."""
+        ids = {s: _case_ids(self._datasets.get(s)) for s in ("train", "val")}
+        if ids["train"] is None or ids["val"] is None:
+            return
+        shared = sorted(set(ids["train"]) & set(ids["val"]))
+        if shared:
+            raise DataError(
+                f"{len(shared)} case(s) are in both data.train and data.val: {shared[:10]}; give "
+                "both the same split settings (val_fraction, seed, val_cases)"
+            )
 
     def _with_root(self, cfg: Any, split: str) -> Any:
         """``cfg`` with ``root`` filled from ``data.root`` (an error if its dataset takes none:

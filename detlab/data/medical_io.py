@@ -129,7 +129,7 @@ class Volume:
         return out.reshape(*out.shape[:3], *channels) if channels else out[..., 0]
 
 
-def _require_medical() -> Any:
+def _require_medical() -> None:
     try:
         import nibabel  # noqa: F401
         import pydicom  # noqa: F401

@@ -172,7 +172,8 @@ def test_transforms_move_image_and_mask_together(msd):
                         transforms=[dict(type="HorizontalFlip", p=1.0)])
     plain = CTVolumeSlices(root=str(msd), split="all", windows=[dict(level=30, width=2)])
     a, b = ds[3], plain[3]
-    np.testing.assert_array_equal(a["target"]["mask"].numpy(), b["target"]["mask"].numpy()[..., ::-1])
+    flipped = b["target"]["mask"].numpy()[..., ::-1]
+    np.testing.assert_array_equal(a["target"]["mask"].numpy(), flipped)
     lesion = a["target"]["mask"][0] > 0
     # the lesion (30 HU: the window's centre) is where the mask is, after the flip too
     assert float(a["image"][0][lesion].mean()) == pytest.approx(0.5)
@@ -282,3 +283,21 @@ def test_reading_writes_nothing_into_the_data_folder(msd):
     for i in range(0, len(ds), 7):
         ds[i]
     assert listing(msd) == before
+
+
+def test_datamodule_fills_root_and_rejects_shared_cases(msd):
+    from detlab.data.datamodule import DataModule
+    from detlab.defaults import DATA_DEFAULTS
+
+    ct = dict(type="CTVolumeSlices", val_fraction=0.4)
+    cfg = {**DATA_DEFAULTS, "root": str(msd), "train": dict(ct, split="train"),
+           "val": dict(ct, split="val"), "num_workers": 0}
+    dm = DataModule(cfg)
+    assert dm.dataset("train").root == str(msd) and len(dm.dataset("val").case_ids()) == 2
+    leaky = {**cfg, "val": dict(ct, split="val", val_fraction=0.6, seed=3)}
+    dm = DataModule(leaky)
+    dm.dataset("train")
+    with pytest.raises(DataError, match=r"case\(s\) are in both data.train and data.val"):
+        dm.dataset("val")
+    with pytest.raises(ConfigError, match="quote them"):
+        split_cases(["a", "b"], "val", val_cases="a")

@@ -114,4 +114,5 @@ def test_data_root_with_synthetic_recipe_is_an_error(tmp_path, capsys):
     rc = main(["train", str(ROOT / "recipes" / "fracture_unet.py"), f"data.root={tmp_path}",
                "--work-dir", str(tmp_path)])
     assert rc == 2
-    assert "takes no root; for CT studies use recipes/fracture_unet_ct.py" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "takes no root; for CT studies use recipes/fracture_unet_ct.py" in err

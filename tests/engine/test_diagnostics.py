@@ -124,7 +124,8 @@ def test_callback_writes_first_training_batch_once(tmp_path):
     first = (tmp_path / "diagnostics" / "train_batch.png").stat().st_mtime_ns
     cb.on_train_batch_start(_trainer(), None, _val_batch(), 1)
     assert (tmp_path / "diagnostics" / "train_batch.png").stat().st_mtime_ns == first
-    assert "1 of 2 images have foreground" in (tmp_path / "diagnostics" / "train_batch.txt").read_text()
+    summary = (tmp_path / "diagnostics" / "train_batch.txt").read_text()
+    assert "1 of 2 images have foreground" in summary
 
 
 def test_each_loss_term_logged_separately():
