@@ -9,6 +9,8 @@ Layout of one run::
         metrics.csv          Lightning CSV log (one row per logged step/epoch)
         events.out.tfevents… TensorBoard log
         checkpoints/best.ckpt, checkpoints/last.ckpt
+        diagnostics/         probability histograms, collapse warnings, attention maps,
+                             the first training batch (train.diagnostics=false turns it off)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..errors import CheckpointError, ConfigError
 from ..recipe import Recipe, from_source
 from ..registry import closest
 from .callbacks import AppendingCSVLogger, AtomicModelCheckpoint, MetricsPrinter
+from .diagnostics import DiagnosticsCallback
 from .task import RECIPE_KEY, DetlabTask
 
 __all__ = [
@@ -119,6 +122,8 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
         ),
         MetricsPrinter(run_dir),
     ]
+    if cfg["diagnostics"]:
+        callbacks.append(DiagnosticsCallback(run_dir))
     if cfg["ema"]:
         ema = dict(cfg["ema"]) if isinstance(cfg["ema"], dict) else {}
         callbacks.append(EMAWeightAveraging(**ema))
