@@ -103,11 +103,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not inputs:
         raise ConfigError("detlab predict: give at least one input file or folder")
     task = load_task(args.checkpoint, overrides)
-    data = DataModule(task.recipe.section("data"), size_divisor=task.model.size_divisor)
-    loader = data.predict_loader(inputs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task.to(device)
     out_dir = Path(args.out)
+    from .engine.predict_volume import is_volume_path, predict_volumes
+
+    volumes = [p for p in inputs if is_volume_path(p)]  # .nii/.nii.gz files, DICOM folders
+    if volumes:
+        with torch.inference_mode():
+            predict_volumes(task, volumes, out_dir)
+        print(f"wrote predictions for {len(volumes)} volume(s) to {out_dir}")
+        inputs = [p for p in inputs if p not in volumes]
+        if not inputs:
+            return 0
+    data = DataModule(task.recipe.section("data"), size_divisor=task.model.size_divisor)
+    loader = data.predict_loader(inputs)
     names = (task.recipe.get("evaluator") or {}).get("class_names")
     count = 0
     with torch.inference_mode():
@@ -156,6 +166,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 # subparser whose default ``func(args) -> int`` runs the command. One line per module.
 COMMAND_MODULES: tuple[str, ...] = (
     "detlab.engine.sweep",
+    "detlab.engine.show_data",
 )
 
 
@@ -189,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="metrics line only")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="run a checkpoint on images",
-                       description="Predict on INPUT files/folders; write results to --out.")
+    p = sub.add_parser("predict", help="run a checkpoint on images or CT volumes",
+                       description="Predict on INPUT files/folders (images, or CT volumes: "
+                       ".nii/.nii.gz files and DICOM series folders); write results to --out.")
     p.add_argument("checkpoint", help="a .ckpt written by detlab train")
     p.add_argument("items", nargs="+", metavar="INPUT", help="input files or folders "
                    "(key=value items are overrides)")
@@ -217,8 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging() -> None:
+    """Show detlab's own warnings (bad cases skipped, a collapsed model) as
+    ``WARNING detlab.diagnostics: …`` on stderr, unless the application configured logging."""
+    import logging
+
+    logger = logging.getLogger("detlab")
+    if logger.handlers or logging.getLogger().hasHandlers():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``detlab`` console script; returns the exit status."""
+    _setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("DETLAB_DEBUG") == "1"

@@ -32,6 +32,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "deterministic": False,
     "num_sanity_val_steps": 0,
     "progress_bar": True,
+    "diagnostics": True,            # probability histograms, collapse warning, attention maps
 }
 
 DATA_DEFAULTS: dict[str, Any] = {
@@ -46,6 +47,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "sampler": None,                # e.g. dict(type="PositiveOversampler", positive_fraction=0.5)
     "pin_memory": False,
     "persistent_workers": None,     # defaults to num_workers > 0
+    "root": None,                   # data folder/list for datasets taking `root` (CT studies)
 }
 
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}

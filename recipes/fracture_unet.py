@@ -10,6 +10,9 @@ collapsing to "no lesion anywhere":
 Default: built-in synthetic spine-CT slices, no files needed, a few minutes on a 2-core CPU.
     detlab train recipes/fracture_unet.py
     detlab train recipes/fracture_unet.py train.max_epochs=30 model.backbone.name=resnet34 model.head.decoder_channels=[256,128,64,32,16]
+
+Your own CT studies (NIfTI / DICOM with masks): recipes/fracture_unet_ct.py data.root=DIR
+(docs/guides/fracture_ct.md); data.root with this synthetic recipe is an error.
 """
 
 from detlab.models.heads import AttentionUNetHead

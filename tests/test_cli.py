@@ -138,3 +138,18 @@ def test_list_prints_docstring_lines(capsys):
     assert main(["list", "losses"]) == 0
     out = capsys.readouterr().out
     assert "FocalTverskyLoss" in out and "losses:" in out
+
+
+def test_ema_weights_are_checkpointed_and_used_by_eval(tmp_path):
+    assert main(["train", str(RECIPE), *TINY, "train.ema={'decay': 0.5}",
+                 "--work-dir", str(tmp_path)]) == 0
+    ckpt_path = tmp_path / "fracture_unet" / "version_0" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    # Lightning's EMAWeightAveraging: averaged weights in state_dict, live ones kept aside
+    assert "current_model_state" in ckpt and "averaging_state" in ckpt
+    key = next(k for k in ckpt["state_dict"] if k.endswith("classifier.weight"))
+    assert not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])
+    from detlab.engine.trainer import load_task
+
+    task = load_task(ckpt_path)
+    assert torch.equal(dict(task.named_parameters())[key], ckpt["state_dict"][key])

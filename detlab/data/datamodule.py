@@ -8,10 +8,13 @@ Keys of ``data``::
     num_workers          loader workers (default: min(2, cpu count))
     size_divisor         pad batches to a multiple of this (default: the model's largest stride)
     sampler              optional sampler config for training (e.g. PositiveOversampler)
+    root                 data location given to every train/val/test dataset that takes a
+                         ``root`` argument and sets none (``data.root=/data/Task`` on the CLI)
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -19,7 +22,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
 from ..defaults import DATA_DEFAULTS
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..registry import DATASETS, SAMPLERS
 from .collate import Collate
 
@@ -33,6 +36,15 @@ def build_dataset(cfg: Any, key: str, **defaults: Any) -> Dataset:
     if cfg is None:
         raise ConfigError(f"recipe has no dataset at {key!r}")
     return DATASETS.build(cfg, key=key, **defaults)
+
+
+def _case_ids(dataset: Any) -> list[str] | None:
+    """``dataset.case_ids()`` (looking through wrappers with a ``dataset`` attribute), or None."""
+    while dataset is not None:
+        if callable(getattr(dataset, "case_ids", None)):
+            return list(dataset.case_ids())
+        dataset = getattr(dataset, "dataset", None)
+    return None
 
 
 class DataModule(pl.LightningDataModule):
@@ -64,8 +76,41 @@ class DataModule(pl.LightningDataModule):
             cfg = self.cfg.get(split)
             if split == "test" and cfg is None:
                 return self.dataset("val")
+            cfg = self._with_root(cfg, split)
             self._datasets[split] = build_dataset(cfg, key=f"data.{split}")
+            self._check_disjoint_cases()
         return self._datasets[split]
+
+    def _check_disjoint_cases(self) -> None:
+        """Datasets that know their cases (CT studies) must not share one between train and
+        val: slices of one patient in both would make validation measure memory."""
+        ids = {s: _case_ids(self._datasets.get(s)) for s in ("train", "val")}
+        if ids["train"] is None or ids["val"] is None:
+            return
+        shared = sorted(set(ids["train"]) & set(ids["val"]))
+        if shared:
+            raise DataError(
+                f"{len(shared)} case(s) are in both data.train and data.val: {shared[:10]}; give "
+                "both the same split settings (val_fraction, seed, val_cases)"
+            )
+
+    def _with_root(self, cfg: Any, split: str) -> Any:
+        """``cfg`` with ``root`` filled from ``data.root`` (an error if its dataset takes none:
+        a root that is silently ignored would train on something else)."""
+        root = self.cfg.get("root")
+        if root is None or not isinstance(cfg, dict) or cfg.get("root") is not None:
+            return cfg
+        cls = DATASETS.get(cfg.get("type"))
+        try:
+            takes_root = "root" in inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            takes_root = False
+        if not takes_root:
+            raise ConfigError(
+                f"data.root={root!r} is set but data.{split} ({getattr(cls, '__name__', cls)}) "
+                "takes no root; for CT studies use recipes/fracture_unet_ct.py data.root=..."
+            )
+        return {**cfg, "root": root}
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool,
                 sampler: Any = None) -> DataLoader:

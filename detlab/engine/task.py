@@ -55,9 +55,10 @@ class DetlabTask(pl.LightningModule):
         total = sum(terms.values())
         bs = len(batch)
         for key, value in terms.items():
-            self.log(f"train/{key}", value.detach(), batch_size=bs, on_step=True, on_epoch=True)
+            self.log(f"train/{key}", value.detach(), batch_size=bs, on_step=True, on_epoch=True,
+                     sync_dist=True)
         self.log("train/loss", total.detach(), batch_size=bs, prog_bar=True, on_step=True,
-                 on_epoch=True)
+                 on_epoch=True, sync_dist=True)
         if not torch.isfinite(total):
             # Fail early with the terms: a NaN loss otherwise shows up epochs later as NaN weights.
             values = {k: float(v.detach()) for k, v in terms.items()}
@@ -81,14 +82,16 @@ class DetlabTask(pl.LightningModule):
         ``val/primary`` (what checkpoints monitor)."""
         if self.evaluator is None:
             return
-        metrics = self.evaluator.compute()  # already gathered across processes
+        metrics = self.evaluator.compute()  # already gathered: identical on every rank
         self.last_metrics = metrics
+        # sync_dist averages identical values (a no-op on the numbers) and keeps every rank's
+        # logged state consistent for ModelCheckpoint.
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(float(value)):
-                self.log(f"val/{key}", float(value), sync_dist=False, rank_zero_only=False)
+                self.log(f"val/{key}", float(value), sync_dist=True)
         primary = self.evaluator.primary
         if primary in metrics:
-            self.log("val/primary", float(metrics[primary]), prog_bar=True)
+            self.log("val/primary", float(metrics[primary]), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         """Predict (``stage="test"``) and feed the evaluator."""

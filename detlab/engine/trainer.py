@@ -9,12 +9,16 @@ Layout of one run::
         metrics.csv          Lightning CSV log (one row per logged step/epoch)
         events.out.tfevents… TensorBoard log
         checkpoints/best.ckpt, checkpoints/last.ckpt
+        diagnostics/         probability histograms, collapse warnings, attention maps,
+                             the first training batch (train.diagnostics=false turns it off)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ from ..errors import CheckpointError, ConfigError
 from ..recipe import Recipe, from_source
 from ..registry import closest
 from .callbacks import AppendingCSVLogger, AtomicModelCheckpoint, MetricsPrinter
+from .diagnostics import DiagnosticsCallback
 from .task import RECIPE_KEY, DetlabTask
 
 __all__ = [
@@ -36,6 +41,19 @@ __all__ = [
 ]
 
 TRAIN_KEYS = TRAIN_DEFAULTS
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning prints a cloud-service advert at every fit; it is not information about the
+    run, so detlab's console leaves it out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+# Lightning 2.6 calls a torch pytree API deprecated in torch 2.14 on every fit.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def _train_cfg(recipe: Recipe) -> dict[str, Any]:
@@ -104,6 +122,8 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
         ),
         MetricsPrinter(run_dir),
     ]
+    if cfg["diagnostics"]:
+        callbacks.append(DiagnosticsCallback(run_dir))
     if cfg["ema"]:
         ema = dict(cfg["ema"]) if isinstance(cfg["ema"], dict) else {}
         callbacks.append(EMAWeightAveraging(**ema))

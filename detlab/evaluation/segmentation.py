@@ -3,7 +3,8 @@
 Besides Dice/IoU at a fixed threshold, :class:`SegmentationEvaluator` reports what shows a
 collapsed model at a glance: threshold-free PR-AUC, the best F1 over thresholds down to 1e-4,
 the largest predicted probability and the share of pixels above the lowest searched threshold,
-plus a histogram of predicted probabilities (:meth:`SegmentationEvaluator.format_histogram`).
+plus a histogram of predicted probabilities (:meth:`SegmentationEvaluator.format_histogram`),
+and slice-, case- and lesion-level detection rates (:mod:`detlab.evaluation.lesions`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..errors import ConfigError, DataError
 from ..registry import EVALUATORS
 from ..structures import Batch, Prediction
 from .base import Evaluator, gather_objects
+from .lesions import RATE_NAMES, detection_rates, lesion_stats
 from .prob_histogram import (
     DISPLAY_EDGES,
     average_precision,
@@ -39,8 +41,10 @@ METRIC_NAMES: tuple[str, ...] = (
     "prevalence",
     "max_prob",
     "frac_above_min_threshold",
+    *RATE_NAMES,
 )
 _PER_CLASS = ("dice", "iou", "pr_auc", "best_f1", "best_threshold")
+_RECORD_SUMS = ("pos_hist", "neg_hist", "tp", "fp", "fn")
 
 
 @EVALUATORS.register()
@@ -67,13 +71,22 @@ class SegmentationEvaluator(Evaluator):
     * ``prevalence``: positive pixel fraction. ``max_prob``: largest predicted probability.
       ``frac_above_min_threshold``: share of pixels with ``prob >= min_threshold``.
 
+    * ``slice_sensitivity``/``slice_specificity``: a slice is positive when it has a
+      ground-truth pixel, flagged when it has a predicted pixel at ``threshold`` (components
+      below ``min_lesion_pixels`` dropped). ``case_*``: the same per case, grouping slices by
+      ``meta["case_id"]`` (each image is its own case without one). ``lesion_recall``: share of
+      2D ground-truth connected components touched by the prediction. NaN when undefined (no
+      positive or no negative slice/case, no lesion); see :mod:`detlab.evaluation.lesions`.
+
     A collapsed model shows as ``pr_auc`` near ``prevalence``, ``best_threshold`` near
-    ``min_threshold`` and a tiny ``max_prob``.
+    ``min_threshold`` and a tiny ``max_prob``
+    (:func:`detlab.engine.diagnostics.collapse_check` turns that into a warning).
 
     State is one small record per image (CPU numpy): per class positive- and negative-pixel
     histograms ``(C, K)`` int64 (``K ≈ num_bins``: 32 KiB per class and image by default),
-    TP/FP/FN at ``threshold`` and the image's max probability. ``compute`` gathers the records
-    across DDP ranks, drops repeated ``image_id``s and sums.
+    TP/FP/FN at ``threshold``, the image's max probability, its case id and its lesion counts.
+    ``compute`` gathers the records across DDP ranks, drops repeated ``image_id``s and sums
+    (cases are grouped after the gather, so a case split across ranks is still one case).
 
     Args:
         threshold: probability at which Dice/IoU are computed, in ``(0, 1)``.
@@ -83,6 +96,8 @@ class SegmentationEvaluator(Evaluator):
             ~1.4 % relative resolution near 1e-4, ~0.0034 near 0.5 and PR-AUC within ~1e-3
             of the unbinned value (see :mod:`detlab.evaluation.prob_histogram`).
         min_threshold: lowest threshold of the F1 search, in ``(0, threshold]``.
+        min_lesion_pixels: smallest predicted connected component (pixels, per slice) that
+            flags a slice or case and hits a lesion.
     """
 
     higher_is_better = True
@@ -93,6 +108,7 @@ class SegmentationEvaluator(Evaluator):
         primary: str = "pr_auc",
         num_bins: int = 2048,
         min_threshold: float = 1e-4,
+        min_lesion_pixels: int = 1,
     ) -> None:
         if not 0.0 < float(threshold) < 1.0:
             raise ConfigError(f"threshold must be in (0, 1), got {threshold!r}")
@@ -108,6 +124,13 @@ class SegmentationEvaluator(Evaluator):
             raise ConfigError(
                 f"min_threshold must be in (0, threshold={threshold}], got {min_threshold!r}"
             )
+        if isinstance(min_lesion_pixels, bool) or not isinstance(min_lesion_pixels, int) or (
+            min_lesion_pixels < 1
+        ):
+            raise ConfigError(
+                f"min_lesion_pixels must be an int >= 1, got {min_lesion_pixels!r}"
+            )
+        self.min_lesion_pixels = min_lesion_pixels
         self.threshold = float(threshold)
         self.primary = primary
         self.num_bins = num_bins
@@ -165,8 +188,11 @@ class SegmentationEvaluator(Evaluator):
         tp = (pred_pos & gt).sum(dims)
         fp = (pred_pos & ~gt).sum(dims)
         fn = (~pred_pos & gt).sum(dims)
+        stats = lesion_stats(pred_pos.cpu().numpy(), gt.cpu().numpy(), self.min_lesion_pixels)
         return {
+            **stats,
             "image_id": image_id,
+            "case_id": meta.get("case_id", image_id),
             "pos_hist": _int64(pos),
             "neg_hist": _int64(neg),
             "tp": _int64(tp),
@@ -190,8 +216,9 @@ class SegmentationEvaluator(Evaluator):
         shapes = {r["pos_hist"].shape for r in records}
         if len(shapes) != 1:
             raise DataError(f"images disagree on the number of classes: {sorted(shapes)}")
-        total = {k: sum(r[k] for r in records) for k in ("pos_hist", "neg_hist", "tp", "fp", "fn")}
+        total = {k: sum(r[k] for r in records) for k in _RECORD_SUMS}
         total["max_prob"] = max(r["max_prob"] for r in records)
+        total["rates"] = detection_rates(records)
         self._gathered = total
         return total
 
@@ -214,7 +241,8 @@ class SegmentationEvaluator(Evaluator):
         num_pixels = int(pos.sum() + neg.sum())
         per_class_pixels = pos.sum(1) + neg.sum(1)
         above = self.bin_edges[:-1] >= np.float32(self.min_threshold)
-        out = {name: float(np.mean(vals)) for name, vals in per_class.items()}
+        per_class.update(totals["rates"])
+        out = {name: _mean(vals) for name, vals in per_class.items()}
         out["prevalence"] = float(np.mean(pos.sum(1) / np.maximum(per_class_pixels, 1)))
         out["max_prob"] = float(totals["max_prob"])
         out["frac_above_min_threshold"] = float(
@@ -236,6 +264,18 @@ class SegmentationEvaluator(Evaluator):
         counts = (totals["pos_hist"] + totals["neg_hist"]).sum(0).astype(np.int64)
         return self.bin_edges.copy(), counts
 
+    def split_histogram(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(bin_edges (K+1,), positives (K,), negatives (K,))``: predicted probabilities of
+        ground-truth positive and negative pixels, summed over classes (same collective rule as
+        :meth:`histogram`)."""
+        totals = self._totals()
+        if totals is None:
+            zeros = np.zeros(len(self.bin_edges) - 1, dtype=np.int64)
+            return self.bin_edges.copy(), zeros, zeros.copy()
+        pos = totals["pos_hist"].sum(0).astype(np.int64)
+        neg = totals["neg_hist"].sum(0).astype(np.int64)
+        return self.bin_edges.copy(), pos, neg
+
     def format_histogram(self, width: int = 40) -> str:
         """Console bar chart of predicted probabilities (bars on a log scale of counts), one row
         per decade near 0 and 1, with the ground-truth positive pixels of each row."""
@@ -252,6 +292,12 @@ class SegmentationEvaluator(Evaluator):
             f"threshold {self.threshold:g}"
         )
         return "\n".join([head, *format_bars(self.bin_edges, counts, positives, width)])
+
+
+def _mean(values: list[float]) -> float:
+    """Mean over classes, ignoring undefined (NaN) ones; NaN when all are."""
+    vals = np.asarray(values, dtype=np.float64)
+    return float(np.mean(vals[~np.isnan(vals)])) if (~np.isnan(vals)).any() else float("nan")
 
 
 def _int64(t: Tensor) -> np.ndarray:
