@@ -101,6 +101,7 @@ class DiagnosticsCallback(Callback):
     # -- first training batch ---------------------------------------------------------------
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any,
                              batch_idx: int) -> None:
+        """Write the first training batch as ``train_batch.png`` and ``train_batch.txt``."""
         if self._batch_written or not trainer.is_global_zero:
             return
         self._batch_written = True
@@ -110,10 +111,13 @@ class DiagnosticsCallback(Callback):
 
     # -- validation slices for the attention picture ----------------------------------------
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Forget the slices picked in the previous validation epoch."""
         self._picked, self._fallback = [], []
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Keep the first validation slices with a lesion (others as fallback) for the
+        attention picture."""
         if trainer.sanity_checking or not trainer.is_global_zero or not isinstance(outputs, list):
             return
         if len(self._picked) >= self.num_attention_slices:
@@ -143,6 +147,7 @@ class DiagnosticsCallback(Callback):
 
     # -- end of validation: histogram, collapse warning, attention maps ---------------------
     def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Write the epoch's histogram and attention pictures; log a collapse warning."""
         # runs after the task's on_validation_epoch_end, so last_metrics is this epoch's
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
