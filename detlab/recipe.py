@@ -155,6 +155,14 @@ def _sections(namespace: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _importable(folder: Path) -> None:
+    """Put the recipe's folder on ``sys.path`` so a user module beside the recipe
+    (``type="my_heads.MyHead"``) imports the way it would from that folder."""
+    entry = str(folder)
+    if folder.is_dir() and entry not in sys.path:
+        sys.path.append(entry)
+
+
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load a recipe file and apply dotted ``overrides``.
 
@@ -162,6 +170,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         ConfigError: file missing, syntax error, error while executing it, bad override.
     """
     path = Path(path).expanduser()
+    _importable(path.resolve().parent)
     files: dict[str, dict[str, str]] = {}
     namespace = _exec_file(path.resolve() if path.exists() else path, files)
     data = with_defaults(copy.deepcopy(_sections(namespace)))
@@ -207,6 +216,8 @@ def from_source(provenance: Mapping[str, Any]) -> Recipe:
     the disk), so classes that were defined inside a recipe resolve again.
     """
     files = dict(provenance.get("files") or {})
+    if provenance.get("path"):
+        _importable(Path(provenance["path"]).resolve().parent)
     for name, info in files.items():
         if name in sys.modules:
             continue
@@ -228,7 +239,10 @@ def from_source(provenance: Mapping[str, Any]) -> Recipe:
 
 
 # -- overrides ----------------------------------------------------------------------------------
-_LITERALS = {"none": None, "null": None, "true": True, "false": False}
+# "None"/"null" mean None; lower-case "none" stays a string because components use it as an
+# option value (gate="none", norm="none"). true/false in any case are booleans.
+_LITERALS = {"None": None, "null": None, "true": True, "false": False, "True": True,
+             "False": False, "TRUE": True, "FALSE": False}
 
 
 def parse_override(text: str) -> tuple[str, Any, bool]:
@@ -247,9 +261,10 @@ def parse_override(text: str) -> tuple[str, Any, bool]:
 
 
 def parse_value(raw: str) -> Any:
-    """A Python literal if ``raw`` is one (``None``/``null``/``true`` too), else the string."""
-    if raw.lower() in _LITERALS:
-        return _LITERALS[raw.lower()]
+    """A Python literal if ``raw`` is one (``None``/``null``/``true``/``false`` too), else the
+    string (so ``none`` is the string ``"none"``)."""
+    if raw in _LITERALS:
+        return _LITERALS[raw]
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):

@@ -155,3 +155,14 @@ def test_override_of_constructor_argument_not_written_in_recipe(tmp_path):
     assert recipe["model"]["loss"]["gamma"] == 0.5
     with pytest.raises(ConfigError, match="no key 'model.loss.gama'"):
         load(path, ["model.loss.gama=0.5"])
+
+
+def test_lowercase_none_is_a_string_and_recipe_folder_is_importable(tmp_path):
+    (tmp_path / "my_parts.py").write_text("class Part:\n    def __init__(self, k=1):\n        self.k = k\n")
+    path = tmp_path / "r.py"
+    path.write_text("model = dict(part=dict(type='my_parts.Part'), gate='additive', name='x')\n")
+    recipe = load(path, ["model.gate=none", "model.name=None"])
+    assert recipe["model"]["gate"] == "none" and recipe["model"]["name"] is None
+    from detlab.registry import MODELS
+
+    assert MODELS.build({"type": "my_parts.Part", "k": 3}).k == 3  # importable beside the recipe

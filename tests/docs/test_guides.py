@@ -10,7 +10,8 @@ folder at the root of a checkout), block by block, in page order:
 * ``bash``: every line is a ``detlab ...`` command, optionally prefixed by ``PYTHONPATH=.``. It
   runs in-process through :func:`detlab.cli.main` but as if in a new process: registries are
   reset to the built-in components, recipe modules and the folder's own modules are unloaded,
-  and the folder is importable only with ``PYTHONPATH=.``. ``detlab train`` gets :data:`TINY`
+  and the folder is on ``sys.path`` only with ``PYTHONPATH=.`` (detlab itself adds the recipe's
+  folder when it loads a recipe). ``detlab train`` gets :data:`TINY`
   appended (each override only where the recipe has the key and the command does not set it).
   The command must exit with status 0;
 * ``console``: ``$ detlab ...`` lines, each followed by lines that must appear in its output;
