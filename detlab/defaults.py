@@ -44,6 +44,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     "num_workers": 2,
     "size_divisor": None,           # defaults to the model's largest stride
     "sampler": None,                # e.g. dict(type="PositiveOversampler", positive_fraction=0.5)
+    "multi_scale": None,            # training only: (0.5, 1.5) x the train dataset's img_size,
+                                    # a random size per batch (detlab.data.multiscale)
     "pin_memory": False,
     "persistent_workers": None,     # defaults to num_workers > 0
 }

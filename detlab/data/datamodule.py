@@ -8,6 +8,13 @@ Keys of ``data``::
     num_workers          loader workers (default: min(2, cpu count))
     size_divisor         pad batches to a multiple of this (default: the model's largest stride)
     sampler              optional sampler config for training (e.g. PositiveOversampler)
+    multi_scale          optional (low, high): each training batch is resized to a random
+                         multiple of size_divisor in [low, high] x the train dataset's img_size
+                         (:class:`~detlab.data.multiscale.MultiScaleCollate`)
+
+A training dataset with ``set_epoch(epoch)`` (e.g. ``MosaicDataset`` and its close-mosaic
+switch) gets it called at every training epoch start by
+:class:`~detlab.engine.callbacks.DatasetEpochSetter`, which the trainer always adds.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from ..defaults import DATA_DEFAULTS
 from ..errors import ConfigError
 from ..registry import DATASETS, SAMPLERS
 from .collate import Collate
+from .multiscale import MultiScaleCollate
 
 __all__ = ["DataModule", "build_dataset"]
 
@@ -55,7 +63,8 @@ class DataModule(pl.LightningDataModule):
         self.val_batch_size = int(cfg.get("val_batch_size") or self.batch_size)
         workers = cfg.get("num_workers")
         self.num_workers = int(min(2, os.cpu_count() or 1) if workers is None else workers)
-        self.collate = Collate(int(cfg.get("size_divisor") or size_divisor))
+        self.size_divisor = int(cfg.get("size_divisor") or size_divisor)
+        self.collate = Collate(self.size_divisor)
         self._datasets: dict[str, Dataset] = {}
 
     def dataset(self, split: str) -> Dataset:
@@ -68,14 +77,14 @@ class DataModule(pl.LightningDataModule):
         return self._datasets[split]
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool,
-                sampler: Any = None) -> DataLoader:
+                sampler: Any = None, collate: Any = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self.collate,
+            collate_fn=collate or self.collate,
             pin_memory=bool(self.cfg.get("pin_memory", False)),
             persistent_workers=bool(
                 self.num_workers > 0 if self.cfg.get("persistent_workers") is None
@@ -89,7 +98,21 @@ class DataModule(pl.LightningDataModule):
         sampler = None
         if self.cfg.get("sampler") is not None:
             sampler = SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset)
-        return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
+        return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler,
+                            collate=self.train_collate(dataset))
+
+    def train_collate(self, dataset: Dataset) -> Any:
+        """``Collate``, or ``MultiScaleCollate`` when ``data.multi_scale`` is set."""
+        scale_range = self.cfg.get("multi_scale")
+        if scale_range is None:
+            return self.collate
+        img_size = getattr(dataset, "img_size", None)
+        if img_size is None:
+            raise ConfigError(
+                f"data.multi_scale={scale_range!r} scales the train dataset's img_size, but "
+                f"{type(dataset).__name__} has img_size=None; set data.train.img_size"
+            )
+        return MultiScaleCollate.from_range(int(img_size), scale_range, self.size_divisor)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), self.val_batch_size, shuffle=False)

@@ -1,4 +1,4 @@
-"""Callbacks: atomic checkpoints and a per-epoch metrics printout."""
+"""Callbacks: atomic checkpoints, a per-epoch metrics printout, dataset epoch updates."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ["AtomicModelCheckpoint", "AppendingCSVLogger", "MetricsPrinter", "format_metrics"]
+__all__ = [
+    "AtomicModelCheckpoint", "AppendingCSVLogger", "MetricsPrinter", "DatasetEpochSetter",
+    "format_metrics",
+]
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
@@ -92,3 +95,26 @@ class MetricsPrinter(Callback):
         report = getattr(evaluator, "format_histogram", None)
         if callable(report):
             rank_zero_info(report())
+
+
+class DatasetEpochSetter(Callback):
+    """Calls ``set_epoch(current_epoch)`` on the training dataset at every epoch start.
+
+    Lightning does this for samplers only; datasets whose samples depend on the epoch
+    (``MosaicDataset``: new mosaics each epoch, mosaic off for the last ``close_mosaic_epochs``)
+    need it too. The hook runs before the epoch's loader is iterated, so workers (persistent or
+    not) see the new epoch from the first batch. Wrapped datasets (``.dataset`` chains, e.g.
+    ``Subset``) are searched for the first one that has ``set_epoch``.
+    """
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        loaders = trainer.train_dataloader
+        if loaders is None:
+            return
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            dataset, depth = getattr(loader, "dataset", None), 0
+            while dataset is not None and depth < 8:
+                if callable(getattr(dataset, "set_epoch", None)):
+                    dataset.set_epoch(trainer.current_epoch)
+                    break
+                dataset, depth = getattr(dataset, "dataset", None), depth + 1

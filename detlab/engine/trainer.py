@@ -27,7 +27,12 @@ from ..defaults import TRAIN_DEFAULTS
 from ..errors import CheckpointError, ConfigError
 from ..recipe import Recipe, from_source
 from ..registry import closest
-from .callbacks import AppendingCSVLogger, AtomicModelCheckpoint, MetricsPrinter
+from .callbacks import (
+    AppendingCSVLogger,
+    AtomicModelCheckpoint,
+    DatasetEpochSetter,
+    MetricsPrinter,
+)
 from .task import RECIPE_KEY, DetlabTask
 
 __all__ = [
@@ -103,6 +108,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
             enable_version_counter=False,
         ),
         MetricsPrinter(run_dir),
+        DatasetEpochSetter(),
     ]
     if cfg["ema"]:
         ema = dict(cfg["ema"]) if isinstance(cfg["ema"], dict) else {}
