@@ -7,7 +7,7 @@ all recipe keys here, so each experiment is an override, not a fork:
   * box loss and weights ....... model.head.box_loss.type=WIoULoss / InnerIoULoss,
                                   model.head.box_loss.weight=5.0, model.head.dfl_loss.weight=1.0
   * classification loss ........ model.head.cls_loss.type=VarifocalLoss
-  * assigner ................... model.head.assigner.type=ATSSAssigner  (+ topk=9)
+  * assigner ................... model.head.assigner=ATSSAssigner
   * multi-scale training ....... data.multi_scale=(0.5,1.5)
   * tiny-object oversampling ... data.sampler.weight=8.0  (data.sampler=None turns it off)
   * crop-based training ........ see the commented crop transform in data.train.transforms
@@ -70,7 +70,7 @@ _synthetic = dict(
 
 data = dict(
     train=dict(
-        _synthetic, split="train", num_samples=800,
+        _synthetic, split="train", num_samples=400,
         transforms=[
             dict(type="HorizontalFlip", p=0.5),
             dict(type="RandomBrightnessContrast", brightness_limit=0.2, contrast_limit=0.2,
@@ -91,7 +91,7 @@ data = dict(
 )
 
 train = dict(
-    max_epochs=8,
+    max_epochs=4,
     optimizer=dict(type="AdamW", lr=2e-3, weight_decay=5e-4),
     scheduler=dict(type="WarmupCosine", warmup_epochs=1, min_lr_ratio=0.05),
     precision="32-true",                 # "16-mixed" / "bf16-mixed" on a GPU
