@@ -45,5 +45,6 @@ train["max_epochs"] = 100
 train["precision"] = "16-mixed"              # on a GPU; "32-true" on a CPU
 train["scheduler"] = dict(type="WarmupCosine", warmup_epochs=3, min_lr_ratio=0.01)
 train["ema"] = dict(decay=0.9999)
+train["num_threads"] = None                  # torch's default: every core
 
 evaluator["class_names"] = CLASS_NAMES

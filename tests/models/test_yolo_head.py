@@ -81,10 +81,12 @@ def test_anchor_points_per_level():
     "overrides, kinds",
     [
         ([], ("SigmoidBCELoss", "CIoULoss", "TaskAlignedAssigner")),
-        (["model.head.box_loss.type=WIoULoss"], ("SigmoidBCELoss", "WIoULoss", "TaskAlignedAssigner")),
+        (["model.head.box_loss.type=WIoULoss"],
+         ("SigmoidBCELoss", "WIoULoss", "TaskAlignedAssigner")),
         (["model.head.box_loss.type=InnerIoULoss", "model.head.box_loss.ratio=0.7"],
          ("SigmoidBCELoss", "InnerIoULoss", "TaskAlignedAssigner")),
-        (["model.head.cls_loss.type=VarifocalLoss"], ("VarifocalLoss", "CIoULoss", "TaskAlignedAssigner")),
+        (["model.head.cls_loss.type=VarifocalLoss"],
+         ("VarifocalLoss", "CIoULoss", "TaskAlignedAssigner")),
         (["model.head.assigner=ATSSAssigner"], ("SigmoidBCELoss", "CIoULoss", "ATSSAssigner")),
     ],
 )
