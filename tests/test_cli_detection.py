@@ -4,7 +4,9 @@ COCO variant: a clear error while its paths are unset, a finite loss on tiny COC
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +27,20 @@ TINY = [
 ]
 
 
+PRINTED: list[str] = []  # Lightning log lines of the training run
+
+
 @pytest.fixture(scope="module")
 def det_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("det_runs")
-    assert main(["train", str(RECIPE), *TINY, "--work-dir", str(work)]) == 0
+    handler = logging.Handler()
+    handler.emit = lambda record: PRINTED.append(record.getMessage())
+    logger = logging.getLogger("lightning.pytorch")
+    logger.addHandler(handler)
+    try:
+        assert main(["train", str(RECIPE), *TINY, "--work-dir", str(work)]) == 0
+    finally:
+        logger.removeHandler(handler)
     return work / "helmet_yolo_p2" / "version_0"
 
 
@@ -45,6 +57,14 @@ def test_train_then_eval_reports_coco_metrics(det_run, tmp_path, capsys):
     assert keys <= set(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in keys)
     assert "AP=" in capsys.readouterr().out
+
+
+def test_epoch_printout_shows_that_epochs_metrics(det_run):
+    with open(det_run / "metrics.csv") as f:
+        ap = [float(r["val/AP"]) for r in csv.DictReader(f) if r.get("val/AP")]
+    lines = [line.strip() for line in PRINTED if " val: " in line]
+    assert len(lines) == len(ap) == 1
+    assert lines[0].startswith(f"[epoch 0] val: AP={ap[0]:.4g} ")
 
 
 def test_predict_writes_json_boxes_and_overlays(det_run, tmp_path):

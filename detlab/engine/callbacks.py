@@ -78,12 +78,16 @@ def format_metrics(metrics: dict[str, Any], primary: str | None = None,
 
 class MetricsPrinter(Callback):
     """Prints the evaluator's metrics after each validation epoch (rank 0 only), and the
-    evaluator's own text report (e.g. the probability histogram) when it has one."""
+    evaluator's own text report (e.g. the probability histogram) when it has one.
+
+    Runs in ``on_validation_end``: Lightning calls callbacks' ``on_validation_epoch_end``
+    before the module's, which is where the task computes ``last_metrics``, so printing there
+    would show the previous epoch's numbers."""
 
     def __init__(self, run_dir: str | Path | None = None) -> None:
         self.run_dir = Path(run_dir) if run_dir else None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         evaluator = getattr(pl_module, "evaluator", None)

@@ -22,7 +22,7 @@ from ...structures import Batch, Prediction
 from ..necks.blocks import conv_norm_act, norm_layer
 from .base import Head
 
-__all__ = ["YOLOHead", "pad_targets"]
+__all__ = ["YOLOHead", "pad_targets", "to_original"]
 
 # YOLOv8's loss gains (box 7.5, cls 0.5, dfl 1.5) as each component's ``weight``.
 DEFAULT_ASSIGNER = dict(type="TaskAlignedAssigner", topk=10, alpha=0.5, beta=6.0)
@@ -243,7 +243,8 @@ class YOLOHead(Head):
 
 
 def to_original(boxes: Tensor, meta: Mapping[str, Any]) -> Tensor:
-    """xyxy input-pixel ``boxes`` ``(N, 4)`` → original pixels, clipped to ``orig_size``."""
+    """xyxy input-pixel ``boxes`` ``(N, 4)`` → original pixels (``meta`` ``scale``/``pad``),
+    clipped to ``orig_size`` (else ``input_size``; unclipped without either)."""
     if "scale" in meta:
         boxes = unletterbox_boxes(boxes, meta["scale"], meta.get("pad", (0, 0)))
     size = meta.get("orig_size", meta.get("input_size"))
