@@ -13,8 +13,9 @@ Keys of ``data``::
                          (:class:`~detlab.data.multiscale.MultiScaleCollate`)
 
 A training dataset with ``set_epoch(epoch)`` (e.g. ``MosaicDataset`` and its close-mosaic
-switch) gets it called at every training epoch start by
-:class:`~detlab.engine.callbacks.DatasetEpochSetter`, which the trainer always adds.
+switch) gets it called with the trainer's epoch when the training loader is built and at every
+training epoch start by :class:`~detlab.engine.callbacks.DatasetEpochSetter`, which the trainer
+always adds.
 """
 
 from __future__ import annotations
@@ -31,9 +32,22 @@ from ..registry import DATASETS, SAMPLERS
 from .collate import Collate
 from .multiscale import MultiScaleCollate
 
-__all__ = ["DataModule", "build_dataset"]
+__all__ = ["DataModule", "build_dataset", "set_dataset_epoch"]
 
 _KNOWN_KEYS = set(DATA_DEFAULTS)
+
+
+def set_dataset_epoch(dataset: Any, epoch: int) -> bool:
+    """Call ``set_epoch(epoch)`` on ``dataset`` or the first dataset it wraps (``.dataset``
+    chain, e.g. ``Subset``) that has one; returns whether one was found."""
+    for _ in range(8):
+        if dataset is None:
+            return False
+        if callable(getattr(dataset, "set_epoch", None)):
+            dataset.set_epoch(int(epoch))
+            return True
+        dataset = getattr(dataset, "dataset", None)
+    return False
 
 
 def build_dataset(cfg: Any, key: str, **defaults: Any) -> Dataset:
@@ -95,6 +109,9 @@ class DataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train")
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            set_dataset_epoch(dataset, trainer.current_epoch)
         sampler = None
         if self.cfg.get("sampler") is not None:
             sampler = SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset)

@@ -106,19 +106,20 @@ class DatasetEpochSetter(Callback):
 
     Lightning does this for samplers only; datasets whose samples depend on the epoch
     (``MosaicDataset``: new mosaics each epoch, mosaic off for the last ``close_mosaic_epochs``)
-    need it too. The hook runs before the epoch's loader is iterated, so workers (persistent or
-    not) see the new epoch from the first batch. Wrapped datasets (``.dataset`` chains, e.g.
-    ``Subset``) are searched for the first one that has ``set_epoch``.
+    need it too. From the second epoch on the hook runs before the epoch's loader is iterated,
+    so workers (persistent or not) see the new epoch from the first batch. Lightning iterates
+    the first epoch's loader before any epoch hook (and, with a step-based scheduler, before a
+    resumed run restores its epoch), so after a resume the batches prefetched by then (at most
+    ``num_workers x prefetch_factor``) still use the epoch the loader was built with.
+    Wrapped datasets (``.dataset`` chains, e.g. ``Subset``) are searched for the first one that
+    has ``set_epoch`` (:func:`~detlab.data.datamodule.set_dataset_epoch`).
     """
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        from ..data.datamodule import set_dataset_epoch
+
         loaders = trainer.train_dataloader
         if loaders is None:
             return
         for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
-            dataset, depth = getattr(loader, "dataset", None), 0
-            while dataset is not None and depth < 8:
-                if callable(getattr(dataset, "set_epoch", None)):
-                    dataset.set_epoch(trainer.current_epoch)
-                    break
-                dataset, depth = getattr(dataset, "dataset", None), depth + 1
+            set_dataset_epoch(getattr(loader, "dataset", None), trainer.current_epoch)

@@ -63,6 +63,12 @@ def test_dataset_epoch_setter_reaches_wrapped_mosaic():
         SimpleNamespace(train_dataloader=SimpleNamespace(dataset=[1, 2]), current_epoch=1), None)
 
 
+def test_train_loader_starts_at_the_trainers_epoch():
+    data = _data(train=dict(type="MosaicDataset", dataset=SHAPES, p=1.0))
+    data.trainer = SimpleNamespace(current_epoch=5)  # e.g. a run resumed at epoch 5
+    assert data.train_dataloader().dataset.epoch == 5
+
+
 def test_trainer_adds_dataset_epoch_setter(tmp_path):
     from detlab.engine.trainer import build_trainer
     from detlab.recipe import Recipe
