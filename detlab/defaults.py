@@ -24,6 +24,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_nodes": 1,
     "strategy": "auto",             # "ddp" for several GPUs / nodes
     "seed": 0,
+    "num_threads": None,            # torch CPU threads; None: torch's default (one per core).
+                                    # 1 can be ~3x faster on a CPU other processes share
     "limit_train_batches": None,
     "limit_val_batches": None,
     "log_every_n_steps": 10,
@@ -45,6 +47,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     "num_workers": 2,
     "size_divisor": None,           # defaults to the model's largest stride
     "sampler": None,                # e.g. dict(type="PositiveOversampler", positive_fraction=0.5)
+    "multi_scale": None,            # training only: (0.5, 1.5) x the train dataset's img_size,
+                                    # a random size per batch (detlab.data.multiscale)
     "pin_memory": False,
     "persistent_workers": None,     # defaults to num_workers > 0
     "root": None,                   # data folder/list for datasets taking `root` (CT studies)

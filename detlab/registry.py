@@ -20,7 +20,7 @@ import pkgutil
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, DetlabError
 
 __all__ = [
     "Registry",
@@ -202,7 +202,7 @@ class Registry:
         _check_kwargs(target, kwargs, self.kind, where)
         try:
             return target(**kwargs)
-        except ConfigError:
+        except DetlabError:  # already names the file/key: keep its type (DataError stays one)
             raise
         except (TypeError, ValueError) as err:
             name = getattr(target, "__name__", repr(target))

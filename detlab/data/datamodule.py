@@ -10,6 +10,14 @@ Keys of ``data``::
     sampler              optional sampler config for training (e.g. PositiveOversampler)
     root                 data location given to every train/val/test dataset that takes a
                          ``root`` argument and sets none (``data.root=/data/Task`` on the CLI)
+    multi_scale          optional (low, high): each training batch is resized to a random
+                         multiple of size_divisor in [low, high] x the train dataset's img_size
+                         (:class:`~detlab.data.multiscale.MultiScaleCollate`)
+
+A training dataset with ``set_epoch(epoch)`` (e.g. ``MosaicDataset`` and its close-mosaic
+switch) gets it called with the trainer's epoch when the training loader is built and at every
+training epoch start by :class:`~detlab.engine.callbacks.DatasetEpochSetter`, which the trainer
+always adds.
 """
 
 from __future__ import annotations
@@ -25,10 +33,24 @@ from ..defaults import DATA_DEFAULTS
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS, SAMPLERS
 from .collate import Collate
+from .multiscale import MultiScaleCollate
 
-__all__ = ["DataModule", "build_dataset"]
+__all__ = ["DataModule", "build_dataset", "set_dataset_epoch"]
 
 _KNOWN_KEYS = set(DATA_DEFAULTS)
+
+
+def set_dataset_epoch(dataset: Any, epoch: int) -> bool:
+    """Call ``set_epoch(epoch)`` on ``dataset`` or the first dataset it wraps (``.dataset``
+    chain, e.g. ``Subset``) that has one; returns whether one was found."""
+    for _ in range(8):
+        if dataset is None:
+            return False
+        if callable(getattr(dataset, "set_epoch", None)):
+            dataset.set_epoch(int(epoch))
+            return True
+        dataset = getattr(dataset, "dataset", None)
+    return False
 
 
 def build_dataset(cfg: Any, key: str, **defaults: Any) -> Dataset:
@@ -67,7 +89,8 @@ class DataModule(pl.LightningDataModule):
         self.val_batch_size = int(cfg.get("val_batch_size") or self.batch_size)
         workers = cfg.get("num_workers")
         self.num_workers = int(min(2, os.cpu_count() or 1) if workers is None else workers)
-        self.collate = Collate(int(cfg.get("size_divisor") or size_divisor))
+        self.size_divisor = int(cfg.get("size_divisor") or size_divisor)
+        self.collate = Collate(self.size_divisor)
         self._datasets: dict[str, Dataset] = {}
 
     def dataset(self, split: str) -> Dataset:
@@ -113,14 +136,14 @@ class DataModule(pl.LightningDataModule):
         return {**cfg, "root": root}
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool,
-                sampler: Any = None) -> DataLoader:
+                sampler: Any = None, collate: Any = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self.collate,
+            collate_fn=collate or self.collate,
             pin_memory=bool(self.cfg.get("pin_memory", False)),
             persistent_workers=bool(
                 self.num_workers > 0 if self.cfg.get("persistent_workers") is None
@@ -132,10 +155,27 @@ class DataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled loader over ``data.train``, or ordered by ``data.sampler`` when set."""
         dataset = self.dataset("train")
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            set_dataset_epoch(dataset, trainer.current_epoch)
         sampler = None
         if self.cfg.get("sampler") is not None:
             sampler = SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset)
-        return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler)
+        return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler,
+                            collate=self.train_collate(dataset))
+
+    def train_collate(self, dataset: Dataset) -> Any:
+        """``Collate``, or ``MultiScaleCollate`` when ``data.multi_scale`` is set."""
+        scale_range = self.cfg.get("multi_scale")
+        if scale_range is None:
+            return self.collate
+        img_size = getattr(dataset, "img_size", None)
+        if img_size is None:
+            raise ConfigError(
+                f"data.multi_scale={scale_range!r} scales the train dataset's img_size, but "
+                f"{type(dataset).__name__} has img_size=None; set data.train.img_size"
+            )
+        return MultiScaleCollate.from_range(int(img_size), scale_range, self.size_divisor)
 
     def val_dataloader(self) -> DataLoader:
         """Loader over ``data.val`` in dataset order (batch size ``val_batch_size``)."""

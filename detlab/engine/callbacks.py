@@ -1,4 +1,4 @@
-"""Callbacks: atomic checkpoints and a per-epoch metrics printout."""
+"""Callbacks: atomic checkpoints, a per-epoch metrics printout, dataset epoch updates."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ["AtomicModelCheckpoint", "AppendingCSVLogger", "MetricsPrinter", "format_metrics"]
+__all__ = [
+    "AtomicModelCheckpoint", "AppendingCSVLogger", "MetricsPrinter", "DatasetEpochSetter",
+    "format_metrics",
+]
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
@@ -76,7 +79,11 @@ def format_metrics(metrics: dict[str, Any], primary: str | None = None,
 
 class MetricsPrinter(Callback):
     """Prints the evaluator's metrics after each validation epoch (rank 0 only), and the
-    evaluator's own text report (e.g. the probability histogram) when it has one."""
+    evaluator's own text report (e.g. the probability histogram) when it has one.
+
+    Runs in ``on_validation_end``: Lightning calls callbacks' ``on_validation_epoch_end``
+    before the module's, which is where the task computes ``last_metrics``, so printing there
+    would show the previous epoch's numbers."""
 
     def __init__(self, run_dir: str | Path | None = None) -> None:
         self.run_dir = Path(run_dir) if run_dir else None
@@ -96,3 +103,27 @@ class MetricsPrinter(Callback):
         report = getattr(evaluator, "format_histogram", None)
         if callable(report):
             rank_zero_info(report())
+
+
+class DatasetEpochSetter(Callback):
+    """Calls ``set_epoch(current_epoch)`` on the training dataset at every epoch start.
+
+    Lightning does this for samplers only; datasets whose samples depend on the epoch
+    (``MosaicDataset``: new mosaics each epoch, mosaic off for the last ``close_mosaic_epochs``)
+    need it too. From the second epoch on the hook runs before the epoch's loader is iterated,
+    so workers (persistent or not) see the new epoch from the first batch. Lightning iterates
+    the first epoch's loader before any epoch hook (and, with a step-based scheduler, before a
+    resumed run restores its epoch), so after a resume the batches prefetched by then (at most
+    ``num_workers x prefetch_factor``) still use the epoch the loader was built with.
+    Wrapped datasets (``.dataset`` chains, e.g. ``Subset``) are searched for the first one that
+    has ``set_epoch`` (:func:`~detlab.data.datamodule.set_dataset_epoch`).
+    """
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        from ..data.datamodule import set_dataset_epoch
+
+        loaders = trainer.train_dataloader
+        if loaders is None:
+            return
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            set_dataset_epoch(getattr(loader, "dataset", None), trainer.current_epoch)

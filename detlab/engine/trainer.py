@@ -31,7 +31,12 @@ from ..defaults import TRAIN_DEFAULTS
 from ..errors import CheckpointError, ConfigError
 from ..recipe import Recipe, from_source
 from ..registry import closest
-from .callbacks import AppendingCSVLogger, AtomicModelCheckpoint, MetricsPrinter
+from .callbacks import (
+    AppendingCSVLogger,
+    AtomicModelCheckpoint,
+    DatasetEpochSetter,
+    MetricsPrinter,
+)
 from .diagnostics import DiagnosticsCallback
 from .task import RECIPE_KEY, DetlabTask
 
@@ -121,6 +126,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
             enable_version_counter=False,
         ),
         MetricsPrinter(run_dir),
+        DatasetEpochSetter(),
     ]
     if cfg["diagnostics"]:
         callbacks.append(DiagnosticsCallback(run_dir))
@@ -170,6 +176,7 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
     cfg = _train_cfg(recipe)
     root = Path(work_dir or cfg["work_dir"])
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+    _set_threads(cfg["num_threads"])
     ckpt_path = None
     if resume is not None:
         ckpt_path = latest_checkpoint(root, recipe.name) if resume == "latest" else Path(resume)
@@ -188,6 +195,16 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
     )
     trainer.fit(task, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
     return run_dir, task, trainer
+
+
+def _set_threads(num_threads: Any) -> None:
+    """Apply ``train.num_threads``: OpenMP threads that wait for each other at every op are
+    slow when other processes hold the cores, so a busy small CPU trains faster with fewer."""
+    if num_threads is None:
+        return
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ConfigError(f"train.num_threads={num_threads!r}: expected an int >= 1 or None")
+    torch.set_num_threads(num_threads)
 
 
 def load_checkpoint(path: str | Path) -> tuple[Recipe, dict[str, Any]]:

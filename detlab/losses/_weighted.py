@@ -1,6 +1,8 @@
-"""Shared plumbing of the box and quality losses: argument checks, fp32 casting and reduction.
+"""Reduction plumbing of the box and quality losses, on top of :class:`~detlab.losses.base.Loss`.
 
-Every loss here follows one convention (the mmdetection one):
+:class:`WeightedLoss` is a :class:`~detlab.losses.base.Loss` (so it has the same ``weight`` and
+``name`` as every detlab loss: ``name`` is the suffix of the ``loss_<name>`` key) that adds the
+per-item reduction the box and quality losses share (the mmdetection convention):
 
 * ``forward(..., weight=None, avg_factor=None)`` computes a per-item loss ``l`` (shape stated by
   each loss), multiplies it by the optional per-item ``weight``;
@@ -15,9 +17,10 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ConfigError
+from .base import Loss
 
 __all__ = ["Reduction", "WeightedLoss", "as_fp32"]
 
@@ -30,33 +33,31 @@ def as_fp32(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-class WeightedLoss(nn.Module):
-    """Base class holding ``weight``, ``reduction``, ``eps`` and ``name`` and reducing a loss.
+class WeightedLoss(Loss):
+    """A :class:`~detlab.losses.base.Loss` that reduces per-item losses (see module docstring).
 
     Args:
         weight: multiplier of this term in the total loss (>= 0).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         eps: small positive number guarding divisions.
-        name: the key of this term in a head's loss dict (``"loss_<term>"``).
+        name: key suffix of this term (``loss_<name>``); default from the class name.
     """
 
     def __init__(
-        self, weight: float = 1.0, reduction: Reduction = "mean", eps: float = 1e-7, name: str = ""
+        self,
+        weight: float = 1.0,
+        reduction: Reduction = "mean",
+        eps: float = 1e-7,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(weight=weight, name=name)
         cls = type(self).__name__
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"{cls}: weight must be a number >= 0, got {weight!r}")
         if reduction not in _REDUCTIONS:
             raise ConfigError(f"{cls}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
             raise ConfigError(f"{cls}: eps must be a number in (0, 1), got {eps!r}")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{cls}: name must be a non-empty string, got {name!r}")
-        self.weight = float(weight)
         self.reduction: Reduction = reduction
         self.eps = float(eps)
-        self.name = name
 
     def reduce(
         self, loss: Tensor, weight: Tensor | None = None, avg_factor: float | Tensor | None = None
@@ -88,4 +89,4 @@ class WeightedLoss(nn.Module):
         return self.weight * loss.sum() / (avg_factor + torch.finfo(torch.float32).eps)
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, reduction={self.reduction!r}, name={self.name!r}"
+        return f"{super().extra_repr()}, reduction={self.reduction!r}"

@@ -44,7 +44,7 @@ class DFLoss(WeightedLoss):
         weight: float = 1.0,
         reduction: Reduction = "mean",
         eps: float = 1e-7,
-        name: str = "loss_dfl",
+        name: str = "dfl",
     ) -> None:
         super().__init__(weight, reduction, eps, name)
         if isinstance(reg_max, bool) or not isinstance(reg_max, int) or reg_max < 2:

@@ -53,7 +53,7 @@ class _IoUFamilyLoss(WeightedLoss):
         eps: float = 1e-7,
         name: str | None = None,
     ) -> None:
-        super().__init__(weight, reduction, eps, name or f"loss_{self.kind}")
+        super().__init__(weight, reduction, eps, name or self.kind)
 
     def per_box(self, pred: Tensor, target: Tensor) -> Tensor:
         """Unreduced, unweighted loss ``(N,)`` for float32 ``(N, 4)`` boxes."""
@@ -133,7 +133,7 @@ class InnerIoULoss(_IoUFamilyLoss):
             raise ConfigError(f"InnerIoULoss: base must be one of {IOU_KINDS}, got {base!r}")
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0:
             raise ConfigError(f"InnerIoULoss: ratio must be a number > 0, got {ratio!r}")
-        super().__init__(weight, reduction, eps, name or f"loss_inner_{base}")
+        super().__init__(weight, reduction, eps, name or f"inner_{base}")
         self.kind = base
         self.ratio = float(ratio)
 
@@ -174,7 +174,7 @@ class WIoULoss(WeightedLoss):
         weight: float = 1.0,
         reduction: Reduction = "mean",
         eps: float = 1e-7,
-        name: str = "loss_wiou",
+        name: str = "wiou",
     ) -> None:
         super().__init__(weight, reduction, eps, name)
         for arg, value in (("alpha", alpha), ("delta", delta)):

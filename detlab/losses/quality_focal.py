@@ -57,7 +57,7 @@ class QualityFocalLoss(WeightedLoss):
         weight: float = 1.0,
         reduction: Reduction = "mean",
         eps: float = 1e-7,
-        name: str = "loss_qfl",
+        name: str = "qfl",
     ) -> None:
         super().__init__(weight, reduction, eps, name)
         self.beta = _check_number("QualityFocalLoss", "beta", beta, 0.0, None)
@@ -104,7 +104,7 @@ class VarifocalLoss(WeightedLoss):
         weight: float = 1.0,
         reduction: Reduction = "mean",
         eps: float = 1e-7,
-        name: str = "loss_vfl",
+        name: str = "vfl",
     ) -> None:
         super().__init__(weight, reduction, eps, name)
         self.alpha = _check_number("VarifocalLoss", "alpha", alpha, 0.0, None)

@@ -150,7 +150,7 @@ def test_registered():
     for name in ("IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "InnerIoULoss", "WIoULoss"):
         assert name in LOSSES
     built = LOSSES.build({"type": "InnerIoULoss", "ratio": 1.2, "base": "giou"})
-    assert isinstance(built, InnerIoULoss) and built.name == "loss_inner_giou"
+    assert isinstance(built, InnerIoULoss) and built.name == "inner_giou"
 
 
 # -- degenerate boxes ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """One test over every registered head: shapes, finite ``loss_*`` terms, gradients reaching
-every parameter, predictions inside the original image.
+every parameter, predictions inside the original image; for detection heads (``empty_batch``
+given), an image without objects gives zero box loss and a positive classification loss.
 
 A new head must add an entry to ``CASES`` (tiny model config, batch builder, output check);
 the test fails for a registered head that has none.
@@ -31,6 +32,7 @@ class Case:
     model: dict[str, Any]  # Model(**model)
     batch: Callable[[], Batch]
     check_outputs: Callable[[Any, Batch], None]  # raw head outputs vs. batch
+    empty_batch: Callable[[], Batch] | None = None  # detection: images without objects
 
 
 def _seg_batch() -> Batch:
@@ -51,7 +53,35 @@ def _check_attention_unet(outputs: Any, batch: Batch) -> None:
     assert shapes == [(2, 1, 64 // s, 96 // s) for s in (16, 8, 4, 2)]
 
 
+def _det_batch(empty: bool = False) -> Batch:
+    """Two 3-channel 64x96 images, letterboxed from 32x48 (scale 2) and 64x96 originals."""
+    torch.manual_seed(0)
+    boxes = [torch.tensor([[8.0, 10.0, 30.0, 40.0], [50.0, 4.0, 58.0, 12.0]]),
+             torch.tensor([[20.0, 20.0, 90.0, 60.0]])]
+    targets = [{"boxes": b[:0] if empty else b, "labels": torch.arange(0 if empty else len(b))}
+               for b in boxes]
+    meta = [
+        dict(image_id=0, path="a", orig_size=(32, 48), input_size=(64, 96), scale=(2.0, 2.0)),
+        dict(image_id=1, path="b", orig_size=(64, 96), input_size=(64, 96), scale=(1.0, 1.0)),
+    ]
+    return Batch(images=torch.randn(2, 3, 64, 96), targets=targets, meta=meta)
+
+
+def _check_yolo(outputs: Any, batch: Batch) -> None:  # P2..P5 of a 64x96 input
+    assert outputs["num_anchors_per_level"] == [16 * 24, 8 * 12, 4 * 6, 2 * 3]
+    assert outputs["cls_logits"].shape == (2, 510, 2)
+    assert outputs["box_dist"].shape == (2, 510, 64)
+
+
+_TINY_TIMM = dict(type="TimmBackbone", name="resnet10t", out_indices=(1, 2, 3, 4))
+
 CASES: dict[str, Case] = {
+    "YOLOHead": Case(
+        model=dict(backbone=_TINY_TIMM, neck=dict(type="PAN", levels=(2, 3, 4, 5),
+                                                  out_channels=16),
+                   head=dict(type="YOLOHead", num_classes=2)),
+        batch=_det_batch, check_outputs=_check_yolo, empty_batch=lambda: _det_batch(True),
+    ),
     "AttentionUNetHead": Case(
         model=dict(
             backbone=dict(type="TimmBackbone", name="resnet10t", in_chans=1),
@@ -109,3 +139,13 @@ def test_every_head(name: str) -> None:
     assert len(preds) == len(batch)
     for pred, meta in zip(preds, batch.meta):
         _check_inside_image(pred, tuple(meta["orig_size"]))
+
+    if case.empty_batch is not None:  # DESIGN §6: no objects -> no box loss, some cls loss
+        model.train()
+        with torch.no_grad():
+            empty = model.loss(case.empty_batch())
+        box_keys = [k for k in empty if "box" in k or "dfl" in k]
+        cls_keys = [k for k in empty if "cls" in k]
+        assert box_keys and cls_keys, sorted(empty)
+        assert all(empty[k].item() == 0.0 for k in box_keys), empty
+        assert all(empty[k].item() > 0.0 for k in cls_keys), empty

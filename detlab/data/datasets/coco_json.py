@@ -47,8 +47,8 @@ class CocoDetection(DetectionDataset):
 
     def __init__(
         self,
-        ann_file: str | Path,
-        img_dir: str | Path,
+        ann_file: str | Path | None,
+        img_dir: str | Path | None,
         transforms: Sequence[Any] | None = None,
         img_size: int | None = 640,
         classes: Sequence[str] | None = None,
@@ -60,6 +60,12 @@ class CocoDetection(DetectionDataset):
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__(transforms, img_size, stride, scale_up, pad_value, mean, std)
+        for arg, value in (("ann_file", ann_file), ("img_dir", img_dir)):
+            if value is None or str(value) == "":
+                # Recipes for user data leave the paths unset (None) on purpose.
+                what = "COCO JSON file" if arg == "ann_file" else "image folder"
+                raise DataError(f"CocoDetection.{arg} is not set: give the path of the {what} "
+                                f"(override <dataset key>.{arg}=PATH)")
         if classes is not None and (isinstance(classes, str) or not classes):
             raise ConfigError(f"CocoDetection.classes={classes!r}: expected a list of names")
         self.ann_file = Path(ann_file)

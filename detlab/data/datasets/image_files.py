@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from ...errors import ConfigError, DataError
 from ...registry import DATASETS
+from ..letterbox import resize_keep_ratio
 
 __all__ = ["ImageFiles", "read_image"]
 
@@ -47,20 +48,28 @@ class ImageFiles(Dataset):
     """Image files to predict on, normalized like the training data.
 
     Pixel values are read into [0, 1] and normalized as ``(x - mean) / std`` per channel.
-    Images keep their size (the model pads them); predictions come back at this size.
+    Images keep their size (the model pads them), or with ``img_size`` are resized keeping the
+    aspect ratio so the long side fits ``img_size`` (as detection datasets do for training);
+    ``meta["scale"]`` records the factor and heads map predictions back to the original size.
 
     Args:
         paths: image files, or folders (every image file inside, sorted).
         channels: 1 (grayscale) or 3 (RGB).
         mean: per-channel value subtracted from the [0, 1] pixels.
         std: per-channel divisor applied after subtracting ``mean``.
+        img_size: long side to resize to (``None``: keep the size).
     """
 
     def __init__(self, paths: Sequence[str | Path], channels: int = 3,
                  mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 std: Sequence[float] = (0.229, 0.224, 0.225)) -> None:
+                 std: Sequence[float] = (0.229, 0.224, 0.225),
+                 img_size: int | None = None) -> None:
         if channels not in (1, 3):
             raise ConfigError(f"ImageFiles.channels={channels}: expected 1 or 3")
+        if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int)
+                                     or img_size < 1):
+            raise ConfigError(f"ImageFiles.img_size={img_size!r}: expected a positive int or None")
+        self.img_size = img_size
         self.channels = channels
         self.mean = np.asarray(list(mean)[:channels] * (channels if len(mean) == 1 else 1),
                                dtype=np.float32)[:channels]
@@ -86,11 +95,14 @@ class ImageFiles(Dataset):
         path = self.files[index]
         arr = (read_image(path, self.channels) - self.mean) / self.std
         h, w = arr.shape[:2]
+        scale = (1.0, 1.0)
+        if self.img_size is not None:
+            arr, _, scale = resize_keep_ratio(arr, None, self.img_size)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))),
             "target": {},
             "meta": {
                 "image_id": path.stem, "path": str(path), "orig_size": (h, w),
-                "input_size": (h, w), "scale": (1.0, 1.0), "pad": (0, 0),
+                "input_size": tuple(arr.shape[:2]), "scale": scale, "pad": (0, 0),
             },
         }

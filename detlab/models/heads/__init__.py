@@ -2,5 +2,6 @@
 
 from .attention_unet import AttentionUNetHead
 from .base import Head
+from .yolo import YOLOHead
 
-__all__ = ["AttentionUNetHead", "Head"]
+__all__ = ["AttentionUNetHead", "Head", "YOLOHead"]
