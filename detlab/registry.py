@@ -202,8 +202,12 @@ class Registry:
         _check_kwargs(target, kwargs, self.kind, where)
         try:
             return target(**kwargs)
-        except DetlabError:  # already names the file/key: keep its type (DataError stays one)
-            raise
+        except DetlabError as err:
+            # Keep the type (a DataError stays one) and add where in the recipe it happened.
+            name = getattr(target, "__name__", repr(target))
+            if not where or key in str(err):
+                raise
+            raise type(err)(f"cannot build {self.kind} {name}{where}: {err}") from err
         except (TypeError, ValueError) as err:
             name = getattr(target, "__name__", repr(target))
             raise ConfigError(f"cannot build {self.kind} {name}{where}: {err}") from err

@@ -120,6 +120,7 @@ class DatasetEpochSetter(Callback):
     """
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Set the training dataset's epoch to ``trainer.current_epoch``."""
         from ..data.datamodule import set_dataset_epoch
 
         loaders = trainer.train_dataloader
