@@ -96,7 +96,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from .data.datamodule import DataModule
-    from .engine.outputs import write_prediction
+    from .engine.outputs import coco_results, write_prediction
     from .engine.trainer import load_task
 
     inputs, overrides = _split_inputs(args.items)
@@ -120,12 +120,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     loader = data.predict_loader(inputs)
     names = (task.recipe.get("evaluator") or {}).get("class_names")
     count = 0
+    coco: list[dict[str, Any]] = []
     with torch.inference_mode():
         for batch in loader:
             batch = batch.to(device)
             for pred, meta in zip(task.model.predict(batch, stage="test"), batch.meta):
                 write_prediction(pred, meta, out_dir, names, save_probs=args.save_probs)
+                coco.extend(coco_results(pred, meta, names))
                 count += 1
+    if coco:
+        (out_dir / "results.json").write_text(json.dumps(coco))
     print(f"wrote predictions for {count} image(s) to {out_dir}")
     return 0
 

@@ -87,6 +87,15 @@ def test_predict_writes_json_boxes_and_overlays(det_run, tmp_path):
         assert (boxes[:, [0, 2]] <= w).all() and (boxes[:, [1, 3]] <= h).all()
         assert set(record["labels"]) <= {0, 1, 2}
         assert np.asarray(Image.open(out / f"frame{i}_overlay.png")).shape == (h, w, 3)
+    # COCO-style results over all images: bbox = xywh of the per-image xyxy boxes, ids 1-based
+    results = json.loads((out / "results.json").read_text())
+    for i in range(len(sizes)):
+        record = json.loads((out / f"frame{i}.json").read_text())
+        mine = [r for r in results if r["file_name"] == f"frame{i}.png"]
+        assert len(mine) == len(record["boxes_xyxy"])
+        for r, (x1, y1, x2, y2), label in zip(mine, record["boxes_xyxy"], record["labels"]):
+            assert r["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1])
+            assert r["category_id"] == label + 1
 
 
 def test_sweep_score_threshold(det_run, capsys):

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from ..structures import Prediction
 
-__all__ = ["write_prediction", "overlay_mask", "load_display_image"]
+__all__ = ["coco_results", "write_prediction", "overlay_mask", "load_display_image"]
 
 _COLORS = [(255, 40, 40), (40, 200, 40), (40, 120, 255), (255, 200, 0), (200, 0, 200),
            (0, 200, 200), (255, 120, 0), (120, 60, 255), (128, 128, 0), (0, 128, 128)]
@@ -112,3 +112,30 @@ def write_prediction(pred: Prediction, meta: dict[str, Any], out_dir: Path,
     overlay.save(p)
     written.append(p)
     return written
+
+
+def coco_results(pred: Prediction, meta: dict[str, Any],
+                 class_names: list[str] | None = None) -> list[dict[str, Any]]:
+    """COCO-style detection results for one image: one dict per box with ``image_id``,
+    ``file_name``, ``category_id`` (label + 1, COCO ids start at 1), ``category_name``,
+    ``bbox`` ``[x, y, w, h]`` in original image pixels and ``score``. Empty for non-box
+    predictions."""
+    if pred.boxes is None:
+        return []
+    out = []
+    image_id = meta.get("image_id", Path(str(meta.get("path", ""))).stem)
+    for (x1, y1, x2, y2), score, label in zip(
+        pred.boxes.detach().cpu().tolist(), pred.scores.detach().cpu().tolist(),
+        pred.labels.detach().cpu().tolist(),
+    ):
+        label = int(label)
+        out.append({
+            "image_id": image_id,
+            "file_name": Path(str(meta.get("path", ""))).name,
+            "category_id": label + 1,
+            "category_name": class_names[label] if class_names and label < len(class_names)
+            else str(label),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": float(score),
+        })
+    return out
