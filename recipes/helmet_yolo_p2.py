@@ -13,8 +13,8 @@ all recipe keys here, so each experiment is an override, not a fork:
   * crop-based training ........ see the commented crop transform in data.train.transforms
   * mosaic ..................... see the commented MosaicDataset below
 
-Default data: the built-in SyntheticShapes (rectangles / ellipses / triangles, 4-20 px on a
-192 px noisy image, up to 10 per image), so `detlab train recipes/helmet_yolo_p2.py` runs with
+Default data: the built-in SyntheticHelmets (CCTV-like frames of 192 px with up to 10 heads,
+helmet_on / helmet_off, box heights 6-24 px at a ~0.55 width/height ratio), so `detlab train recipes/helmet_yolo_p2.py` runs with
 no files in about 5-7 minutes on a busy 2-core CPU. recipes/helmet_yolo_p2_coco.py points the same model
 at COCO-JSON files. Evaluation reports COCO AP and AP by relative area (AP_rel_tiny < 0.1 % …).
 
@@ -27,7 +27,7 @@ at COCO-JSON files. Evaluation reports COCO AP and AP by relative area (AP_rel_t
 
 from detlab.models.heads import YOLOHead
 
-CLASS_NAMES = ["rectangle", "ellipse", "triangle"]  # SyntheticShapes labels 0, 1, 2
+CLASS_NAMES = ["helmet_on", "helmet_off"]  # SyntheticHelmets labels 0, 1
 IMG_SIZE = 192
 
 model = dict(
@@ -66,8 +66,8 @@ model = dict(
 )
 
 _synthetic = dict(
-    type="SyntheticShapes", image_size=IMG_SIZE, img_size=IMG_SIZE, max_objects=10,
-    min_size=4, max_size=20, seed=0,
+    type="SyntheticHelmets", image_size=IMG_SIZE, img_size=IMG_SIZE, max_objects=10,
+    min_size=6, max_size=24, seed=0,     # box-height range in px: the size distribution
 )
 
 data = dict(

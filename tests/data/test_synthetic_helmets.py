@@ -1,0 +1,36 @@
+"""SyntheticHelmets: deterministic, two classes, tight tall-narrow boxes around drawn heads."""
+
+import numpy as np
+
+from detlab.data.datasets.synthetic_helmets import SyntheticHelmets
+
+
+def test_deterministic_two_classes_and_tight_boxes():
+    ds = SyntheticHelmets(num_samples=30, image_size=96, max_objects=6, min_size=8, max_size=24)
+    again = SyntheticHelmets(num_samples=30, image_size=96, max_objects=6, min_size=8,
+                             max_size=24)
+    labels, ratios = [], []
+    for i in range(30):
+        ann = ds.annotations(i)
+        np.testing.assert_array_equal(ann.boxes, again.annotations(i).boxes)
+        np.testing.assert_array_equal(ds.load_image(ann), again.load_image(again.annotations(i)))
+        for (x0, y0, x1, y1), label, shape in zip(ann.boxes, ann.labels, ds._layout(i)):
+            oy, ox = shape["origin"]
+            ys, xs = np.nonzero(shape["mask"])
+            assert (x0, y0, x1, y1) == (ox + xs.min(), oy + ys.min(), ox + xs.max() + 1,
+                                        oy + ys.max() + 1)
+            assert 8 <= y1 - y0 <= 24
+            labels.append(int(label))
+            ratios.append((x1 - x0) / (y1 - y0))
+    assert set(labels) == {0, 1} and ds.class_names == ["helmet_on", "helmet_off"]
+    assert 0.35 < np.median(ratios) < 0.75  # tall and narrow like the team's 19 x 35 px boxes
+
+
+def test_helmet_top_colour_differs_by_class():
+    ds = SyntheticHelmets(num_samples=40, image_size=96, max_objects=6, min_size=16,
+                          max_size=24)
+    tops = {0: [], 1: []}
+    for i in range(40):
+        for shape in ds._layout(i):
+            tops[shape["label"]].append(shape["pixels"][1].mean())
+    assert np.mean(tops[0]) > np.mean(tops[1]) + 60  # bright helmets vs dark hair
