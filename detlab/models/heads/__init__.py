@@ -2,5 +2,6 @@
 
 from .attention_unet import AttentionUNetHead
 from .base import Head
+from .faster_rcnn import FasterRCNNHead
 
-__all__ = ["AttentionUNetHead", "Head"]
+__all__ = ["AttentionUNetHead", "FasterRCNNHead", "Head"]
