@@ -156,6 +156,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 # subparser whose default ``func(args) -> int`` runs the command. One line per module.
 COMMAND_MODULES: tuple[str, ...] = (
     "detlab.engine.sweep",
+    "detlab.engine.anchors_cmd",
 )
 
 

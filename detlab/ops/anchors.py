@@ -254,35 +254,53 @@ def coverage(best_iou: np.ndarray, thresholds: Sequence[float] = (0.5, 0.7)) -> 
 
 
 def suggest_anchors(
-    wh: np.ndarray,
-    num_levels: int,
+    boxes: np.ndarray,
+    strides: Sequence[int],
     sizes_per_level: int = 1,
     num_ratios: int = 3,
     seed: int = 0,
-) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]:
-    """Anchor sizes per level and shared aspect ratios for box shapes ``(N, 2)`` (w, h).
+) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...], str]:
+    """Anchor sizes per level and shared aspect ratios for xyxy ``boxes`` ``(N, 4)``.
 
-    Faster R-CNN anchors are a product (every size with every ratio), so the ``1 - IoU`` k-means
-    runs on the two factors of a shape: on unit-area boxes (only the ratio h/w left) with
-    ``num_ratios`` clusters, and on squares of side ``sqrt(w h)`` (only the size left) with
-    ``num_levels * sizes_per_level`` clusters. Sizes are sorted ascending and dealt out finest
-    level first. Sizes are rounded to 0.5 px, ratios to 0.01. When there are fewer distinct
-    sizes than needed, the largest cluster is repeated at ×2 steps so every level gets sizes.
+    Faster R-CNN anchors are a product (every size with every ratio on every location), so the
+    ``1 - IoU`` k-means runs on the two factors of a box shape:
+
+    * ratios: k-means of unit-area boxes (only h/w left), ``num_ratios`` clusters;
+    * sizes: k-means of squares of side ``sqrt(w h)`` (only the size left),
+      ``len(strides) * sizes_per_level`` clusters, dealt out ascending, finest level first.
+
+    Dealing k-means sizes ignores where anchors sit: a 24 px anchor on a stride-16 grid can miss
+    a 24 px box's centre by 8 px. So sizes that grow with the stride, ``c * stride * 2**(j /
+    sizes_per_level)`` (the FPN layout), are tried too for a range of ``c``, and the candidate
+    with the best mean grid IoU (:func:`best_grid_iou`) wins. Returns ``(sizes, ratios, how)``
+    with ``how`` = ``"kmeans"`` or ``"stride-scaled c=<c>"``; sizes rounded to 0.5 px, ratios
+    to 0.01.
     """
-    wh = np.asarray(wh, np.float64).reshape(-1, 2)
-    wh = wh[(wh > 0).all(axis=1)]
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    wh = boxes[:, 2:] - boxes[:, :2]
+    ok = (wh > 0).all(axis=1)
+    boxes, wh = boxes[ok], wh[ok]
     if len(wh) == 0:
         raise ValueError("suggest_anchors: no boxes with positive width and height")
+    num_levels = len(strides)
     side = np.sqrt(wh[:, 0] * wh[:, 1])
-    unit = wh / side[:, None]
-    ratio_c = kmeans_iou(unit, num_ratios, seed=seed)
-    ratios = sorted({round(float(h / w), 2) for w, h in ratio_c})
+    ratio_c = kmeans_iou(wh / side[:, None], num_ratios, seed=seed)
+    ratios = tuple(sorted({round(float(h / w), 2) for w, h in ratio_c}))
     want = num_levels * sizes_per_level
     size_c = kmeans_iou(np.stack([side, side], axis=1), want, seed=seed)[:, 0].tolist()
-    while len(size_c) < want:
+    while len(size_c) < want:  # fewer distinct sizes than slots: continue at x2 steps
         size_c.append(size_c[-1] * 2)
-    sizes = [round(v * 2) / 2 for v in sorted(size_c)]
-    per_level = tuple(
-        tuple(sizes[i * sizes_per_level:(i + 1) * sizes_per_level]) for i in range(num_levels)
-    )
-    return per_level, tuple(ratios)
+    dealt = sorted(round(v * 2) / 2 for v in size_c)
+    candidates = [("kmeans", tuple(
+        tuple(dealt[i * sizes_per_level:(i + 1) * sizes_per_level]) for i in range(num_levels)
+    ))]
+    for c in np.geomspace(0.5, 16.0, 31):
+        candidates.append((f"stride-scaled c={c:.2f}", tuple(
+            tuple(round(c * s * 2 ** (j / sizes_per_level) * 2) / 2 for j in range(sizes_per_level))
+            for s in strides
+        )))
+    per_level_ratios = (ratios,) * num_levels
+    scores = [best_grid_iou(boxes, strides, sizes, per_level_ratios).mean()
+              for _, sizes in candidates]
+    how, sizes = candidates[int(np.argmax(scores))]
+    return sizes, ratios, how
