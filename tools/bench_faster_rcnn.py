@@ -138,11 +138,13 @@ def main() -> None:
     params = {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in models.items()}
     print(f"device={device} size={args.size} batch={args.batch} steps={args.steps} "
           f"runs={args.runs} threads={torch.get_num_threads()}")
-    print(f"{'model':<12} {'params (M)':>10} {'train img/s':>12} {'infer img/s':>12}   (median; all runs)")
+    print(f"{'model':<12} {'params (M)':>10} {'train img/s':>12} {'infer img/s':>12}   "
+          "(median; all runs)")
     for name, r in results.items():
         tr, inf = statistics.median(r["train"]), statistics.median(r["infer"])
+        runs = {k: [round(v, 2) for v in r[k]] for k in ("train", "infer")}
         print(f"{name:<12} {params[name]:>10.2f} {tr:>12.2f} {inf:>12.2f}   "
-              f"train {[round(v, 2) for v in r['train']]} infer {[round(v, 2) for v in r['infer']]}")
+              f"train {runs['train']} infer {runs['infer']}")
 
 
 if __name__ == "__main__":

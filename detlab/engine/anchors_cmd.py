@@ -20,8 +20,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..ops.anchors import anchor_config, anchor_shapes, best_grid_iou, best_shape_iou, coverage, \
-    suggest_anchors
+from ..ops.anchors import (
+    anchor_config,
+    anchor_shapes,
+    best_grid_iou,
+    best_shape_iou,
+    coverage,
+    suggest_anchors,
+)
 
 __all__ = ["training_boxes", "analyse", "format_report", "run_anchors", "add_command"]
 

@@ -142,7 +142,9 @@ def cell_anchors(sizes: Sequence[float], ratios: Sequence[float]) -> Tensor:
     return torch.stack([-w, -h, w, h], dim=1) / 2
 
 
-def anchor_shapes(sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]]) -> np.ndarray:
+def anchor_shapes(
+    sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]]
+) -> np.ndarray:
     """``(K, 2)`` float64 (w, h) of every anchor shape over all levels (duplicates kept)."""
     rows = [cell_anchors(s, r).double().numpy() for s, r in zip(sizes, ratios)]
     boxes = np.concatenate(rows) if rows else np.zeros((0, 4))
@@ -175,7 +177,9 @@ def grid_anchors(
 def wh_iou(wh1: np.ndarray, wh2: np.ndarray) -> np.ndarray:
     """IoU ``(N, K)`` of boxes ``(N, 2)`` (w, h) and ``(K, 2)`` (w, h) that share a centre."""
     wh1, wh2 = np.asarray(wh1, np.float64), np.asarray(wh2, np.float64)
-    inter = np.minimum(wh1[:, None, 0], wh2[None, :, 0]) * np.minimum(wh1[:, None, 1], wh2[None, :, 1])
+    inter = np.minimum(wh1[:, None, 0], wh2[None, :, 0]) * np.minimum(
+        wh1[:, None, 1], wh2[None, :, 1]
+    )
     union = (wh1[:, 0] * wh1[:, 1])[:, None] + (wh2[:, 0] * wh2[:, 1])[None, :] - inter
     return inter / np.maximum(union, 1e-12)
 
@@ -189,7 +193,7 @@ def kmeans_iou(wh: np.ndarray, k: int, iters: int = 100, seed: int = 0) -> np.nd
     """
     wh = np.asarray(wh, np.float64).reshape(-1, 2)
     if k < 1 or len(wh) == 0:
-        raise ValueError(f"kmeans_iou needs k >= 1 and at least one box, got k={k}, {len(wh)} boxes")
+        raise ValueError(f"kmeans_iou needs k >= 1 and boxes, got k={k}, {len(wh)} boxes")
     distinct = np.unique(wh, axis=0)
     k = min(k, len(distinct))
     rng = np.random.default_rng(seed)

@@ -66,7 +66,8 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["strides"] == [4, 8, 16]
     assert report["current"]["anchor_sizes"] == [[8, 12], [16, 24], [32, 48]]
-    assert 0 < report["current"]["grid"]["mean_best_iou"] <= report["current"]["shape"]["mean_best_iou"]
+    current = report["current"]
+    assert 0 < current["grid"]["mean_best_iou"] <= current["shape"]["mean_best_iou"]
 
 
 def test_cli_refuses_a_head_without_anchors(capsys):

@@ -48,7 +48,8 @@ def test_anchors_per_location_sizes_the_rpn_head(sizes, ratios, per_location):
     assert head.num_anchors == per_location
     assert head.rpn.core.head.cls_logits.out_channels == per_location
     assert head.rpn.core.head.bbox_pred.out_channels == 4 * per_location
-    objectness, _, anchors, per_level = head.rpn([torch.zeros(1, 16, 4, 5), torch.zeros(1, 16, 2, 3)])
+    feats = [torch.zeros(1, 16, 4, 5), torch.zeros(1, 16, 2, 3)]
+    objectness, _, anchors, per_level = head.rpn(feats)
     assert per_level == [20 * per_location, 6 * per_location]
     assert objectness.shape == (1, 26 * per_location) and anchors.shape == (26 * per_location, 4)
 

@@ -172,7 +172,8 @@ class SyntheticDigits(DetectionDataset):
             if len(numbers) == wanted:
                 break
             height = int(round(math.exp(rng.uniform(lo, hi))))
-            font = int(FONTS[rng.integers(len(FONTS))]) | (cv2.FONT_ITALIC * int(rng.random() < 0.2))
+            font = int(FONTS[rng.integers(len(FONTS))])
+            font |= cv2.FONT_ITALIC * int(rng.random() < 0.2)
             # Master-glyph stroke >= ~1.6 px after the resize to `height`, so strokes survive.
             thin = max(1, math.ceil(1.6 * _GLYPH_HEIGHT / height))
             thickness = int(rng.integers(thin, max(thin, _GLYPH_HEIGHT // 6) + 1))
@@ -181,8 +182,9 @@ class SyntheticDigits(DetectionDataset):
             for label in rng.integers(0, 10, int(rng.integers(1, self.max_digits + 1))):
                 glyph = _glyph(int(label), font, thickness)
                 gw = max(1, int(round(height * glyph.shape[1] / glyph.shape[0] / stretch)))
-                small = cv2.resize(glyph.astype(np.float32), (gw, height), interpolation=cv2.INTER_AREA)
-                mask = small >= 0.5
+                coverage = cv2.resize(glyph.astype(np.float32), (gw, height),
+                                      interpolation=cv2.INTER_AREA)
+                mask = coverage >= 0.5
                 if mask.any():
                     masks.append((int(label), mask))
             if not masks:

@@ -11,10 +11,9 @@ settings per stage (validation during training vs. ``eval``/``predict``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
-
-import math
 
 import torch
 from torch import Tensor
@@ -151,7 +150,8 @@ class FasterRCNNHead(Head):
         )
         for arg, value in (("rpn_fg_iou", rpn_fg_iou), ("rpn_bg_iou", rpn_bg_iou),
                            ("rpn_positive_fraction", rpn_positive_fraction),
-                           ("rpn_nms_iou", rpn_nms_iou), ("rpn_score_threshold", rpn_score_threshold),
+                           ("rpn_nms_iou", rpn_nms_iou),
+                           ("rpn_score_threshold", rpn_score_threshold),
                            ("roi_fg_iou", roi_fg_iou), ("roi_bg_iou", roi_bg_iou),
                            ("roi_positive_fraction", roi_positive_fraction)):
             _number(owner, arg, value, 0.0, 1.0)
@@ -176,13 +176,16 @@ class FasterRCNNHead(Head):
         if box_head == "conv" and (not conv_channels or not all(
             isinstance(c, int) and c > 0 for c in conv_channels
         )):
-            raise ConfigError(f"{owner}: conv_channels must be positive ints, got {conv_channels!r}")
+            raise ConfigError(
+                f"{owner}: conv_channels must be positive ints, got {conv_channels!r}"
+            )
 
+        default_topk = dict(train=2000, test=1000)  # torchvision's
         self.rpn = RPN(
             channels[0], self.strides, self.anchor_sizes, self.aspect_ratios, rpn_conv_depth,
             rpn_fg_iou, rpn_bg_iou, rpn_batch_size, rpn_positive_fraction,
-            check_topk(owner, "rpn_pre_nms_topk", rpn_pre_nms_topk or dict(train=2000, test=1000)),
-            check_topk(owner, "rpn_post_nms_topk", rpn_post_nms_topk or dict(train=2000, test=1000)),
+            check_topk(owner, "rpn_pre_nms_topk", rpn_pre_nms_topk or default_topk),
+            check_topk(owner, "rpn_post_nms_topk", rpn_post_nms_topk or default_topk),
             rpn_nms_iou, rpn_score_threshold,
         )
         self.roi_levels = self._roi_levels(roi_levels)
@@ -244,7 +247,8 @@ class FasterRCNNHead(Head):
     # -- network -------------------------------------------------------------------------------
     def _image_size(self, feats: list[Tensor]) -> tuple[int, int]:
         """(H, W) of the padded network input, from the finest map and its stride."""
-        return (int(feats[0].shape[-2] * self.strides[0]), int(feats[0].shape[-1] * self.strides[0]))
+        h, w = feats[0].shape[-2:]
+        return int(h * self.strides[0]), int(w * self.strides[0])
 
     def _box_branch(
         self, feats: list[Tensor], proposals: list[Tensor], image_size: tuple[int, int]
@@ -272,9 +276,12 @@ class FasterRCNNHead(Head):
             boxes = torch.zeros((0, 4)) if boxes is None else boxes
             labels = t.get("labels")
             labels = torch.zeros(0, dtype=torch.int64) if labels is None else labels
-            boxes, labels = boxes.reshape(-1, 4).to(device, torch.float32), labels.reshape(-1).to(device)
+            boxes = boxes.reshape(-1, 4).to(device, torch.float32)
+            labels = labels.reshape(-1).to(device)
             if len(labels) != len(boxes):
-                raise DataError(f"FasterRCNNHead: image {i}: {len(boxes)} boxes but {len(labels)} labels")
+                raise DataError(
+                    f"FasterRCNNHead: image {i}: {len(boxes)} boxes but {len(labels)} labels"
+                )
             if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
                 raise DataError(
                     f"FasterRCNNHead: image {i}: labels must be in [0, {self.num_classes}), got "
@@ -298,7 +305,9 @@ class FasterRCNNHead(Head):
             )
         proposals = self.rpn.proposals(objectness, deltas, anchors, per_level, image_size, "train")
         loss_objectness, loss_rpn_box = self.rpn.loss(objectness, deltas, anchors, targets)
-        proposals, matched, labels, regression = self.roi.select_training_samples(proposals, targets)
+        proposals, matched, labels, regression = self.roi.select_training_samples(
+            proposals, targets
+        )
         matched_boxes = [
             t["boxes"][m] if len(t["boxes"]) else torch.zeros_like(p)
             for t, m, p in zip(targets, matched, proposals)

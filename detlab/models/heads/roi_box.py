@@ -80,10 +80,14 @@ class RoILoss(nn.Module):
     def __init__(self, box_loss: Any, cls_loss: Any, box_coder: Any) -> None:
         super().__init__()
         self.box_loss = LOSSES.build(box_loss, key="model.head.box_loss")
-        self.cls_loss = None if cls_loss is None else LOSSES.build(cls_loss, key="model.head.cls_loss")
+        self.cls_loss = (
+            None if cls_loss is None else LOSSES.build(cls_loss, key="model.head.cls_loss")
+        )
         for arg, loss in (("box_loss", self.box_loss), ("cls_loss", self.cls_loss)):
             if loss is not None and not callable(loss):
-                raise ConfigError(f"FasterRCNNHead: {arg} must be a loss config or module, got {loss!r}")
+                raise ConfigError(
+                    f"FasterRCNNHead: {arg} must be a loss config or module, got {loss!r}"
+                )
         self.space = box_target_space(self.box_loss)
         self.box_coder = box_coder
 
