@@ -40,6 +40,7 @@ model = dict(
         aspect_ratios=(1.0, 1.5, 2.0),
         rpn_pre_nms_topk=dict(train=1000, test=500),
         rpn_post_nms_topk=dict(train=300, test=100),
+        roi_sampling_ratio=1,      # 1 point per RoIAlign bin: half the CPU cost of 2 at 7x7
         box_head="two_mlp",
         representation_size=256,
         roi_batch_size=128,
@@ -57,8 +58,11 @@ model = dict(
 
 data = dict(
     # No flips: a mirrored digit is another glyph (or none).
-    train=dict(type="SyntheticDigits", split="train", num_samples=1600, image_size=128, seed=0),
-    val=dict(type="SyntheticDigits", split="val", num_samples=160, image_size=128, seed=0),
+    # Up to 3 house numbers of 1-4 digits per image, digits 10-40 px tall, in 128 px images.
+    train=dict(type="SyntheticDigits", split="train", num_samples=1600, image_size=128,
+               max_numbers=3, max_digits=4, digit_height=(10, 40), seed=0),
+    val=dict(type="SyntheticDigits", split="val", num_samples=160, image_size=128,
+             max_numbers=3, max_digits=4, digit_height=(10, 40), seed=0),
     predict=dict(type="ImageFiles", channels=3),
     batch_size=8,
     num_workers=1,
@@ -66,7 +70,7 @@ data = dict(
 
 train = dict(
     max_epochs=2,
-    optimizer=dict(type="AdamW", lr=1e-3, weight_decay=1e-4),
+    optimizer=dict(type="AdamW", lr=2e-3, weight_decay=1e-4),
     scheduler=dict(type="WarmupCosine", warmup_steps=50, min_lr_ratio=0.05),
     precision="32-true",
     gradient_clip_val=10.0,
