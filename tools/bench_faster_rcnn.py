@@ -142,9 +142,12 @@ def main() -> None:
           "(median; all runs)")
     for name, r in results.items():
         tr, inf = statistics.median(r["train"]), statistics.median(r["infer"])
-        runs = {k: [round(v, 2) for v in r[k]] for k in ("train", "infer")}
-        print(f"{name:<12} {params[name]:>10.2f} {tr:>12.2f} {inf:>12.2f}   "
+        runs = {k: [round(v, 3) for v in r[k]] for k in ("train", "infer")}
+        print(f"{name:<12} {params[name]:>10.2f} {tr:>12.3f} {inf:>12.3f}   "
               f"train {runs['train']} infer {runs['infer']}")
+    median = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in results.items()}
+    ratio = {k: median["detlab"][k] / median["torchvision"][k] for k in ("train", "infer")}
+    print(f"detlab / torchvision: train {ratio['train']:.3f}x, inference {ratio['infer']:.3f}x")
 
 
 if __name__ == "__main__":
