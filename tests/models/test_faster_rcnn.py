@@ -72,6 +72,7 @@ def test_four_ratios_on_five_levels_build_and_train_without_touching_counts():
 @pytest.mark.parametrize(
     "kwargs, match",
     [(dict(roi_levels=(5,)), "roi_levels"), (dict(box_head="mlp"), "box_head"),
+     (dict(levels=(2, 3, 4), anchor_sizes=(8, 16, 32), roi_levels=(2, 4)), "contiguous"),
      (dict(val_postprocess=dict(score_thresh=0.1)), "did you mean 'score_threshold'"),
      (dict(rpn_pre_nms_topk=dict(train=10)), "rpn_pre_nms_topk"),
      (dict(rpn_fg_iou=0.2, rpn_bg_iou=0.3), "rpn_bg_iou=0.3 must be <= rpn_fg_iou=0.2"),

@@ -20,6 +20,7 @@ from torch import Tensor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import initLevelMapper
 from torchvision.ops import boxes as box_ops
 
 from ...data.letterbox import unletterbox_boxes
@@ -189,10 +190,14 @@ class FasterRCNNHead(Head):
             rpn_nms_iou, rpn_score_threshold,
         )
         self.roi_levels = self._roi_levels(roi_levels)
+        pool = MultiScaleRoIAlign([str(k) for k in self.roi_levels], roi_output_size,
+                                  roi_sampling_ratio)
+        # The strides are known: set what torchvision would infer (and cache) from the first
+        # batch's feature/image size ratios, so odd input sizes cannot mis-infer a level.
+        pool.scales = [2.0 ** -k for k in self.roi_levels]
+        pool.map_levels = initLevelMapper(self.roi_levels[0], self.roi_levels[-1])
         self.roi = RoIHeads(
-            box_roi_pool=MultiScaleRoIAlign(
-                [str(k) for k in self.roi_levels], roi_output_size, roi_sampling_ratio
-            ),
+            box_roi_pool=pool,
             box_head=build_box_head(box_head, channels[0], roi_output_size, representation_size,
                                     conv_channels, box_head_norm),
             box_predictor=FastRCNNPredictor(representation_size, num_classes + 1),
@@ -221,13 +226,17 @@ class FasterRCNNHead(Head):
         available = {int(round(math.log2(s))): s for s in self.strides if s > 0}
         if roi_levels is None:
             return sorted(available)
-        levels = list(roi_levels)
-        if not levels or any(k not in available for k in levels):
+        levels = sorted(roi_levels)
+        # RoIAlign maps a box to level k - min(levels): the levels must be contiguous.
+        if not levels or any(k not in available for k in levels) or (
+            levels != list(range(levels[0], levels[-1] + 1))
+        ):
             raise ConfigError(
-                f"FasterRCNNHead: roi_levels {levels!r} must be pyramid levels P_k of the neck, "
-                f"i.e. a non-empty subset of {sorted(available)} (strides {self.strides})"
+                f"FasterRCNNHead: roi_levels {list(roi_levels)!r} must be contiguous pyramid "
+                f"levels P_k of the neck, i.e. a range within {sorted(available)} (strides "
+                f"{self.strides})"
             )
-        return sorted(levels)
+        return levels
 
     @staticmethod
     def _postprocessor(arg: str, cfg: Mapping[str, Any] | None) -> BoxPostProcessor:
