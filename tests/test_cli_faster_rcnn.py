@@ -6,6 +6,8 @@ import numpy as np
 from PIL import Image
 
 from detlab.cli import main
+from detlab.engine.sweep import run_sweep
+from detlab.engine.trainer import load_task
 
 from conftest import ROOT
 
@@ -31,6 +33,10 @@ def test_digits_train_eval_predict(tmp_path, capsys):
                  "model.head.test_postprocess.score_threshold=0.3", "--json", str(metrics_json)]) == 0
     metrics = json.loads(metrics_json.read_text())
     assert {"AP", "AP50", "AP75", "AP_small", "AR100"} <= set(metrics)
+    # sweep re-runs only test_postprocess on cached outputs: same numbers as eval
+    swept = run_sweep(load_task(run_dir / "checkpoints/best.ckpt"),
+                      {"model.head.test_postprocess.score_threshold": [0.3]})
+    assert swept[0]["metrics"] == metrics
     image = tmp_path / "house.png"
     Image.fromarray((np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)).save(image)
     out = tmp_path / "pred"

@@ -116,6 +116,20 @@ def test_default_roi_loss_equals_torchvision_fastrcnn_loss():
     assert out["loss_roi_cls"] == pytest.approx(float(cls), rel=1e-6)  # gamma = 0 is CE
 
 
+def test_torch_losses_work_on_deltas_with_their_own_reduction():
+    torch.manual_seed(0)
+    loss = RoILoss(torch.nn.SmoothL1Loss(beta=0.5, reduction="sum"), None, box_coder=None)
+    assert loss.space == "deltas"
+    regression, targets = torch.randn(3, 12), [torch.randn(3, 4)]
+    out = loss(torch.zeros(3, 3), regression, [torch.tensor([2, 0, 1])], [None], [None], targets)
+    pos = regression.view(3, 3, 4)[[0, 2], [2, 1]]
+    expected = F.smooth_l1_loss(pos, targets[0][[0, 2]], beta=0.5, reduction="sum")
+    assert float(out["loss_roi_box"]) == pytest.approx(float(expected), rel=1e-6)
+    empty = loss(torch.zeros(2, 3), regression[:2], [torch.tensor([0, 0])], [None], [None],
+                 [targets[0][:2]])
+    assert empty["loss_roi_box"].item() == 0.0
+
+
 def test_iou_losses_compare_decoded_boxes_with_matched_ground_truth():
     head = tiny_model(box_loss=dict(type="CIoULoss", weight=10.0)).head
     assert head.roi_loss.space == "boxes"
