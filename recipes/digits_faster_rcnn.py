@@ -36,8 +36,11 @@ model = dict(
         type=FasterRCNNHead,
         num_classes=10,
         # One size group per FPN level (P2, P3, P4), sizes in input px; ratios are height/width.
-        anchor_sizes=((8, 12), (16, 24), (32, 48)),
-        aspect_ratios=(1.0, 1.5, 2.0),
+        # From `detlab anchors` (k-means ratios, stride-scaled sizes): anchors on the grids reach
+        # IoU >= 0.7 with 47 % of the boxes instead of 38 % for ((8, 12), (16, 24), (32, 48)) x
+        # (1, 1.5, 2); AP 0.603 -> 0.623, AP75 0.743 -> 0.770 in the default run.
+        anchor_sizes=((10, 14.5), (20, 28.5), (40.5, 57)),
+        aspect_ratios=(1.5, 1.86, 2.17),
         rpn_pre_nms_topk=dict(train=1000, test=500),
         rpn_post_nms_topk=dict(train=300, test=100),
         roi_sampling_ratio=1,      # 1 point per RoIAlign bin: half the CPU cost of 2 at 7x7

@@ -65,7 +65,7 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     assert "current" in printed and "suggested" in printed and "model.head.anchor_sizes=" in printed
     report = json.loads(out.read_text())
     assert report["strides"] == [4, 8, 16]
-    assert report["current"]["anchor_sizes"] == [[8, 12], [16, 24], [32, 48]]
+    assert report["current"]["anchor_sizes"] == [[10, 14.5], [20, 28.5], [40.5, 57]]
     current = report["current"]
     assert 0 < current["grid"]["mean_best_iou"] <= current["shape"]["mean_best_iou"]
 
