@@ -93,7 +93,8 @@ class FasterRCNNHead(Head):
             validation during training and for ``eval``/``predict``; missing keys take
             score 0.05, IoU 0.5, 100 detections, 1000 candidates.
 
-    Losses: ``loss_rpn_objectness``, ``loss_rpn_box``, ``loss_roi_cls``, ``loss_roi_box``.
+    Losses: ``loss_rpn_objectness``, ``loss_rpn_box``, ``loss_roi_cls``, ``loss_roi_box``;
+    boxes flagged ``ignore`` are left out of training (as torchvision does with no such flag).
     ``forward(feats)`` returns ``{"proposals": [(P_i, 4)], "cls_logits": (sum P, K + 1),
     "box_deltas": (sum P, (K + 1) * 4), "image_size": (H, W)}`` (test-mode proposals, xyxy px
     of the padded input). Predictions are in original image coordinates (``meta`` scale/pad),
