@@ -24,6 +24,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_nodes": 1,
     "strategy": "auto",             # "ddp" for several GPUs / nodes
     "seed": 0,
+    "num_threads": None,            # torch CPU threads (None: torch's default, one per core);
+                                    # 1 avoids oversubscription on a CPU shared with other jobs
     "limit_train_batches": None,
     "limit_val_batches": None,
     "log_every_n_steps": 10,

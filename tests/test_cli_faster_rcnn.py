@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 
 from detlab.cli import main
@@ -22,7 +23,14 @@ TINY = [
 
 
 def test_digits_train_eval_predict(tmp_path, capsys):
-    assert main(["train", str(DIGITS), *TINY, "--work-dir", str(tmp_path)]) == 0
+    torch.set_num_threads(2)
+    try:
+        assert main(["train", str(DIGITS), *TINY, "--work-dir", str(tmp_path)]) == 0
+        assert torch.get_num_threads() == 1  # the recipe's train.num_threads
+    finally:
+        torch.set_num_threads(1)
+    assert main(["train", str(DIGITS), "train.num_threads=0"]) == 2
+    assert "train.num_threads=0: expected an int >= 1" in capsys.readouterr().err
     run_dir = tmp_path / "digits_faster_rcnn" / "version_0"
     header = (run_dir / "metrics.csv").read_text().splitlines()[0]
     for key in ("train/loss_rpn_objectness_epoch", "train/loss_roi_box_epoch", "val/AP50",
