@@ -2,6 +2,7 @@
 
 from .attention_unet import AttentionUNetHead
 from .base import Head
+from .faster_rcnn import FasterRCNNHead
 from .yolo import YOLOHead
 
-__all__ = ["AttentionUNetHead", "Head", "YOLOHead"]
+__all__ = ["AttentionUNetHead", "FasterRCNNHead", "Head", "YOLOHead"]
