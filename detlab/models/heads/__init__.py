@@ -2,5 +2,6 @@
 
 from .attention_unet import AttentionUNetHead
 from .base import Head
+from .db import DBHead
 
-__all__ = ["AttentionUNetHead", "Head"]
+__all__ = ["AttentionUNetHead", "DBHead", "Head"]
