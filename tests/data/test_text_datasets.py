@@ -187,9 +187,13 @@ def test_synthetic_word_quads_cover_the_ink_tightly(index: int) -> None:
     ys, xs = np.nonzero(ink > 0.1)
     assert shapely.contains_xy(union, xs.astype(float), ys.astype(float)).all()
     assert sum(q.area for q in quads) == pytest.approx(union.area, rel=1e-6)  # no overlaps
-    for q in quads:  # each quad holds ink over a good share of its area (tight, not huge)
-        x0, y0, x1, y1 = (int(round(v)) for v in q.bounds)
-        assert (ink[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] > 0.1).mean() > 0.1
+    shares = []  # share of each quad's pixels with ink: tight boxes, not huge ones
+    for p in polygons:
+        inside = np.zeros(ink.shape, np.uint8)
+        cv2.fillPoly(inside, [np.round(p).astype(np.int32)], 1)
+        shares.append((ink[inside > 0] > 0.1).mean())
+    # over 1153 words of 50 images: min 0.11, 1st percentile 0.19, median 0.45
+    assert min(shares) > 0.1 and np.mean(shares) > 0.3, shares
 
 
 def test_synthetic_ignore_fraction_marks_words() -> None:

@@ -1,17 +1,19 @@
 """Synthetic receipts: rendered text lines on paper, with exact word quadrilaterals.
 
-Each image shows a strip of receipt paper (off-white, tinted, with an illumination gradient,
-0-2 folds and sensor noise) on a darker table. Text lines are rendered with OpenCV's Hershey
-fonts (six faces, random size, stroke thickness, ink colour): headers, item lines with a
-right-aligned price, key/value lines. Each line is rendered upright on its own canvas, rotated
-by a small random angle and pasted under the previous one, so lines never overlap.
+Each image shows a strip of receipt paper (off-white, with an illumination gradient, 0-2 folds
+and sensor noise) on a darker table, composed in grey levels and tinted once. Text lines are
+rendered with OpenCV's Hershey fonts (six faces, random size, stroke thickness, ink darkness):
+item lines with a right-aligned price and plain lines of 1-4 tokens (store words, prices,
+dates, codes). Each line is rendered upright on its own canvas, rotated by a small random
+angle and pasted under the previous one, so lines never overlap.
 
 Word boxes are exact: each word's ink bounding box on the line canvas (from its pixels, not
 from font metrics), grown by ``_WORD_PAD`` px for the bilinear spread of the rotation, is
 mapped with the same affine transform as the pixels. About ``ignore_fraction`` of the words are
 printed faint (faded thermal print) and marked ``###`` (ignore).
 
-Everything depends only on ``(seed, split, index)``; a 320 px image renders in a few ms.
+Everything depends only on ``(seed, split, index)``. Rendering takes about 5 / 8 / 16 ms of
+one core at 192 / 320 / 512 px (measured on a loaded machine: an upper bound).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ _FACES = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUP
 # Cap height in pixels of each face at font scale 1 (thickness 1): scale = height / this.
 _CAP_HEIGHT = {f: cv2.getTextSize("H", f, 1.0, 1)[0][1] for f in _FACES}
 _WORD_PAD = 1.0  # px added around each word's ink box
+_NOISE_STREAM = 0x7E5  # separates the noise bank's random stream from the per-image ones
 _VOCAB = (
     "TOTAL SUBTOTAL TAX CASH CHANGE VISA CARD ITEM QTY MILK BREAD EGGS COFFEE TEA APPLE RICE "
     "SUGAR WATER BUTTER CHEESE SOAP PASTA JUICE THANK YOU STORE MARKET TEL DATE TIME RECEIPT "
@@ -156,16 +159,27 @@ class SyntheticReceipts(TextDataset):
                 polygons.append((corners @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32))
                 ignore.append(f)
             y += (ry1 - ry0) + rng.uniform(0.1, 0.6) * height
-        color = rng.uniform(0.0, 0.25) * np.array(rng.uniform(0.7, 1.0, 3), np.float32)
-        image = color.astype(np.float32) - paper  # in place from here: one full-size buffer
-        image *= ink[..., None]
+        # Grey-level composition, then one RGB tint: 1 channel is 3x less memory traffic.
+        ink_level = np.float32(rng.uniform(0.0, 0.25))
+        image = ink_level - paper
+        image *= ink
         image += paper
         if rng.random() < 0.5:  # slight defocus
             image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 0.9))
-        # Grey sensor noise (one channel, float32: 3-6x cheaper than RGB float64 draws).
-        noise = rng.standard_normal((size, size), dtype=np.float32)
-        image += (rng.uniform(0.005, 0.03) * noise)[..., None]
-        return np.clip(image, 0.0, 1.0), polygons, np.asarray(ignore, bool), ink
+        image += np.float32(rng.uniform(0.005, 0.03)) * self._noise(rng)
+        np.clip(image, 0.0, 1.0, out=image)
+        tint = rng.uniform(0.9, 1.0, 3).astype(np.float32)
+        return image[..., None] * tint, polygons, np.asarray(ignore, bool), ink
+
+    def _noise(self, rng: np.random.Generator) -> np.ndarray:
+        """``(S, S)`` unit Gaussian noise: a random window of a ``(2S, 2S)`` bank drawn once
+        per dataset object (drawing S² normals per image would cost more than the rendering)."""
+        size = self.image_size
+        if getattr(self, "_noise_bank", None) is None:
+            bank_rng = np.random.default_rng((self.seed, _SPLITS.index(self.split), _NOISE_STREAM))
+            self._noise_bank = bank_rng.standard_normal((2 * size, 2 * size), dtype=np.float32)
+        oy, ox = (int(v) for v in rng.integers(0, size, 2))
+        return self._noise_bank[oy : oy + size, ox : ox + size]
 
     def __repr__(self) -> str:
         return (f"SyntheticReceipts(split={self.split!r}, num_samples={self.num_samples}, "
@@ -173,13 +187,11 @@ class SyntheticReceipts(TextDataset):
 
 
 def _paper(rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[float, float]]:
-    """``(S, S, 3)`` background: a paper strip ``[x0, x1)`` on a darker table."""
-    # Shading varies along rows and columns separately: (S, 1) + (1, S) broadcasts are cheap.
+    """``(S, S)`` grey background: a paper strip ``[x0, x1)`` on a darker table."""
+    # Shading is a sum of a row and a column profile: one broadcast pass over the strip.
     ys = (np.arange(size, dtype=np.float32)[:, None] + 0.5) / size
     xs = (np.arange(size, dtype=np.float32)[None, :] + 0.5) / size
-    table = rng.uniform(0.15, 0.5) * rng.uniform(0.7, 1.0, 3).astype(np.float32)
-    image = np.empty((size, size, 3), np.float32)
-    image[:] = table
+    image = np.full((size, size), rng.uniform(0.15, 0.5), np.float32)
     width = rng.uniform(0.65, 1.0) * size
     x0 = int(round(rng.uniform(0, size - width)))
     x1 = int(round(x0 + width))
@@ -188,9 +200,10 @@ def _paper(rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[float
         y_fold = rng.uniform(0.1, 0.9)
         row = row - rng.uniform(0.02, 0.06) * (ys > y_fold)
         row = row - rng.uniform(0.03, 0.08) * np.exp(-((ys - y_fold) * size / 1.2) ** 2)
-    shade = row + rng.uniform(-0.12, 0.12) * (xs[:, x0:x1] - 0.5)
-    white = rng.uniform(0.82, 1.0) * rng.uniform(0.94, 1.0, 3).astype(np.float32)
-    image[:, x0:x1] = shade[..., None] * white
+    col = rng.uniform(-0.12, 0.12) * (xs[:, x0:x1] - 0.5)
+    strip = image[:, x0:x1]
+    np.add(row.astype(np.float32), col.astype(np.float32), out=strip)
+    strip *= np.float32(rng.uniform(0.82, 1.0))
     return image, (float(x0), float(x1))
 
 
