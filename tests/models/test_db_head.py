@@ -198,3 +198,11 @@ def test_hrnet_w44_model_at_1024_px_on_meta_device() -> None:
                       head=dict(type="DBHead"))
         out = model(torch.empty(1, 3, 1024, 1024))
     assert all(v.shape == (1, 1, 1024, 1024) for v in out.values())
+
+
+def test_probability_map_starts_at_a_low_prior() -> None:
+    """Untrained, (almost) every pixel is below the default binarization threshold 0.3."""
+    model = _tiny_model().eval()
+    with torch.no_grad():
+        prob = model(torch.randn(2, 3, 64, 96))["prob_logits"].sigmoid()
+    assert prob.median() < 0.05 and (prob > 0.3).float().mean() < 0.05

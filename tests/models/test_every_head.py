@@ -84,8 +84,8 @@ CASES: dict[str, Case] = {
             backbone=dict(type="TimmBackbone", name="resnet10t", out_indices=(1, 2, 3, 4)),
             head=dict(type="DBHead", inner_channels=32,
                       # thresholds low enough that the untrained model predicts polygons
-                      postprocess=dict(type="DBPostProcessor", binarize_threshold=0.01,
-                                       box_threshold=0.01)),
+                      postprocess=dict(type="DBPostProcessor", binarize_threshold=0.005,
+                                       box_threshold=0.005)),
         ),
         batch=_text_batch,
         check_outputs=_check_db,

@@ -22,6 +22,7 @@ from .base import Head
 __all__ = ["DBHead"]
 
 TARGET_KEYS = ("prob_map", "prob_mask", "thresh_map", "thresh_mask")
+_PROB_PRIOR = 0.01  # initial text probability of every pixel
 
 
 def _branch(in_channels: int, mid: int, num_up: int) -> nn.Sequential:
@@ -100,6 +101,11 @@ class DBHead(Head):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        # Start the probability map at a low prior (RetinaNet's init, arXiv:1708.02002): with
+        # sigmoid(0) = 0.5 the whole background lies above the binarization threshold (0.3)
+        # until training pushes it down, and the mined BCE only pushes the hardest negatives,
+        # so a short schedule would predict one image-sized blob.
+        nn.init.constant_(self.prob_branch[-1].bias, -math.log((1 - _PROB_PRIOR) / _PROB_PRIOR))
         self.loss_fn = LOSSES.build(
             dict(type="DBLoss") if loss is None else loss, key="model.head.loss"
         )
