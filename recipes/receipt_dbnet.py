@@ -68,7 +68,7 @@ model = dict(
 
 data = dict(
     train=dict(
-        **_synthetic, split="train", num_samples=800, seed=0,
+        **_synthetic, split="train", num_samples=640, seed=0,
         transforms=[
             dict(type="Affine", rotate=(-5, 5), scale=(0.9, 1.1), p=0.5),
             dict(type="RandomBrightnessContrast", brightness_limit=0.2, contrast_limit=0.2,
@@ -83,7 +83,7 @@ data = dict(
 )
 
 train = dict(
-    max_epochs=3,
+    max_epochs=2,
     optimizer=dict(type="AdamW", lr=2e-3, weight_decay=1e-4),
     scheduler=dict(type="WarmupCosine", warmup_epochs=0.2, min_lr_ratio=0.05),
     precision="32-true",      # "16-mixed" / "bf16-mixed" on a GPU

@@ -4,8 +4,9 @@ Each image shows a strip of receipt paper (off-white, with an illumination gradi
 and sensor noise) on a darker table, composed in grey levels and tinted once. Text lines are
 rendered with OpenCV's Hershey fonts (six faces, random size, stroke thickness, ink darkness):
 item lines with a right-aligned price and plain lines of 1-4 tokens (store words, prices,
-dates, codes). Each line is rendered upright on its own canvas, rotated by a small random
-angle and pasted under the previous one, so lines never overlap.
+dates, codes); about ``_DISTRACTOR_PROBABILITY`` of the lines are rules or barcodes (ink that
+is not text, not annotated). Each line is rendered upright on its own canvas, rotated by a
+small random angle and pasted under the previous one, so lines never overlap.
 
 Word boxes are exact: each word's ink bounding box on the line canvas (from its pixels, not
 from font metrics), grown by ``_WORD_PAD`` px for the bilinear spread of the rotation, is
@@ -39,6 +40,7 @@ _FACES = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUP
 # Cap height in pixels of each face at font scale 1 (thickness 1): scale = height / this.
 _CAP_HEIGHT = {f: cv2.getTextSize("H", f, 1.0, 1)[0][1] for f in _FACES}
 _WORD_PAD = 1.0  # px added around each word's ink box
+_DISTRACTOR_PROBABILITY = 0.12  # lines that are rules or barcodes: ink that is not text
 _NOISE_STREAM = 0x7E5  # separates the noise bank's random stream from the per-image ones
 _VOCAB = (
     "TOTAL SUBTOTAL TAX CASH CHANGE VISA CARD ITEM QTY MILK BREAD EGGS COFFEE TEA APPLE RICE "
@@ -122,13 +124,15 @@ class SyntheticReceipts(TextDataset):
 
     def render(self, index: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
         """Image ``(S, S, 3)`` float32 in [0, 1], word quads (float32 ``(4, 2)``), ignore flags
-        ``(N,)`` and the ink coverage ``(S, S)`` float32 in [0, 1] (before blur and noise)."""
+        ``(N,)`` and the text's ink coverage ``(S, S)`` float32 in [0, 1] (before blur and
+        noise; rules and barcodes excluded)."""
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         rng = np.random.default_rng((self.seed, _SPLITS.index(self.split), index))
         size = self.image_size
         paper, (x0, x1) = _paper(rng, size)
-        ink = np.zeros((size, size), np.float32)
+        ink = np.zeros((size, size), np.float32)  # text only
+        clutter = np.zeros((size, size), np.float32)  # rules and barcodes
         polygons: list[np.ndarray] = []
         ignore: list[bool] = []
         margin = rng.uniform(0.03, 0.08) * (x1 - x0)
@@ -137,7 +141,12 @@ class SyntheticReceipts(TextDataset):
         misses = 0
         while misses < 20:
             height = rng.uniform(*self.text_height) * size
-            line = _render_line(rng, _line_words(rng), height, right - left, self.ignore_fraction)
+            if rng.random() < _DISTRACTOR_PROBABILITY:
+                line, is_text = _render_distractor(rng, height, right - left), False
+            else:
+                line = _render_line(rng, _line_words(rng), height, right - left,
+                                    self.ignore_fraction)
+                is_text = True
             if line is None:  # nothing fitted the paper's width
                 misses += 1
                 continue
@@ -153,8 +162,8 @@ class SyntheticReceipts(TextDataset):
                 break
             dx = left - rx0 + rng.uniform(0, max(0.0, (right - left) - (rx1 - rx0)))
             matrix = _rotation(angle, (0.0, 0.0), (dx, y - ry0))
-            _paste(ink, alpha, matrix)
-            for (bx0, by0, bx1, by1), f in zip(boxes, faint):
+            _paste(ink if is_text else clutter, alpha, matrix)
+            for (bx0, by0, bx1, by1), f in zip(boxes, faint if is_text else []):
                 corners = np.array([[bx0, by0], [bx1, by0], [bx1, by1], [bx0, by1]], np.float64)
                 polygons.append((corners @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32))
                 ignore.append(f)
@@ -162,7 +171,7 @@ class SyntheticReceipts(TextDataset):
         # Grey-level composition, then one RGB tint: 1 channel is 3x less memory traffic.
         ink_level = np.float32(rng.uniform(0.0, 0.25))
         image = ink_level - paper
-        image *= ink
+        image *= np.maximum(ink, clutter)
         image += paper
         if rng.random() < 0.5:  # slight defocus
             image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 0.9))
@@ -239,7 +248,7 @@ def _render_line(
     face = _FACES[int(rng.integers(len(_FACES)))]
     scale = height / _CAP_HEIGHT[face]
     thickness = int(rng.integers(1, max(1, round(height / 10)) + 1))
-    gap = rng.uniform(0.6, 1.3) * height
+    gap = rng.uniform(0.4, 1.0) * height  # one to two spaces
     sizes = [cv2.getTextSize(w, face, scale, thickness)[0] for w, _ in words]
     widths = [s[0] for s in sizes]
     pad = int(math.ceil(height * 0.6 + thickness + 2))
@@ -279,6 +288,34 @@ def _render_line(
                       bx + bw - 0.5 + _WORD_PAD, by + bh - 0.5 + _WORD_PAD))
         faint.append(is_faint)
     return (alpha, boxes, faint) if boxes else None
+
+
+def _render_distractor(
+    rng: np.random.Generator, height: float, max_width: float
+) -> tuple[np.ndarray, list[tuple[float, ...]], list[bool]]:
+    """A solid/dashed rule or a barcode, in the layout of :func:`_render_line` (its one box is
+    the ink extent, used for layout only: distractors are not words)."""
+    pad = int(math.ceil(height * 0.6 + 2))
+    if rng.random() < 0.5:  # rule
+        width, tall = rng.uniform(0.4, 1.0) * (max_width - 2 * pad), int(rng.integers(1, 3))
+    else:  # barcode
+        width = rng.uniform(0.3, 0.6) * (max_width - 2 * pad)
+        tall = int(height * rng.uniform(1.5, 3))
+    width = max(4, int(width))
+    alpha = np.zeros((tall + 2 * pad, width + 2 * pad), np.float32)
+    if tall <= 2:
+        dash = int(rng.integers(2, 7)) if rng.random() < 0.5 else width
+        for x in range(0, width, 2 * dash if dash < width else width):
+            alpha[pad : pad + tall, pad + x : pad + min(x + dash, width)] = 1.0
+    else:
+        bars = rng.random(width) < 0.5
+        alpha[pad : pad + tall, pad : pad + width][:, bars] = 1.0
+    ys, xs = np.nonzero(alpha)
+    if len(xs) == 0:
+        alpha[pad, pad] = 1.0
+        ys, xs = np.array([pad]), np.array([pad])
+    box = (xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5)
+    return alpha, [box], [False]
 
 
 def _rotation(angle: float, center: tuple[float, float], target: tuple[float, float]
