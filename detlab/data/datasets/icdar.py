@@ -71,7 +71,8 @@ class IcdarTxt(TextDataset):
         img_dir: folder of images (every image file inside, sorted by name).
         ann_dir: folder of annotation files.
         ann_name: annotation file name for an image, ``{stem}`` = image name without suffix.
-        Other arguments: see :class:`~detlab.data.datasets.text_base.TextDataset`.
+
+    The other arguments are :class:`~detlab.data.datasets.text_base.TextDataset`'s.
     """
 
     def __init__(
@@ -124,7 +125,8 @@ class ReceiptJson(TextDataset):
     Args:
         ann_file: the JSON file.
         img_dir: folder holding the images named by the JSON keys (default: ``ann_file``'s).
-        Other arguments: see :class:`~detlab.data.datasets.text_base.TextDataset`.
+
+    The other arguments are :class:`~detlab.data.datasets.text_base.TextDataset`'s.
     """
 
     def __init__(

@@ -66,7 +66,8 @@ class SyntheticReceipts(TextDataset):
         text_height: range of cap heights as fractions of ``image_size``.
         max_angle: lines are rotated by up to this many degrees either way.
         ignore_fraction: probability that a word is printed faint and marked ``###``.
-        Other arguments: see :class:`~detlab.data.datasets.text_base.TextDataset`.
+
+    The other arguments are :class:`~detlab.data.datasets.text_base.TextDataset`'s.
     """
 
     def __init__(
