@@ -17,6 +17,7 @@ SNIPPET = re.compile(r'^```python linenums="(\d+)"\n--8<-- "([^":]+):(\d+):(\d+)
 WALKTHROUGHS = [
     ("segmentation.md", "recipes/fracture_unet.py"),
     ("detection-yolo.md", "recipes/helmet_yolo_p2.py"),
+    ("detection-faster-rcnn.md", "recipes/digits_faster_rcnn.py"),
 ]
 
 
