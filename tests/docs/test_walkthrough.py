@@ -18,6 +18,7 @@ WALKTHROUGHS = [
     ("segmentation.md", "recipes/fracture_unet.py"),
     ("detection-yolo.md", "recipes/helmet_yolo_p2.py"),
     ("detection-faster-rcnn.md", "recipes/digits_faster_rcnn.py"),
+    ("text-detection.md", "recipes/receipt_dbnet.py"),
 ]
 
 
