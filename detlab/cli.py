@@ -171,6 +171,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 COMMAND_MODULES: tuple[str, ...] = (
     "detlab.engine.sweep",
     "detlab.engine.show_data",
+    "detlab.engine.anchors_cmd",
 )
 
 

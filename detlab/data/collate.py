@@ -10,8 +10,12 @@ Every detlab dataset returns samples of the form::
                          # optional pad (top, left)
     }
 
-``collate`` pads images (and masks) bottom/right with zeros to the largest size in the batch,
-rounded up to ``size_divisor`` so every backbone stride divides it.
+``collate`` pads images bottom/right with zeros to the largest size in the batch, rounded up to
+``size_divisor`` so every backbone stride divides it. Dense targets are padded the same way:
+every ``(H, W)`` or ``(C, H, W)`` tensor whose key is ``mask`` or ends with ``_map`` or ``_mask``
+(e.g. the DB targets ``prob_map``, ``prob_mask``, ``thresh_map``, ``thresh_mask``), so zero
+also means "masked out" in the padding. Keys starting with ``orig_`` (``orig_mask``) are at the
+original resolution and are left alone.
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ def pad_to(t: torch.Tensor, height: int, width: int, value: float = 0.0) -> torc
     return F.pad(t, (0, width - w, 0, height - h), value=value)
 
 
+def _is_dense(key: str, value: Any) -> bool:
+    """Whether target ``key`` is a map at input resolution that must be padded with the image."""
+    return (
+        isinstance(value, torch.Tensor)
+        and value.ndim in (2, 3)
+        and not key.startswith("orig_")
+        and (key == "mask" or key.endswith(("_map", "_mask")))
+    )
+
+
 def collate(samples: list[dict[str, Any]], size_divisor: int = 32) -> Batch:
     """Stack samples into a :class:`Batch`, padding to a multiple of ``size_divisor``."""
     if not samples:
@@ -47,8 +61,9 @@ def collate(samples: list[dict[str, Any]], size_divisor: int = 32) -> Batch:
     targets = []
     for s in samples:
         target = dict(s.get("target", {}))
-        if "mask" in target and isinstance(target["mask"], torch.Tensor):
-            target["mask"] = pad_to(target["mask"], height, width)
+        for key, value in target.items():
+            if _is_dense(key, value):
+                target[key] = pad_to(value, height, width)
         targets.append(target)
     meta = [dict(s.get("meta", {})) for s in samples]
     for m, h, w in zip(meta, hs, ws):

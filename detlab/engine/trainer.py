@@ -175,6 +175,11 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
 
     cfg = _train_cfg(recipe)
     root = Path(work_dir or cfg["work_dir"])
+    threads = cfg["num_threads"]
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"train.num_threads={threads!r}: expected an int >= 1 or None")
+        torch.set_num_threads(threads)
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
     _set_threads(cfg["num_threads"])
     ckpt_path = None

@@ -1,5 +1,5 @@
-"""Pages that quote the code stay in step with it: the fracture walk-through covers every line
-of the recipe, and the recipes reference lists every ``train``/``data`` key with its default."""
+"""Pages that quote the code stay in step with it: each walk-through covers every line of its
+recipe, and the recipes reference lists every ``train``/``data`` key with its default."""
 
 import re
 from pathlib import Path
@@ -13,12 +13,22 @@ DOCS = ROOT / "docs"
 SNIPPET = re.compile(r'^```python linenums="(\d+)"\n--8<-- "([^":]+):(\d+):(\d+)"\n```', re.M)
 
 
-def test_walkthrough_covers_the_recipe_line_by_line():
-    page = (DOCS / "segmentation.md").read_text(encoding="utf-8")
+# (walk-through page under docs/, the recipe it quotes from start to end)
+WALKTHROUGHS = [
+    ("segmentation.md", "recipes/fracture_unet.py"),
+    ("detection-yolo.md", "recipes/helmet_yolo_p2.py"),
+    ("detection-faster-rcnn.md", "recipes/digits_faster_rcnn.py"),
+    ("text-detection.md", "recipes/receipt_dbnet.py"),
+]
+
+
+@pytest.mark.parametrize("page_name, recipe", WALKTHROUGHS)
+def test_walkthrough_covers_the_recipe_line_by_line(page_name, recipe):
+    page = (DOCS / page_name).read_text(encoding="utf-8")
     pieces = [(int(n), path, int(a), int(b)) for n, path, a, b in SNIPPET.findall(page)]
     assert pieces, "no snippet blocks found"
-    assert {p[1] for p in pieces} == {"recipes/fracture_unet.py"}
-    recipe_lines = (ROOT / "recipes" / "fracture_unet.py").read_text().splitlines()
+    assert {p[1] for p in pieces} == {recipe}
+    recipe_lines = (ROOT / recipe).read_text().splitlines()
     expected_start = 1
     for linenums, _, start, end in pieces:
         assert linenums == start, f"linenums={linenums} shown for lines {start}-{end}"
@@ -27,7 +37,7 @@ def test_walkthrough_covers_the_recipe_line_by_line():
         expected_start = end + 1
     assert expected_start - 1 == len(recipe_lines), (
         f"the walk-through stops at line {expected_start - 1} of {len(recipe_lines)}: "
-        "update docs/segmentation.md after editing recipes/fracture_unet.py"
+        f"update docs/{page_name} after editing {recipe}"
     )
 
 

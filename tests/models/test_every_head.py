@@ -75,12 +75,69 @@ def _check_yolo(outputs: Any, batch: Batch) -> None:  # P2..P5 of a 64x96 input
 
 _TINY_TIMM = dict(type="TimmBackbone", name="resnet10t", out_indices=(1, 2, 3, 4))
 
+
+def _frcnn_batch() -> Batch:
+    """Two 3-channel 48x80 images: three boxes at scale 2 with a top pad, and none (empty)."""
+    torch.manual_seed(0)
+    targets = [dict(boxes=torch.tensor([[4.0, 8, 20, 30], [30, 10, 44, 40], [50, 6, 78, 20]]),
+                    labels=torch.tensor([0, 2, 1])),
+               dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))]
+    meta = [dict(image_id=0, path="a", orig_size=(20, 40), input_size=(44, 80), scale=(2.0, 2.0),
+                 pad=(4, 0)),
+            dict(image_id=1, path="b", orig_size=(48, 80), input_size=(48, 80), scale=(1.0, 1.0))]
+    return Batch(images=torch.randn(2, 3, 48, 80), targets=targets, meta=meta)
+
+
+def _check_faster_rcnn(outputs: Any, batch: Batch) -> None:
+    assert outputs["image_size"] == (48, 80) and len(outputs["proposals"]) == 2
+    rois = sum(len(p) for p in outputs["proposals"])
+    assert outputs["cls_logits"].shape == (rois, 4) and outputs["box_deltas"].shape == (rois, 16)
+
+
+def _text_batch() -> Batch:
+    """Two 3-channel images of 48x80 with DB targets; image 0 has a "###" word, image 1 none
+    (an image without text), orig sizes at scale 2 and 1."""
+    import numpy as np
+
+    from detlab.data.db_targets import make_db_targets
+
+    torch.manual_seed(0)
+    words = [np.array([[8, 8], [44, 8], [44, 24], [8, 24]], np.float32),
+             np.array([[50, 28], [76, 30], [75, 44], [49, 42]], np.float32)]
+    targets = []
+    for polys, ignore in ((words, np.array([False, True])), ([], np.zeros(0, bool))):
+        maps = make_db_targets(polys, ignore, 48, 80)
+        targets.append({"polygons": polys, "ignore": torch.as_tensor(ignore),
+                        **{k: torch.from_numpy(v) for k, v in maps.items()}})
+    meta = [
+        dict(image_id=0, path="a", orig_size=(24, 40), input_size=(48, 80), scale=(2.0, 2.0)),
+        dict(image_id=1, path="b", orig_size=(48, 80), input_size=(48, 80), scale=(1.0, 1.0)),
+    ]
+    return Batch(images=torch.randn(2, 3, 48, 80), targets=targets, meta=meta)
+
+
+def _check_db(outputs: Any, batch: Batch) -> None:
+    assert {k: tuple(v.shape) for k, v in outputs.items()} == {
+        k: (2, 1, 64, 96) for k in ("prob_logits", "thresh", "binary")}
+
+
 CASES: dict[str, Case] = {
     "YOLOHead": Case(
         model=dict(backbone=_TINY_TIMM, neck=dict(type="PAN", levels=(2, 3, 4, 5),
                                                   out_channels=16),
                    head=dict(type="YOLOHead", num_classes=2)),
         batch=_det_batch, check_outputs=_check_yolo, empty_batch=lambda: _det_batch(True),
+    ),
+    "DBHead": Case(
+        model=dict(
+            backbone=dict(type="TimmBackbone", name="resnet10t", out_indices=(1, 2, 3, 4)),
+            head=dict(type="DBHead", inner_channels=32,
+                      # thresholds low enough that the untrained model predicts polygons
+                      postprocess=dict(type="DBPostProcessor", binarize_threshold=0.005,
+                                       box_threshold=0.005)),
+        ),
+        batch=_text_batch,
+        check_outputs=_check_db,
     ),
     "AttentionUNetHead": Case(
         model=dict(
@@ -89,6 +146,16 @@ CASES: dict[str, Case] = {
         ),
         batch=_seg_batch,
         check_outputs=_check_attention_unet,
+    ),
+    "FasterRCNNHead": Case(
+        model=dict(
+            backbone=dict(type="TimmBackbone", name="resnet10t", out_indices=(1, 2, 3)),
+            neck=dict(type="FPN", out_channels=16, levels=(2, 3, 4)),
+            head=dict(type="FasterRCNNHead", num_classes=3, anchor_sizes=(8, 16, 32),
+                      representation_size=32, roi_batch_size=32),
+        ),
+        batch=_frcnn_batch,
+        check_outputs=_check_faster_rcnn,
     ),
 }
 

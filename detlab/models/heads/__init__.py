@@ -2,6 +2,8 @@
 
 from .attention_unet import AttentionUNetHead
 from .base import Head
+from .db import DBHead
+from .faster_rcnn import FasterRCNNHead
 from .yolo import YOLOHead
 
-__all__ = ["AttentionUNetHead", "Head", "YOLOHead"]
+__all__ = ["AttentionUNetHead", "DBHead", "FasterRCNNHead", "Head", "YOLOHead"]

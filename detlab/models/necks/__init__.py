@@ -1,6 +1,7 @@
-"""Necks: multi-scale feature fusion between backbone and head (``FPN``, ``PAN``)."""
+"""Necks: multi-scale feature fusion between backbone and head (``FPN``, ``PAN``, ``DBFPN``)."""
 
+from .db_fpn import DBFPN
 from .fpn import FPN
 from .pan import PAN
 
-__all__ = ["FPN", "PAN"]
+__all__ = ["DBFPN", "FPN", "PAN"]
