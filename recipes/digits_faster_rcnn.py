@@ -8,8 +8,9 @@ anchors from the training boxes, with
 
     detlab anchors recipes/digits_faster_rcnn.py
 
-Default: the built-in SyntheticDigits data (no files needed): about 6 minutes on a 2-core CPU
-shared with other jobs (train.num_threads=1; use None on a machine of your own).
+Default: the built-in SyntheticDigits data (no files needed): 6-9 minutes on a 2-core CPU shared
+with other jobs (load average 1.4-5; train.num_threads=1, use None on a machine of your own),
+reaching AP 0.62, AP50 0.91, AP75 0.77 (AP_small 0.62, AR100 0.70) on the 160 validation images.
 
     detlab train recipes/digits_faster_rcnn.py
     detlab train recipes/digits_faster_rcnn.py model.head.box_loss=CIoULoss +model.head.box_loss.weight=10.0
