@@ -51,7 +51,9 @@ class DBHead(Head):
     whatever factor is left is bilinear upsampling, so every map comes out at the (padded)
     input resolution ``(H, W) = (H_0 s, W_0 s)``. The probability branch gives logits (the
     loss uses BCE-with-logits, stable under AMP), the threshold branch a sigmoid, and the
-    approximate binary map is ``B = sigmoid(k (sigmoid(P) - T))`` (eq. 2 of the paper).
+    approximate binary map is ``B = sigmoid(k (sigmoid(P) - T))`` (eq. 2 of the paper). The
+    probability logits start at a 1 % text prior (bias init), so an untrained or briefly
+    trained model does not sit above the binarization threshold everywhere.
 
     Args:
         in_channels: channels of each feature level, finest first (given by ``Model``); the
