@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..registry import LOSSES
-from ._weighted import Reduction, WeightedLoss, as_fp32
+from ._weighted import Reduction, WeightedLoss
+from .quality_focal import check_soft_targets
 
 __all__ = ["SigmoidBCELoss"]
 
@@ -43,12 +44,7 @@ class SigmoidBCELoss(WeightedLoss):
         avg_factor: float | Tensor | None = None,
     ) -> Tensor:
         """Loss of ``logits`` ``(N, C)`` against soft ``targets`` ``(N, C)`` in [0, 1]."""
-        if logits.dim() != 2 or logits.shape != targets.shape:
-            raise ValueError(
-                f"SigmoidBCELoss: logits and targets must both be (N, C), got "
-                f"{tuple(logits.shape)} and {tuple(targets.shape)}"
-            )
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            x, y = as_fp32(logits), as_fp32(targets).to(logits.device)
+            x, y = check_soft_targets("SigmoidBCELoss", logits, targets)
             bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
             return self.reduce(bce.sum(dim=1), weight, avg_factor)

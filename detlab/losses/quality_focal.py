@@ -30,7 +30,8 @@ def _check_number(cls: str, arg: str, value: object, low: float, high: float | N
     return float(value)
 
 
-def _check_inputs(cls: str, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+def check_soft_targets(cls: str, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate ``(N, C)`` logits against same-shape soft targets; both as fp32."""
     if logits.dim() != 2 or logits.shape != targets.shape:
         raise ValueError(
             f"{cls}: logits and targets must both be (N, C), got {tuple(logits.shape)} and "
@@ -71,7 +72,7 @@ class QualityFocalLoss(WeightedLoss):
     ) -> Tensor:
         """Loss of ``logits`` ``(N, C)`` against soft ``targets`` ``(N, C)`` in [0, 1]."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            x, y = _check_inputs("QualityFocalLoss", logits, targets)
+            x, y = check_soft_targets("QualityFocalLoss", logits, targets)
             bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
             # clamp: pow's gradient at 0 is infinite for β < 1
             loss = bce * (y - x.sigmoid()).abs().clamp(min=self.eps).pow(self.beta)
@@ -122,7 +123,7 @@ class VarifocalLoss(WeightedLoss):
     ) -> Tensor:
         """Loss of ``logits`` ``(N, C)`` against IoU-aware ``targets`` ``(N, C)`` in [0, 1]."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            x, q = _check_inputs("VarifocalLoss", logits, targets)
+            x, q = check_soft_targets("VarifocalLoss", logits, targets)
             positive = q > 0
             pos_weight = q if self.iou_weighted else torch.ones_like(q)
             neg_weight = self.alpha * x.sigmoid().clamp(min=self.eps).pow(self.gamma)

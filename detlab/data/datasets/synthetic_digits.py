@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +13,7 @@ import numpy as np
 from ...errors import ConfigError
 from ...registry import DATASETS
 from .detection_base import IMAGENET_MEAN, IMAGENET_STD, Annotations, DetectionDataset
-from .synthetic_shapes import _size_pair
+from .synthetic_shapes import _size_pair, sample_rng
 
 __all__ = ["SyntheticDigits", "FONTS"]
 
@@ -155,11 +154,7 @@ class SyntheticDigits(DetectionDataset):
 
     # -- layout ---------------------------------------------------------------------------------
     def _rng(self, index: int, stream: str) -> np.random.Generator:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"SyntheticDigits index {index} out of range [0, {self.num_samples})")
-        return np.random.default_rng(
-            [self.seed, zlib.crc32(self.split.encode()), index, zlib.crc32(stream.encode())]
-        )
+        return sample_rng(self, index, stream)
 
     def _layout(self, index: int) -> list[dict[str, Any]]:
         """Numbers of image ``index``: plate box and colour, digit colour, and per digit its

@@ -13,7 +13,20 @@ from ...errors import ConfigError
 from ...registry import DATASETS
 from .detection_base import IMAGENET_MEAN, IMAGENET_STD, Annotations, DetectionDataset
 
-__all__ = ["SyntheticShapes"]
+__all__ = ["SyntheticShapes", "sample_rng"]
+
+
+def sample_rng(owner: Any, index: int, stream: str) -> np.random.Generator:
+    """Random stream of sample ``index`` of a synthetic dataset ``owner`` (which has ``seed``,
+    ``split`` and ``num_samples``): a pure function of (seed, split, index, stream), so layout and
+    pixels can be drawn independently and any sample re-rendered alone."""
+    if not 0 <= index < owner.num_samples:
+        raise IndexError(
+            f"{type(owner).__name__} index {index} out of range [0, {owner.num_samples})"
+        )
+    return np.random.default_rng(
+        [owner.seed, zlib.crc32(owner.split.encode()), index, zlib.crc32(stream.encode())]
+    )
 
 # Saturated colors stand out from the gray background in at least one channel.
 _PALETTE = np.array(
@@ -108,11 +121,7 @@ class SyntheticShapes(DetectionDataset):
 
     # -- layout ---------------------------------------------------------------------------------
     def _rng(self, index: int, stream: str) -> np.random.Generator:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"SyntheticShapes index {index} out of range [0, {self.num_samples})")
-        return np.random.default_rng(
-            [self.seed, zlib.crc32(self.split.encode()), index, zlib.crc32(stream.encode())]
-        )
+        return sample_rng(self, index, stream)
 
     def _layout(self, index: int) -> list[dict[str, Any]]:
         """Shapes of image ``index``: label, origin (y, x), bool mask patch, color, box."""
