@@ -77,7 +77,6 @@ data = dict(
     ),
     val=dict(**_synthetic, split="val", num_samples=48, seed=0),
     # `detlab predict CKPT photo.jpg --out DIR`: RGB files normalized like the training data.
-    predict=dict(type="ImageFiles", channels=3, mean=_MEAN, std=_STD),
     batch_size=8,
     num_workers=2,
 )

@@ -192,6 +192,5 @@ def _gt_polygons(target: dict[str, Any], meta: dict[str, Any]) -> list[np.ndarra
     polygons = target.get("polygons")
     mapping = {"scale": meta.get("scale", (1.0, 1.0)), "pad": meta.get("pad", (0.0, 0.0))}
     # No orig_size: ground truth is mapped, never clipped (it was clipped in the dataset).
-    return [q.astype(np.float64) for q in polygons_to_original(
-        [np.asarray(_to_numpy(p), dtype=np.float64) for p in ([] if polygons is None else polygons)],
-        mapping)]
+    polygons = [] if polygons is None else polygons
+    return polygons_to_original([_to_numpy(p) for p in polygons], mapping, dtype=np.float64)

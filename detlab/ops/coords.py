@@ -69,7 +69,8 @@ def content_region(
 
 
 def clip_boxes(boxes: Any, size: Sequence[float]) -> Any:
-    """Clip ``(N, 4)`` xyxy ``boxes`` (tensor or array) to ``[0, w] x [0, h]``, ``size = (h, w)``."""
+    """Clip ``(N, 4)`` xyxy ``boxes`` (tensor or array) to ``[0, w] x [0, h]``
+    (``size = (h, w)``)."""
     h, w = (float(v) for v in size)
     if isinstance(boxes, Tensor):
         return torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
@@ -94,9 +95,10 @@ def boxes_to_original(boxes: Any, meta: Mapping[str, Any]) -> Any:
 
 
 def polygons_to_original(
-    polygons: Sequence[Any], meta: Mapping[str, Any], pad: Sequence[float] | None = None
+    polygons: Sequence[Any], meta: Mapping[str, Any], pad: Sequence[float] | None = None,
+    dtype: Any = np.float32,
 ) -> list[np.ndarray]:
-    """Input-pixel polygons (each ``(K, 2)`` x, y) → float32 original pixels, clipped to
+    """Input-pixel polygons (each ``(K, 2)`` x, y) → original pixels (``dtype``), clipped to
     ``[0, w] x [0, h]`` of ``orig_size`` when known. ``pad`` overrides ``meta["pad"]`` (a
     caller whose coordinates start at the content corner passes ``(0, 0)``)."""
     sy, sx = (float(v) for v in meta.get("scale", (1.0, 1.0)))
@@ -110,7 +112,7 @@ def polygons_to_original(
         if size is not None:
             np.clip(q[:, 0], 0, size[1], out=q[:, 0])
             np.clip(q[:, 1], 0, size[0], out=q[:, 1])
-        out.append(q.astype(np.float32))
+        out.append(q.astype(dtype))
     return out
 
 
