@@ -118,6 +118,22 @@ def _category_ids(dataset: Any) -> list[int] | None:
     return None
 
 
+def _val_category_ids(data: Any) -> list[int] | None:
+    """data.val's COCO category ids for predictions on files (None: label + 1, said so when
+    data.val cannot be read)."""
+    if data.cfg.get("val") is None:
+        return None
+    try:
+        return _category_ids(data.dataset("val"))
+    except DetlabError as err:
+        import logging
+
+        logging.getLogger("detlab.predict").warning(
+            "data.val cannot be read (%s): results.json uses category_id = label + 1 "
+            "(see categories.json)", err)
+        return None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
@@ -151,8 +167,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     data = DataModule(task.recipe.section("data"), size_divisor=task.model.size_divisor)
     loaders = []
     if inputs:
-        loaders.append((data.predict_loader(inputs), _category_ids(
-            data.dataset("val") if task.recipe.section("data").get("val") else None)))
+        loaders.append((data.predict_loader(inputs), _val_category_ids(data)))
     if args.split is not None:
         split_loader = data.val_dataloader() if args.split == "val" else data.test_dataloader()
         loaders.append((split_loader, _category_ids(data.dataset(args.split))))

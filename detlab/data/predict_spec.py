@@ -11,14 +11,17 @@ with are not the ones ``eval`` measured.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..registry import DATASETS
+
+log = logging.getLogger(__name__)
 
 __all__ = ["input_spec_of", "spec_differences", "build_predict_dataset"]
 
@@ -60,6 +63,25 @@ def spec_differences(predict: Mapping[str, Any], val: Mapping[str, Any]) -> list
             for k in sorted(set(p) | set(v)) if not _same(p.get(k), v.get(k))]
 
 
+def _val_spec(cfg: Any, val_dataset: Callable[[], Dataset]) -> dict[str, Any] | None:
+    """data.val's input spec; from its config alone when its files cannot be read (a
+    checkpoint used on a machine without the training data)."""
+    if cfg is None:
+        return None
+    try:
+        return input_spec_of(val_dataset())
+    except DataError as err:
+        while isinstance(cfg, Mapping) and isinstance(cfg.get("dataset"), Mapping):
+            cfg = cfg["dataset"]  # wrappers (MosaicDataset, LesionPatches …)
+        cls = DATASETS.get(cfg.get("type")) if isinstance(cfg, Mapping) else None
+        from_config = getattr(cls, "input_spec_from_config", None)
+        if from_config is None:
+            raise
+        log.info("data.val cannot be read (%s); predict takes its preprocessing from the "
+                 "data.val config", err)
+        return dict(from_config(dict(cfg)))
+
+
 def build_predict_dataset(
     data_cfg: Mapping[str, Any], val_dataset: Callable[[], Dataset], paths: list[str]
 ) -> Dataset:
@@ -78,7 +100,7 @@ def build_predict_dataset(
     val_type = (data_cfg.get("val") or {}).get("type") if isinstance(
         data_cfg.get("val"), Mapping) else None
     val_name = getattr(val_type, "__name__", val_type)
-    spec = input_spec_of(val_dataset()) if data_cfg.get("val") is not None else None
+    spec = _val_spec(data_cfg.get("val"), val_dataset)
     if cfg is None:
         if spec is None:
             raise ConfigError(

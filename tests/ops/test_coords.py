@@ -128,3 +128,14 @@ def test_predict_defaults_to_val_and_refuses_a_different_data_predict(tmp_path):
         type="ImageFiles", pixels="uint8",
         geometry=dict(img_size=64, pad="stride", stride=32))}
     assert len(DataModule(same).predict_loader([str(img)]).dataset) == 1
+
+
+def test_predict_without_the_val_files_takes_the_val_config(tmp_path):
+    """A checkpoint used where its val data is absent: the spec comes from data.val's config."""
+    _, img = _coco(tmp_path)
+    val = dict(type="CocoDetection", ann_file=str(tmp_path / "gone.json"), img_dir="/nowhere",
+               img_size=48, pad_value=0)
+    dataset = DataModule({"val": val, "num_workers": 0}).predict_loader([str(img)]).dataset
+    assert dataset.geometry == InputGeometry(img_size=48, pad="stride", stride=32, pad_value=0)
+    # 48x80 -> 29x48 (0.6), padded to 32x64: top (32 - 29) // 2 = 1, left (64 - 48) // 2 = 8
+    assert dataset.pixels == "uint8" and dataset[0]["meta"]["pad"] == (1, 8)

@@ -25,6 +25,7 @@ geometrically augmented (validation/test). Under geometric augmentation ``meta["
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,18 @@ class DetectionDataset(Dataset):
         return read_rgb(ann.path)
 
     # -- shared ---------------------------------------------------------------------------------
+    @classmethod
+    def input_spec_from_config(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`input_spec` of a dataset config without reading its files (``predict`` on a
+        machine without the training data): the base's arguments, the subclass's defaults."""
+        params = inspect.signature(cls.__init__).parameters
+        keys = ("img_size", "stride", "scale_up", "pad_value", "mean", "std")
+        args = {k: cfg[k] if k in cfg else params[k].default for k in keys
+                if k in cfg or (k in params and params[k].default is not inspect.Parameter.empty)}
+        spec_only = cls.__new__(cls)
+        DetectionDataset.__init__(spec_only, None, **args)
+        return spec_only.input_spec()
+
     def input_spec(self) -> dict[str, Any]:
         """How a plain image file becomes this dataset's network input: the
         :class:`~detlab.data.datasets.image_files.ImageFiles` arguments (``channels``,

@@ -32,6 +32,7 @@ file's pixels), ``prob_map``, ``prob_mask``, ``thresh_map``, ``thresh_mask`` flo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -216,6 +217,18 @@ class TextDataset(Dataset):
         ``INTER_AREA`` when shrinking keeps thin strokes (text) from aliasing away)."""
         image, _, (sy, sx) = self.geometry.resize_image(image)
         return image, sy, sx
+
+    @classmethod
+    def input_spec_from_config(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`input_spec` of a dataset config without reading its files (``predict`` on a
+        machine without the training data): the base's arguments, the subclass's defaults."""
+        params = inspect.signature(cls.__init__).parameters
+        keys = ("img_size", "resize", "mean", "std")
+        args = {k: cfg[k] if k in cfg else params[k].default for k in keys
+                if k in cfg or (k in params and params[k].default is not inspect.Parameter.empty)}
+        spec_only = cls.__new__(cls)
+        TextDataset.__init__(spec_only, None, **args)
+        return spec_only.input_spec()
 
     def input_spec(self) -> dict[str, Any]:
         """How a plain image file becomes this dataset's network input: the
