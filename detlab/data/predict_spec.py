@@ -18,7 +18,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DetlabError
 from ..registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,14 @@ def _val_spec(cfg: Any, val_dataset: Callable[[], Dataset]) -> dict[str, Any] | 
         return None
     try:
         return input_spec_of(val_dataset())
-    except DataError as err:
+    except DetlabError as err:  # files moved, paths unset: the config still says it all
         while isinstance(cfg, Mapping) and isinstance(cfg.get("dataset"), Mapping):
             cfg = cfg["dataset"]  # wrappers (MosaicDataset, LesionPatches …)
         cls = DATASETS.get(cfg.get("type")) if isinstance(cfg, Mapping) else None
         from_config = getattr(cls, "input_spec_from_config", None)
         if from_config is None:
-            raise
+            log.info("data.val cannot be read (%s) and has no input_spec_from_config()", err)
+            return None
         log.info("data.val cannot be read (%s); predict takes its preprocessing from the "
                  "data.val config", err)
         return dict(from_config(dict(cfg)))
