@@ -211,7 +211,11 @@ def _write_one(args: argparse.Namespace, task: Any, pred: Any, meta: dict[str, A
 
 
 def _is_box_head(task: Any) -> bool:
-    return type(task.model.head).__name__ in ("YOLOHead", "FasterRCNNHead")
+    """Whether the checkpoint's head predicts boxes (YOLO, Faster R-CNN and subclasses)."""
+    from .models.heads.faster_rcnn import FasterRCNNHead
+    from .models.heads.yolo import YOLOHead
+
+    return isinstance(task.model.head, (YOLOHead, FasterRCNNHead))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
