@@ -56,24 +56,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(task: Any, split: str, limit: int | None = None) -> dict[str, float]:
+def _device() -> Any:
     import torch
 
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _predictions(task: Any, loader: Any, device: Any, limit: int | None = None) -> Any:
+    """``(predictions, batch)`` per batch of ``loader``: the one inference loop of ``eval``
+    and ``predict`` (same stage, same post-processing, predictions in original pixels).
+    Callers hold ``torch.inference_mode()`` around the loop."""
+    for i, batch in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        batch = batch.to(device)
+        yield task.model.predict(batch, stage="test"), batch
+
+
+def _evaluate(task: Any, split: str, limit: int | None = None) -> dict[str, float]:
     from .data.datamodule import DataModule
 
     data = DataModule(task.recipe.section("data"), size_divisor=task.model.size_divisor)
     loader = data.val_dataloader() if split == "val" else data.test_dataloader()
     if task.evaluator is None:
         raise ConfigError("the checkpoint's recipe has no 'evaluator' section")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device()
     task.to(device)
     task.evaluator.reset()
+    import torch
+
     with torch.inference_mode():
-        for i, batch in enumerate(loader):
-            if limit is not None and i >= limit:
-                break
-            batch = batch.to(device)
-            task.evaluator.update(task.model.predict(batch, stage="test"), batch)
+        for preds, batch in _predictions(task, loader, device, limit):
+            task.evaluator.update(preds, batch)
     return task.evaluator.compute()
 
 
@@ -92,46 +106,116 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _category_ids(dataset: Any) -> list[int] | None:
+    """The COCO category id of each label (``CocoDetection.category_ids``), or None."""
+    for _ in range(8):
+        if dataset is None:
+            return None
+        ids = getattr(dataset, "category_ids", None)
+        if ids is not None:
+            return [int(v) for v in ids]
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+def _val_category_ids(data: Any) -> list[int] | None:
+    """data.val's COCO category ids for predictions on files (None: label + 1, said so when
+    data.val cannot be read)."""
+    if data.cfg.get("val") is None:
+        return None
+    try:
+        return _category_ids(data.dataset("val"))
+    except DetlabError as err:
+        import logging
+
+        logging.getLogger("detlab.predict").warning(
+            "data.val cannot be read (%s): results.json uses category_id = label + 1 "
+            "(see categories.json)", err)
+        return None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from .data.datamodule import DataModule
-    from .engine.outputs import coco_results, write_prediction
+    from .engine.outputs import categories
+    from .engine.predict_volume import check_not_dicom_file, is_volume_path, predict_volumes
     from .engine.trainer import load_task
 
     inputs, overrides = _split_inputs(args.items)
-    if not inputs:
-        raise ConfigError("detlab predict: give at least one input file or folder")
+    if not inputs and args.split is None:
+        raise ConfigError("detlab predict: give at least one input file or folder, or --split")
+    for p in inputs:
+        check_not_dicom_file(p)
     task = load_task(args.checkpoint, overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.save_probs and _is_box_head(task):
+        raise ConfigError(
+            f"--save-probs: this checkpoint's head ({type(task.model.head).__name__}) predicts "
+            "boxes, which have no probability map to save; drop --save-probs (the scores are "
+            "in the JSON files)")
+    device = _device()
     task.to(device)
     out_dir = Path(args.out)
-    from .engine.predict_volume import is_volume_path, predict_volumes
-
     volumes = [p for p in inputs if is_volume_path(p)]  # .nii/.nii.gz files, DICOM folders
     if volumes:
         with torch.inference_mode():
             predict_volumes(task, volumes, out_dir)
         print(f"wrote predictions for {len(volumes)} volume(s) to {out_dir}")
         inputs = [p for p in inputs if p not in volumes]
-        if not inputs:
+        if not inputs and args.split is None:
             return 0
     data = DataModule(task.recipe.section("data"), size_divisor=task.model.size_divisor)
-    loader = data.predict_loader(inputs)
+    loaders = []
+    if inputs:
+        loaders.append((data.predict_loader(inputs), _val_category_ids(data)))
+    if args.split is not None:
+        split_loader = data.val_dataloader() if args.split == "val" else data.test_dataloader()
+        loaders.append((split_loader, _category_ids(data.dataset(args.split))))
     names = (task.recipe.get("evaluator") or {}).get("class_names")
     count = 0
     coco: list[dict[str, Any]] = []
-    with torch.inference_mode():
-        for batch in loader:
-            batch = batch.to(device)
-            for pred, meta in zip(task.model.predict(batch, stage="test"), batch.meta):
-                write_prediction(pred, meta, out_dir, names, save_probs=args.save_probs)
-                coco.extend(coco_results(pred, meta, names))
-                count += 1
-    if coco:
+    cat_ids: list[int] | None = None
+    for loader, ids in loaders:
+        cat_ids = ids if ids is not None else cat_ids
+        with torch.inference_mode():
+            for preds, batch in _predictions(task, loader, device):
+                for pred, meta in zip(preds, batch.meta):
+                    coco.extend(_write_one(args, task, pred, meta, names, ids))
+                    count += 1
+    if coco or _is_box_head(task):
         (out_dir / "results.json").write_text(json.dumps(coco))
+        num_classes = int(getattr(task.model.head, "num_classes", 0) or 0)
+        (out_dir / "categories.json").write_text(
+            json.dumps(categories(num_classes, names, cat_ids), indent=1))
     print(f"wrote predictions for {count} image(s) to {out_dir}")
     return 0
+
+
+def _write_one(args: argparse.Namespace, task: Any, pred: Any, meta: dict[str, Any],
+               names: list[str] | None, ids: list[int] | None) -> list[dict[str, Any]]:
+    """Write one image's files for ``detlab predict``; returns its COCO result rows."""
+    from .engine.outputs import coco_results, write_prediction, write_yolo_txt
+
+    head = type(task.model.head).__name__
+    out_dir = Path(args.out)
+    if pred.boxes is not None and args.save_probs:
+        raise ConfigError(f"--save-probs: this checkpoint's head ({head}) predicts boxes, "
+                          "which have no probability map to save; drop --save-probs")
+    if args.yolo_txt and pred.boxes is None:
+        raise ConfigError(f"--yolo-txt writes boxes, but this checkpoint's head ({head}) "
+                          "predicts none")
+    write_prediction(pred, meta, out_dir, names, save_probs=args.save_probs)
+    if args.yolo_txt:
+        write_yolo_txt(pred, meta, out_dir)
+    return coco_results(pred, meta, names, ids)
+
+
+def _is_box_head(task: Any) -> bool:
+    """Whether the checkpoint's head predicts boxes (YOLO, Faster R-CNN and subclasses)."""
+    from .models.heads.faster_rcnn import FasterRCNNHead
+    from .models.heads.yolo import YOLOHead
+
+    return isinstance(task.model.head, (YOLOHead, FasterRCNNHead))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -209,10 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict on INPUT files/folders (images, or CT volumes: "
                        ".nii/.nii.gz files and DICOM series folders); write results to --out.")
     p.add_argument("checkpoint", help="a .ckpt written by detlab train")
-    p.add_argument("items", nargs="+", metavar="INPUT", help="input files or folders "
-                   "(key=value items are overrides)")
+    p.add_argument("items", nargs="*", metavar="INPUT", help="input files or folders "
+                   "(key=value items are overrides); image files get data.val's preprocessing")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--save-probs", action="store_true", help="also save probability maps")
+    p.add_argument("--split", choices=("val", "test"), default=None,
+                   help="also predict a split of the recipe (COCO data: results.json with the "
+                   "dataset's own image and category ids)")
+    p.add_argument("--yolo-txt", action="store_true",
+                   help="also write labels/<stem>.txt: 'class cx cy w h score', normalized")
+    p.add_argument("--save-probs", action="store_true", help="also save probability maps "
+                   "(segmentation: <stem>_probs.npy; text: the DB map; not for box heads)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("show", help="print the resolved recipe",

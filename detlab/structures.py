@@ -44,8 +44,22 @@ class Batch:
             ``mask`` ``(C, H, W)`` or ``(H, W)`` tensor at input resolution.
             Zero boxes is a valid target.
         meta: one dict per image with at least ``image_id``, ``path``, ``orig_size`` (h, w),
-            ``input_size`` (h, w) of the un-padded resized image and ``scale`` (sy, sx) such
-            that ``input = orig * scale``.
+            ``scale``, ``pad`` and ``input_size``, with ONE convention (continuous pixel-edge
+            coordinates; :class:`~detlab.data.geometry.InputGeometry` writes them,
+            :mod:`detlab.ops.coords` inverts them):
+
+            * ``scale`` ``(sy, sx)``: ``input_size / orig_size`` per axis, exactly;
+            * ``pad`` ``(top, left)``: rows / columns of padding BEFORE the image content
+              (a centred letterbox pads both sides; padding after the content, bottom/right,
+              is not recorded: it is whatever the batch adds up to ``images.shape``);
+            * ``input_size`` ``(h, w)``: the resized image content WITHOUT any padding; the
+              content occupies rows ``[top, top + h)`` and columns ``[left, left + w)`` of
+              ``images``;
+            * ``input = orig * scale + pad`` (x with sx / left, y with sy / top).
+
+            (Before this contract was written down, the U-Net's content crop read
+            ``input_size`` as including ``pad`` (``h = input_size[0] - top``) while the
+            detection datasets wrote the un-padded size.)
     """
 
     images: Tensor

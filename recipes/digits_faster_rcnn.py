@@ -67,7 +67,7 @@ data = dict(
                max_numbers=3, max_digits=4, digit_height=(10, 40), seed=0),
     val=dict(type="SyntheticDigits", split="val", num_samples=160, image_size=128,
              max_numbers=3, max_digits=4, digit_height=(10, 40), seed=0),
-    predict=dict(type="ImageFiles", channels=3),
+    # `detlab predict` reads files with data.val's letterbox and normalization (no data.predict).
     batch_size=8,
     num_workers=1,
 )

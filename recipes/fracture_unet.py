@@ -54,8 +54,8 @@ data = dict(
     ),
     val=dict(type="SyntheticSpineCT", split="val", num_samples=100, image_size=128, seed=0),
     # `detlab predict CKPT slice.png --out DIR`: PNGs exported with the window [-250, 1250] HU
-    # (x = (HU + 250) / 1500) get the synthetic data's normalization (HU - 55) / 240.
-    predict=dict(type="ImageFiles", channels=1, mean=(0.2033,), std=(0.16,)),
+    # (x = (HU + 250) / 1500) get the synthetic data's normalization (HU - 55) / 240
+    # (SyntheticSpineCT.input_spec(): predict takes data.val's preprocessing).
     batch_size=8,
     num_workers=2,
     # ~9x oversampling of lesion slices: about half of every batch contains a lesion.

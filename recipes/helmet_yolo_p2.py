@@ -84,7 +84,7 @@ data = dict(
         ],
     ),
     val=dict(_synthetic, split="val", num_samples=96),
-    predict=dict(type="ImageFiles", img_size=IMG_SIZE),
+    # `detlab predict` reads files with data.val's letterbox and normalization (no data.predict).
     batch_size=8,
     num_workers=2,
     # Images holding an object below 0.1 % of the image area are drawn 2x as often.

@@ -34,7 +34,7 @@ data["train"] = dict(
     transforms=data["train"]["transforms"],
 )
 data["val"] = dict(_coco, ann_file=None, img_dir=None)
-data["predict"] = dict(type="ImageFiles", img_size=IMG_SIZE)
+# (no data["predict"]: `detlab predict` letterboxes image files like data.val)
 data["batch_size"] = 8
 data["multi_scale"] = (0.75, 1.25)            # random size per batch around 1280
 # Mosaic (YOLOv8 turns it off for the last 10 epochs):

@@ -76,8 +76,8 @@ data = dict(
         ],
     ),
     val=dict(**_synthetic, split="val", num_samples=48, seed=0),
-    # `detlab predict CKPT photo.jpg --out DIR`: RGB files normalized like the training data.
-    predict=dict(type="ImageFiles", channels=3, mean=_MEAN, std=_STD),
+    # `detlab predict CKPT photo.jpg --out DIR`: RGB files normalized like the training data
+    # (ImageFiles with data.val's resize and normalization: no data.predict needed).
     batch_size=8,
     num_workers=2,
 )

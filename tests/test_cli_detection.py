@@ -22,7 +22,7 @@ COCO_RECIPE = ROOT / "recipes" / "helmet_yolo_p2_coco.py"
 TINY = [
     "data.train.num_samples=8", "data.val.num_samples=4", "data.train.image_size=64",
     "data.train.img_size=64", "data.val.image_size=64", "data.val.img_size=64",
-    "data.predict.img_size=64", "data.batch_size=4", "data.num_workers=0",
+    "data.batch_size=4", "data.num_workers=0",
     "train.max_epochs=1", "train.progress_bar=false",
 ]
 

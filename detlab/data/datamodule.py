@@ -3,7 +3,8 @@
 Keys of ``data``::
 
     train / val / test   dataset configs (test falls back to val)
-    predict              dataset config used by ``detlab predict`` (gets ``paths=[...]``)
+    predict              optional dataset config of ``detlab predict`` (gets ``paths=[...]``);
+                         default: ImageFiles with data.val's preprocessing (input_spec())
     batch_size           training batch size (val_batch_size defaults to it)
     num_workers          loader workers (default: min(2, cpu count))
     size_divisor         pad batches to a multiple of this (default: the model's largest stride)
@@ -186,13 +187,11 @@ class DataModule(pl.LightningDataModule):
         return self._loader(self.dataset("test"), self.val_batch_size, shuffle=False)
 
     def predict_loader(self, paths: list[str]) -> DataLoader:
-        """Loader over user files for ``detlab predict`` using ``data.predict``."""
-        cfg = self.cfg.get("predict")
-        if cfg is None:
-            raise ConfigError(
-                "recipe has no 'data.predict' dataset: add e.g. "
-                "data['predict'] = dict(type='ImageFiles', channels=1)"
-            )
-        dataset = build_dataset(cfg, key="data.predict", paths=list(paths))
+        """Loader over user files for ``detlab predict``: ``ImageFiles`` with data.val's
+        preprocessing, or ``data.predict`` when set and consistent with data.val
+        (:func:`~detlab.data.predict_spec.build_predict_dataset`)."""
+        from .predict_spec import build_predict_dataset
+
+        dataset = build_predict_dataset(self.cfg, lambda: self.dataset("val"), list(paths))
         return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0,
                           collate_fn=self.collate)

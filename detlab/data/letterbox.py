@@ -5,7 +5,7 @@ image), the convention of ``cv2.resize`` and ``F.interpolate(align_corners=False
 image of ``(h, w)`` to ``(new_h, new_w)`` maps ``x -> x * new_w / w`` exactly, so the per-axis
 scale is ``(new_h / h, new_w / w)`` after rounding the new size, not the nominal factor. With
 ``pad = (top, left)`` the forward map is ``input = orig * scale + pad`` and
-:func:`unletterbox_boxes` inverts it.
+:func:`detlab.ops.coords.unletterbox_boxes` (re-exported here) inverts it.
 
 The datasets call :func:`resize_keep_ratio` and :func:`pad_to_stride` themselves (with the
 recipe's augmentations in between) and record ``scale``/``pad`` in ``meta``; there is no
@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError
+from ..ops.coords import unletterbox_boxes  # re-export: the inverse lives in ops.coords
 
 __all__ = ["letterbox", "resize_keep_ratio", "pad_to_stride", "unletterbox_boxes", "fit_size"]
 
@@ -76,8 +77,10 @@ def pad_to_stride(
     stride: int | None = 32,
     pad_value: float = 114,
     size: Size = None,
+    center: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
-    """Pad ``image`` evenly on both sides; boxes shift by ``(left, top)``.
+    """Pad ``image`` evenly on both sides (``center=False``: bottom/right only); boxes shift by
+    ``(left, top)``.
 
     With ``stride`` each side grows to the next multiple of ``stride`` (rectangular letterbox,
     least padding); with ``stride=None`` the image is padded to exactly ``size``. Returns
@@ -92,7 +95,7 @@ def pad_to_stride(
         out_h, out_w = (max(a, b) for a, b in zip(_pair(size), (h, w)))
     else:
         out_h, out_w = h, w
-    top, left = (out_h - h) // 2, (out_w - w) // 2
+    top, left = ((out_h - h) // 2, (out_w - w) // 2) if center else (0, 0)
     if (out_h, out_w) != (h, w):
         channels = image.shape[2] if image.ndim == 3 else 1
         padded = cv2.copyMakeBorder(
@@ -135,25 +138,6 @@ def letterbox(
     image, boxes, scale = resize_keep_ratio(image, boxes, size, scale_up)
     image, boxes, pad = pad_to_stride(image, boxes, stride, pad_value, size)
     return image, boxes, scale, pad
-
-
-def unletterbox_boxes(
-    boxes: np.ndarray, scale: Sequence[float], pad: Sequence[float]
-) -> np.ndarray:
-    """Map ``(N, 4)`` xyxy boxes from letterboxed input back to original pixels.
-
-    ``orig = (input - pad) / scale`` with ``scale = (sy, sx)`` and ``pad = (top, left)``.
-    Works on numpy arrays and torch tensors alike.
-    """
-    sy, sx = (float(v) for v in scale)
-    top, left = (float(v) for v in pad)
-    offset = [left, top, left, top]
-    factor = [sx, sy, sx, sy]
-    if hasattr(boxes, "new_tensor"):  # torch.Tensor: stay on its device and dtype
-        return (boxes - boxes.new_tensor(offset)) / boxes.new_tensor(factor)
-    arr = np.asarray(boxes)
-    dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float32
-    return ((arr - np.array(offset, dtype)) / np.array(factor, dtype)).astype(dtype)
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:

@@ -1,4 +1,18 @@
-"""Writing predictions to files for ``detlab predict``: masks, overlays, boxes, polygons."""
+"""Writing predictions to files for ``detlab predict``: masks, overlays, boxes, polygons.
+
+Files other tools score (boxes in original image pixels):
+
+* ``results.json``: COCO detection results, one dict per box: ``image_id``, ``category_id``,
+  ``bbox`` ``[x, y, w, h]``, ``score`` (plus ``file_name``, ``category_name``). Predicting a
+  COCO split (``--split val`` on ``CocoDetection``) writes the dataset's own image ids and
+  category ids, so pycocotools scores the file against the user's ground-truth JSON. For image
+  files, ``image_id`` is the file name relative to the input folder and ``category_id`` the
+  val dataset's COCO category id when it has them, else ``label + 1``;
+* ``categories.json``: ``[{"id", "name", "label"}]``: the ``category_id`` of each detlab label;
+* ``labels/<stem>.txt`` (``--yolo-txt``): YOLO format, one line per box
+  ``class cx cy w h score``, ``class`` the 0-based detlab label, the box normalized by the
+  original image width/height.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from ..errors import DataError
 from ..structures import Prediction
 
-__all__ = ["coco_results", "write_prediction", "overlay_mask", "load_display_image"]
+__all__ = ["coco_results", "categories", "write_yolo_txt", "write_prediction", "overlay_mask",
+           "load_display_image"]
 
 _COLORS = [(255, 40, 40), (40, 200, 40), (40, 120, 255), (255, 200, 0), (200, 0, 200),
            (0, 200, 200), (255, 120, 0), (120, 60, 255), (128, 128, 0), (0, 128, 128)]
@@ -68,7 +86,8 @@ def write_prediction(pred: Prediction, meta: dict[str, Any], out_dir: Path,
     Segmentation: ``<stem>_mask.png`` (one per class when C > 1, values 0/255) and
     ``<stem>_overlay.png``; with ``save_probs`` also ``<stem>_probs.npy`` ``(C, H, W)`` float32.
     Detection / text: ``<stem>.json`` (xyxy pixel boxes or polygons, scores, labels) and
-    ``<stem>_overlay.png``.
+    ``<stem>_overlay.png``; text with ``save_probs``: ``<stem>_probs.npy`` ``(1, h, w)`` float32,
+    the DB text probability map resized to the original image (``extras["prob_map"]``).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(str(meta.get("path", meta.get("image_id", "image")))).stem
@@ -108,22 +127,44 @@ def write_prediction(pred: Prediction, meta: dict[str, Any], out_dir: Path,
         p = out_dir / f"{stem}.json"
         p.write_text(json.dumps(record))
         written.append(p)
+        if save_probs and pred.extras.get("prob_map") is not None:
+            prob = torch.as_tensor(pred.extras["prob_map"]).float()
+            prob = prob[None] if prob.ndim == 2 else prob
+            if (h, w) != (0, 0) and tuple(prob.shape[-2:]) != (h, w):
+                prob = F.interpolate(prob[None], size=(int(h), int(w)), mode="bilinear",
+                                     align_corners=False)[0]
+            p = out_dir / f"{stem}_probs.npy"
+            np.save(p, prob.cpu().numpy().astype(np.float32))
+            written.append(p)
     p = out_dir / f"{stem}_overlay.png"
     overlay.save(p)
     written.append(p)
     return written
 
 
+def _label_to_category(label: int, category_ids: list[int] | None) -> int:
+    if category_ids is None:
+        return label + 1
+    if not 0 <= label < len(category_ids):
+        raise DataError(f"predicted label {label} has no category id (the dataset has "
+                        f"{len(category_ids)}: {category_ids})")
+    return int(category_ids[label])
+
+
 def coco_results(pred: Prediction, meta: dict[str, Any],
-                 class_names: list[str] | None = None) -> list[dict[str, Any]]:
-    """COCO-style detection results for one image: one dict per box with ``image_id``,
-    ``file_name``, ``category_id`` (label + 1, COCO ids start at 1), ``category_name``,
-    ``bbox`` ``[x, y, w, h]`` in original image pixels and ``score``. Empty for non-box
-    predictions."""
+                 class_names: list[str] | None = None,
+                 category_ids: list[int] | None = None) -> list[dict[str, Any]]:
+    """COCO-style detection results for one image (module docstring): one dict per box with
+    ``image_id`` (``meta["image_id"]``), ``file_name``, ``category_id``
+    (``category_ids[label]``, else ``label + 1``), ``category_name``, ``bbox`` ``[x, y, w, h]``
+    in original image pixels and ``score``. Empty for non-box predictions."""
     if pred.boxes is None:
         return []
     out = []
     image_id = meta.get("image_id", Path(str(meta.get("path", ""))).stem)
+    if hasattr(image_id, "item"):
+        image_id = image_id.item()
+    file_name = meta.get("file_name") or Path(str(meta.get("path", ""))).name
     for (x1, y1, x2, y2), score, label in zip(
         pred.boxes.detach().cpu().tolist(), pred.scores.detach().cpu().tolist(),
         pred.labels.detach().cpu().tolist(),
@@ -131,11 +172,40 @@ def coco_results(pred: Prediction, meta: dict[str, Any],
         label = int(label)
         out.append({
             "image_id": image_id,
-            "file_name": Path(str(meta.get("path", ""))).name,
-            "category_id": label + 1,
+            "file_name": file_name,
+            "category_id": _label_to_category(label, category_ids),
             "category_name": class_names[label] if class_names and label < len(class_names)
             else str(label),
             "bbox": [x1, y1, x2 - x1, y2 - y1],
             "score": float(score),
         })
     return out
+
+
+def categories(num_classes: int, class_names: list[str] | None = None,
+               category_ids: list[int] | None = None) -> list[dict[str, Any]]:
+    """``categories.json`` content: ``{"id", "name", "label"}`` per detlab label."""
+    return [{"id": _label_to_category(i, category_ids),
+             "name": class_names[i] if class_names and i < len(class_names) else str(i),
+             "label": i} for i in range(num_classes)]
+
+
+def write_yolo_txt(pred: Prediction, meta: dict[str, Any], out_dir: Path) -> Path | None:
+    """``out_dir/labels/<stem>.txt``: ``class cx cy w h score`` per box, normalized by the
+    original width/height (``meta["orig_size"]``); None for non-box predictions."""
+    if pred.boxes is None:
+        return None
+    h, w = (float(v) for v in meta["orig_size"])
+    stem = Path(str(meta.get("path", meta.get("image_id", "image")))).stem
+    folder = out_dir / "labels"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for (x1, y1, x2, y2), score, label in zip(
+        pred.boxes.detach().cpu().double().tolist(), pred.scores.detach().cpu().tolist(),
+        pred.labels.detach().cpu().tolist(),
+    ):
+        lines.append(f"{int(label)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
+                     f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f} {float(score):.6f}")
+    path = folder / f"{stem}.txt"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path

@@ -24,15 +24,36 @@ import torch
 from PIL import Image
 
 from ..data.datasets.ct_volumes import DEFAULT_WINDOWS, apply_windows, parse_windows, slice_stack
-from ..data.medical_io import is_dicom_dir, is_volume_path, read_volume, save_nifti, volume_stem
+from ..data.medical_io import (
+    _has_dicm_magic,
+    is_dicom_dir,
+    is_volume_path,
+    read_volume,
+    save_nifti,
+    volume_stem,
+)
 from ..errors import ConfigError
 from ..registry import DATASETS
 from ..structures import Batch
 from . import render
 
-__all__ = ["is_volume_path", "volume_settings", "predict_volume", "predict_volumes"]
+__all__ = ["is_volume_path", "check_not_dicom_file", "volume_settings", "predict_volume",
+           "predict_volumes"]
 
 _MAX_MONTAGE = 24
+
+
+def check_not_dicom_file(path: str | Path) -> None:
+    """ConfigError when ``path`` is one DICOM file: a CT series is read from its folder (one
+    ``.dcm`` file is one slice, without the neighbours and geometry of the series)."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    if p.suffix.lower() in (".dcm", ".dicom") or _has_dicm_magic(p):
+        raise ConfigError(
+            f"{p} is a single DICOM file (one slice); detlab predict reads a DICOM series from "
+            f"its folder: pass the folder holding the whole series, e.g. {p.parent}"
+        )
 
 
 def _slice_config(recipe: Any) -> dict[str, Any] | None:
@@ -88,8 +109,8 @@ def _probabilities(model: Any, images: torch.Tensor, roi: tuple[int, int] | None
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        meta = [{"image_id": i, "orig_size": (h, w), "input_size": (h, w), "scale": (1.0, 1.0)}
-                for i in range(x.shape[0])]
+        meta = [{"image_id": i, "orig_size": (h, w), "input_size": (h, w), "scale": (1.0, 1.0),
+                 "pad": (0, 0)} for i in range(x.shape[0])]
         preds = model.predict(Batch(images=x, meta=meta), stage="test")
         return torch.stack([p.probs for p in preds]).float()
 

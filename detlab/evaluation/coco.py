@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..ops.coords import unletterbox_boxes
 from ..registry import EVALUATORS
 from ..structures import Batch, Prediction
 from .base import Evaluator, gather_objects
@@ -256,7 +257,7 @@ def _ground_truth(
         top, left = _pair(meta.get("pad", (0.0, 0.0)), "pad", image_id)
         if sy <= 0 or sx <= 0:
             raise DataError(f"image {image_id!r}: meta scale must be > 0, got {(sy, sx)}")
-        boxes = (boxes - np.array([left, top, left, top])) / np.array([sx, sy, sx, sy])
+        boxes = unletterbox_boxes(boxes, (sy, sx), (top, left))
     else:
         boxes = np.zeros((0, 4), np.float64)
     n = len(boxes)

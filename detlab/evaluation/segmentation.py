@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from ..ops.coords import maps_to_original
 from ..registry import EVALUATORS
 from ..structures import Batch, Prediction
 from .base import Evaluator, gather_objects
@@ -320,12 +320,6 @@ def ground_truth_mask(target: dict[str, Any], meta: dict[str, Any]) -> Tensor:
         raise DataError(f"target of image {image_id!r} has neither 'orig_mask' nor 'mask'")
     mask = torch.as_tensor(target["mask"])
     mask = mask.unsqueeze(0) if mask.ndim == 2 else mask
-    top, left = (int(v) for v in meta.get("pad", (0, 0)))
-    in_h, in_w = (int(v) for v in meta.get("input_size", mask.shape[-2:]))
-    mask = mask[:, top : top + in_h, left : left + in_w]
     if "orig_size" not in meta:
         raise DataError(f"meta of image {image_id!r} has no 'orig_size'")
-    orig = tuple(int(v) for v in meta["orig_size"])
-    if tuple(mask.shape[-2:]) != orig:
-        mask = F.interpolate(mask[None].float(), size=orig, mode="nearest-exact")[0]
-    return mask > 0.5
+    return maps_to_original(mask, meta, mode="nearest-exact") > 0.5

@@ -23,6 +23,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from ..errors import ConfigError, DataError
+from ..ops.coords import polygons_to_original
 from ..registry import EVALUATORS
 from ..structures import Batch, Prediction
 from .base import Evaluator, gather_objects
@@ -188,13 +189,8 @@ def _gt_polygons(target: dict[str, Any], meta: dict[str, Any]) -> list[np.ndarra
             np.asarray(_to_numpy(p), dtype=np.float64).reshape(-1, 2)
             for p in target["orig_polygons"]
         ]
-    sy, sx = (float(v) for v in meta.get("scale", (1.0, 1.0)))
-    top, left = (float(v) for v in meta.get("pad", (0.0, 0.0)))
     polygons = target.get("polygons")
-    out = []
-    for p in [] if polygons is None else polygons:
-        q = np.asarray(_to_numpy(p), dtype=np.float64).reshape(-1, 2).copy()
-        q[:, 0] = (q[:, 0] - left) / sx
-        q[:, 1] = (q[:, 1] - top) / sy
-        out.append(q)
-    return out
+    mapping = {"scale": meta.get("scale", (1.0, 1.0)), "pad": meta.get("pad", (0.0, 0.0))}
+    # No orig_size: ground truth is mapped, never clipped (it was clipped in the dataset).
+    polygons = [] if polygons is None else polygons
+    return polygons_to_original([_to_numpy(p) for p in polygons], mapping, dtype=np.float64)

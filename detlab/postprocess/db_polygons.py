@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..ops.coords import polygons_to_original
 from ..ops.polygons import unclip_polygon
 from ..registry import POSTPROCESSORS
 
@@ -202,12 +203,9 @@ def _to_original(
     pad: tuple[float, float],
     orig_size: tuple[int, int] | None,
 ) -> np.ndarray:
-    """Input pixels -> original pixels, clipped to ``[0, w-1] x [0, h-1]`` when size is known."""
-    out = np.empty_like(poly, dtype=np.float64)
-    out[:, 0] = (poly[:, 0] - float(pad[1])) / sx
-    out[:, 1] = (poly[:, 1] - float(pad[0])) / sy
+    """Input pixels -> original pixels, clipped to ``[0, w] x [0, h]`` when the size is known
+    (:func:`detlab.ops.coords.polygons_to_original`, the convention every head shares)."""
+    meta: dict = {"scale": (sy, sx), "pad": tuple(pad)}
     if orig_size is not None:
-        h, w = int(orig_size[0]), int(orig_size[1])
-        np.clip(out[:, 0], 0, max(w - 1, 0), out=out[:, 0])
-        np.clip(out[:, 1], 0, max(h - 1, 0), out=out[:, 1])
-    return out.astype(np.float32)
+        meta["orig_size"] = tuple(orig_size)
+    return polygons_to_original([poly], meta)[0]

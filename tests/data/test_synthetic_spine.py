@@ -82,7 +82,7 @@ def test_sample_dict_contract_and_collate():
     assert s["target"]["mask"].dtype == torch.float32 and s["target"]["mask"].shape == (1, 96, 96)
     assert s["meta"] == {
         "image_id": "val-3", "path": "synthetic://spine/val/3", "orig_size": (96, 96),
-        "input_size": (96, 96), "scale": (1.0, 1.0), "case_id": "val-3",
+        "input_size": (96, 96), "scale": (1.0, 1.0), "pad": (0, 0), "case_id": "val-3",
     }
     np.testing.assert_array_equal(s["image"][0].numpy(), ds.render(3)[0])
     batch = collate([ds[i] for i in range(4)], size_divisor=32)

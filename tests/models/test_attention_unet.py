@@ -101,7 +101,8 @@ def test_odd_input_size_loss_predictions_and_gradients():
     [  # input = orig * scale + pad; region = rows, cols of the resized image in the input
         (dict(orig_size=(35, 45), scale=(2.0, 2.0), input_size=(70, 90)), (0, 70, 0, 90)),
         (
-            dict(orig_size=(30, 40), scale=(2.0, 2.0), pad=(5, 10), input_size=(70, 90)),
+            # input_size is the un-padded content (Batch contract), pad its top-left corner
+            dict(orig_size=(30, 40), scale=(2.0, 2.0), pad=(5, 10), input_size=(60, 80)),
             (5, 65, 10, 90),
         ),
         (dict(orig_size=(140, 45), scale=(0.5, 2.0), input_size=(70, 90)), (0, 70, 0, 90)),

@@ -299,7 +299,7 @@ class CTVolumeSlices(Dataset):
         target["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         h, w = image.shape[:2]
         meta = {**meta, "orig_size": orig, "input_size": (h, w),
-                "scale": (h / orig[0], w / orig[1])}
+                "scale": (h / orig[0], w / orig[1]), "pad": (0, 0)}
         chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return {"image": chw, "target": target, "meta": meta}
 

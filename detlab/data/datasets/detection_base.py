@@ -12,7 +12,8 @@ turns ``(image, Annotations)`` into detlab's sample dict (see :mod:`detlab.data.
             input = orig * scale + pad exactly
 
 Pipeline of :meth:`DetectionDataset.make_sample`: resize keeping the ratio to ``img_size``
-(:func:`~detlab.data.letterbox.resize_keep_ratio`) → recipe transforms (albumentations, boxes
+(the dataset's :class:`~detlab.data.geometry.InputGeometry`, also used by ``detlab predict``
+through :meth:`DetectionDataset.input_spec`) → recipe transforms (albumentations, boxes
 follow) → pad to a multiple of ``stride`` → normalize. Augmenting before padding keeps gray
 bands out of flips and crops, so ``pad`` is the true padding.
 
@@ -24,6 +25,7 @@ geometrically augmented (validation/test). Under geometric augmentation ``meta["
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ...errors import ConfigError, DataError
-from ..letterbox import pad_to_stride, resize_keep_ratio
+from ..geometry import InputGeometry
 from ..transforms import build_transforms
 
 __all__ = [
@@ -159,6 +161,12 @@ class DetectionDataset(Dataset):
         self.stride = stride
         self.scale_up = bool(scale_up)
         self.pad_value = float(pad_value)
+        # The one input geometry of this dataset, shared with `detlab predict` (input_spec).
+        self.geometry = InputGeometry(
+            img_size=img_size, resize="long_side", scale_up=self.scale_up,
+            pad="stride" if stride is not None else "size", stride=stride or 32,
+            pad_value=self.pad_value, center=True,
+        )
         self.transforms = build_transforms(transforms, task="detection",
                                            key=f"{name}.transforms")
 
@@ -175,6 +183,26 @@ class DetectionDataset(Dataset):
         return read_rgb(ann.path)
 
     # -- shared ---------------------------------------------------------------------------------
+    @classmethod
+    def input_spec_from_config(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`input_spec` of a dataset config without reading its files (``predict`` on a
+        machine without the training data): the base's arguments, the subclass's defaults."""
+        params = inspect.signature(cls.__init__).parameters
+        keys = ("img_size", "stride", "scale_up", "pad_value", "mean", "std")
+        args = {k: cfg[k] if k in cfg else params[k].default for k in keys
+                if k in cfg or (k in params and params[k].default is not inspect.Parameter.empty)}
+        spec_only = cls.__new__(cls)
+        DetectionDataset.__init__(spec_only, None, **args)
+        return spec_only.input_spec()
+
+    def input_spec(self) -> dict[str, Any]:
+        """How a plain image file becomes this dataset's network input: the
+        :class:`~detlab.data.datasets.image_files.ImageFiles` arguments (``channels``,
+        ``mean``, ``std``, ``geometry``, ``pixels``) that ``detlab predict`` uses."""
+        return {"channels": 3, "mean": tuple(float(v) for v in self.mean),
+                "std": tuple(float(v) for v in self.std),
+                "geometry": self.geometry.to_config(), "pixels": "uint8"}
+
     @property
     def num_classes(self) -> int:
         """Number of classes (labels are ``0 .. num_classes - 1``)."""
@@ -210,7 +238,7 @@ class DetectionDataset(Dataset):
     ) -> dict[str, Any]:
         """Letterbox, augment and normalize ``image`` (H, W, 3) uint8 with pixel-box ``ann``."""
         orig_h, orig_w = image.shape[:2]
-        resized, boxes, scale = resize_keep_ratio(image, ann.boxes, self.img_size, self.scale_up)
+        resized, boxes, scale = self.geometry.resize_image(image, ann.boxes)
         # Clip to the image and drop empty boxes first: albumentations rejects x2 <= x1.
         boxes, keep = _clip_nonempty(boxes, resized.shape[0], resized.shape[1])
         if self.transforms is not None:
@@ -220,8 +248,7 @@ class DetectionDataset(Dataset):
             # Transforms may drop boxes: the label field carries each survivor's row index.
             keep = np.asarray(out["labels"], np.int64).reshape(-1)
         input_h, input_w = resized.shape[:2]
-        padded, boxes, pad = pad_to_stride(resized, boxes, self.stride, self.pad_value,
-                                           self.img_size)
+        padded, boxes, pad = self.geometry.pad_image(resized, boxes)
         meta = {
             "image_id": ann.image_id, "path": ann.path, "orig_size": (orig_h, orig_w),
             "input_size": (input_h, input_w), "scale": scale, "pad": pad,

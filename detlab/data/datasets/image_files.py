@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from torch.utils.data import Dataset
 
 from ...errors import ConfigError, DataError
 from ...registry import DATASETS
-from ..letterbox import resize_keep_ratio
+from ..geometry import InputGeometry
+from .detection_base import read_rgb
 
 __all__ = ["ImageFiles", "read_image"]
 
@@ -21,14 +23,17 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def read_image(path: str | Path, channels: int) -> np.ndarray:
-    """Read an image file as ``(H, W, channels)`` float32 in [0, 1] (16-bit PNGs scaled too)."""
+    """Read an image file as ``(H, W, channels)`` float32 in [0, 1] (16-bit PNGs scaled too;
+    32-bit float TIFFs as stored)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I"):
+            if img.mode == "F":  # 32-bit float TIFF: values taken as stored ([0, 1] units)
+                arr = np.asarray(img, dtype=np.float32)[..., None]
+            elif img.mode in ("I;16", "I;16B", "I"):
                 arr = np.asarray(img, dtype=np.float32) / 65535.0
                 arr = arr[..., None]
             else:
@@ -45,64 +50,111 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
 
 @DATASETS.register
 class ImageFiles(Dataset):
-    """Image files to predict on, normalized like the training data.
+    """Image files to predict on, preprocessed like the recipe's validation data.
 
-    Pixel values are read into [0, 1] and normalized as ``(x - mean) / std`` per channel.
-    Images keep their size (the model pads them), or with ``img_size`` are resized keeping the
-    aspect ratio so the long side fits ``img_size`` (as detection datasets do for training);
-    ``meta["scale"]`` records the factor and heads map predictions back to the original size.
+    ``detlab predict`` builds it from the val dataset's ``input_spec()`` (channels,
+    normalization and :class:`~detlab.data.geometry.InputGeometry`), so a file gets the tensor
+    ``detlab eval`` would build from it. Steps: read; ``geometry`` (resize, pad) on the uint8
+    pixels (``pixels="uint8"``, as detection datasets do) or on [0, 1] floats
+    (``pixels="float"``, as text and segmentation datasets do); ``x / 255`` for uint8;
+    ``(x - mean) / std`` per channel. ``meta`` follows the :class:`~detlab.structures.Batch`
+    contract (``scale``, ``pad``, ``input_size``, ``orig_size``) and ``image_id`` is the file
+    name relative to the input folder (a file given directly: its name).
 
     Args:
         paths: image files, or folders (every image file inside, sorted).
         channels: 1 (grayscale) or 3 (RGB).
         mean: per-channel value subtracted from the [0, 1] pixels.
         std: per-channel divisor applied after subtracting ``mean``.
-        img_size: long side to resize to (``None``: keep the size).
+        img_size: shorthand for ``geometry=dict(img_size=..)`` (long side, no padding).
+        geometry: :class:`~detlab.data.geometry.InputGeometry` arguments (``None``: keep size).
+        pixels: ``"float"`` or ``"uint8"``: what the geometry is applied to (above).
     """
 
     def __init__(self, paths: Sequence[str | Path], channels: int = 3,
                  mean: Sequence[float] = (0.485, 0.456, 0.406),
                  std: Sequence[float] = (0.229, 0.224, 0.225),
-                 img_size: int | None = None) -> None:
+                 img_size: int | None = None, geometry: Mapping[str, Any] | None = None,
+                 pixels: str = "float") -> None:
         if channels not in (1, 3):
             raise ConfigError(f"ImageFiles.channels={channels}: expected 1 or 3")
         if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int)
                                      or img_size < 1):
             raise ConfigError(f"ImageFiles.img_size={img_size!r}: expected a positive int or None")
-        self.img_size = img_size
+        if img_size is not None and geometry is not None:
+            raise ConfigError("ImageFiles: give img_size or geometry, not both "
+                              f"(img_size={img_size!r}, geometry={dict(geometry)!r})")
+        if pixels not in ("float", "uint8"):
+            raise ConfigError(f"ImageFiles.pixels={pixels!r}: expected 'float' or 'uint8'")
+        self.geometry = InputGeometry.from_config(
+            {"img_size": img_size} if img_size is not None else geometry)
+        self.img_size = self.geometry.img_size
+        self.pixels = pixels
         self.channels = channels
-        self.mean = np.asarray(list(mean)[:channels] * (channels if len(mean) == 1 else 1),
-                               dtype=np.float32)[:channels]
-        self.std = np.asarray(list(std)[:channels] * (channels if len(std) == 1 else 1),
-                              dtype=np.float32)[:channels]
-        files: list[Path] = []
+        self.mean = _per_channel(mean, channels, "mean")
+        self.std = _per_channel(std, channels, "std")
+        if (self.std <= 0).any():
+            raise ConfigError(f"ImageFiles.std={tuple(std)!r}: every value must be > 0")
+        files: list[tuple[Path, str]] = []
         for p in paths:
             p = Path(p)
             if p.is_dir():
-                files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+                files.extend((f, f.relative_to(p).as_posix()) for f in sorted(p.iterdir())
+                             if f.suffix.lower() in IMAGE_SUFFIXES)
             elif p.exists():
-                files.append(p)
+                files.append((p, p.name))
             else:
                 raise DataError(f"input not found: {p}")
         if not files:
             raise DataError(f"no image files found in {', '.join(map(str, paths))}")
-        self.files = files
+        self.files = [f for f, _ in files]
+        self.names = [n for _, n in files]
+
+    def input_spec(self) -> dict[str, Any]:
+        """This dataset's preprocessing as ``ImageFiles`` arguments (compared with data.val's)."""
+        return {"channels": self.channels, "mean": tuple(float(v) for v in self.mean),
+                "std": tuple(float(v) for v in self.std),
+                "geometry": self.geometry.to_config(), "pixels": self.pixels}
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _read(self, path: Path) -> np.ndarray:
+        if self.pixels == "float":
+            return read_image(path, self.channels)
+        if self.channels == 3:
+            return read_rgb(path)
+        arr = np.rint(read_image(path, 1) * 255.0)
+        return arr.clip(0, 255).astype(np.uint8)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
-        arr = (read_image(path, self.channels) - self.mean) / self.std
-        h, w = arr.shape[:2]
-        scale = (1.0, 1.0)
-        if self.img_size is not None:
-            arr, _, scale = resize_keep_ratio(arr, None, self.img_size)
+        arr = self._read(path)
+        geometry = self.geometry
+        if arr.dtype != np.uint8 and geometry.pad != "none":
+            geometry = replace(geometry, pad_value=geometry.pad_value / 255.0)
+        arr, _, meta = geometry.apply(arr)
+        arr = arr.astype(np.float32)
+        if self.pixels == "uint8":
+            arr /= 255.0
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        arr = (arr - self.mean) / self.std
         return {
             "image": torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))),
             "target": {},
-            "meta": {
-                "image_id": path.stem, "path": str(path), "orig_size": (h, w),
-                "input_size": tuple(arr.shape[:2]), "scale": scale, "pad": (0, 0),
-            },
+            "meta": {"image_id": self.names[index], "file_name": self.names[index],
+                     "path": str(path), **meta},
         }
+
+
+def _per_channel(values: Sequence[float], channels: int, arg: str) -> np.ndarray:
+    try:
+        vals = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"ImageFiles.{arg}={values!r}: expected numbers") from None
+    if len(vals) == 1:
+        vals = vals * channels
+    if len(vals) < channels:
+        raise ConfigError(f"ImageFiles.{arg}={tuple(vals)!r}: expected {channels} values")
+    return np.asarray(vals[:channels], dtype=np.float32)

@@ -162,9 +162,19 @@ class SyntheticSpineCT(Dataset):
                 "orig_size": orig,
                 "input_size": (h, w),
                 "scale": (h / orig[0], w / orig[1]),
+                "pad": (0, 0),
                 "case_id": f"{self.split}-{index}",
             },
         }
+
+    def input_spec(self) -> dict[str, Any]:
+        """How a PNG/TIFF slice becomes this dataset's input for ``detlab predict``: one channel
+        holding ``x = (HU + 250) / 1500`` (the window [-250, 1250] HU as [0, 1]; 8/16-bit PNG
+        or float TIFF) normalized to ``(HU - 55) / 240`` like the synthetic slices; no resize."""
+        low, high = _WINDOW
+        width = high - low
+        return {"channels": 1, "mean": ((_NORM_MEAN - low) / width,),
+                "std": (_NORM_STD / width,), "geometry": None, "pixels": "float"}
 
     def __repr__(self) -> str:
         return (

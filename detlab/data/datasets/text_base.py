@@ -32,11 +32,11 @@ file's pixels), ``prob_map``, ``prob_mask``, ``thresh_map``, ``thresh_mask`` flo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 import shapely
 import torch
@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 
 from ...errors import ConfigError, DataError
 from ..db_targets import DBTargetGenerator
+from ..geometry import InputGeometry
 from ..transforms import build_transforms
 
 __all__ = [
@@ -154,6 +155,8 @@ class TextDataset(Dataset):
                               f"arguments or a callable, got {target_generator!r}")
         self.transform = build_transforms(transforms, task="text", key="transforms")
         self.img_size, self.resize = img_size, resize
+        # The one input geometry, shared with `detlab predict` (input_spec); the collate pads.
+        self.geometry = InputGeometry(img_size=img_size, resize=resize, pad="none")
         self.mean, self.std = mean_arr, std_arr
         self.targets = target_generator
         self.min_word_area = float(min_word_area)
@@ -210,21 +213,30 @@ class TextDataset(Dataset):
         return np.asarray(out["image"], dtype=np.float32), np.split(moved, np.cumsum(counts)[:-1])
 
     def _resize(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """Resized image and the exact per-axis scale ``(sy, sx)``."""
-        h, w = image.shape[:2]
-        if self.img_size is None:
-            return image, 1.0, 1.0
-        if self.resize == "fixed":
-            nh = nw = self.img_size
-        else:
-            s = self.img_size / max(h, w)
-            nh, nw = max(1, round(h * s)), max(1, round(w * s))
-        if (nh, nw) == (h, w):
-            return image, 1.0, 1.0
-        # INTER_AREA when shrinking keeps thin strokes (text) from aliasing away.
-        interp = cv2.INTER_AREA if nh * nw < h * w else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (nw, nh), interpolation=interp)
-        return resized, nh / h, nw / w
+        """Resized image and the exact per-axis scale ``(sy, sx)`` (:attr:`geometry`; cv2
+        ``INTER_AREA`` when shrinking keeps thin strokes (text) from aliasing away)."""
+        image, _, (sy, sx) = self.geometry.resize_image(image)
+        return image, sy, sx
+
+    @classmethod
+    def input_spec_from_config(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`input_spec` of a dataset config without reading its files (``predict`` on a
+        machine without the training data): the base's arguments, the subclass's defaults."""
+        params = inspect.signature(cls.__init__).parameters
+        keys = ("img_size", "resize", "mean", "std")
+        args = {k: cfg[k] if k in cfg else params[k].default for k in keys
+                if k in cfg or (k in params and params[k].default is not inspect.Parameter.empty)}
+        spec_only = cls.__new__(cls)
+        TextDataset.__init__(spec_only, None, **args)
+        return spec_only.input_spec()
+
+    def input_spec(self) -> dict[str, Any]:
+        """How a plain image file becomes this dataset's network input: the
+        :class:`~detlab.data.datasets.image_files.ImageFiles` arguments that ``detlab predict``
+        uses (RGB read to [0, 1], resized as float, normalized; no padding)."""
+        return {"channels": 3, "mean": tuple(float(v) for v in self.mean),
+                "std": tuple(float(v) for v in self.std),
+                "geometry": self.geometry.to_config(), "pixels": "float"}
 
 
 def check_points(points: Any, where: str) -> np.ndarray:

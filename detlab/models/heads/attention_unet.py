@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError, DataError
+from ...ops.coords import content_region, maps_to_original
 from ...registry import HEADS, LOSSES
 from ...structures import Batch, Prediction
 from ..layers import NORMS, double_conv
 from .base import Head
 
-__all__ = ["AttentionGate", "AttentionUNetHead", "content_region"]
+__all__ = ["AttentionGate", "AttentionUNetHead", "content_region"]  # content_region: re-export
 
 
 class AttentionGate(nn.Module):
@@ -230,12 +231,10 @@ class AttentionUNetHead(Head):
         preds = []
         for i, meta in enumerate(batch.meta or [{}] * logits.shape[0]):
             top, left, h, w = content_region(meta, image_size)
-            region = logits[i : i + 1, :, top : top + h, left : left + w].float()
-            probs = region.sigmoid() if self.activation == "sigmoid" else region.softmax(dim=1)
-            orig = tuple(int(v) for v in meta.get("orig_size", (h, w)))
-            if orig != (h, w):
-                probs = F.interpolate(probs, size=orig, mode="bilinear", align_corners=False)
-            probs = probs[0]
+            # Activation at input resolution, then one shared crop + bilinear resize to orig.
+            logit = logits[i].float()
+            act = logit.sigmoid() if self.activation == "sigmoid" else logit.softmax(dim=0)
+            probs = maps_to_original(act, meta, mode="bilinear")
             if self.activation == "sigmoid":
                 mask = probs > self.threshold
             else:
@@ -248,23 +247,6 @@ class AttentionUNetHead(Head):
                 attention.append(alpha[i, :, t:b, l:r].detach().float().cpu())
             preds.append(Prediction(probs=probs, mask=mask, extras={"attention": attention}))
         return preds
-
-
-def content_region(
-    meta: Mapping[str, Any], image_size: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """``(top, left, height, width)`` of the resized image inside the network input.
-
-    Uses ``meta`` ``pad`` (top, left), ``scale`` (sy, sx) and ``orig_size`` (h, w) — input =
-    orig * scale + pad — else ``input_size``, else ``image_size`` (the padded batch size).
-    """
-    in_h, in_w = (int(v) for v in meta.get("input_size", image_size))
-    top, left = (int(v) for v in meta.get("pad", (0, 0)))
-    h, w = in_h - top, in_w - left
-    if "scale" in meta and "orig_size" in meta:
-        (sy, sx), (oh, ow) = meta["scale"], meta["orig_size"]
-        h, w = min(h, round(oh * sy)), min(w, round(ow * sx))
-    return top, left, max(1, h), max(1, w)
 
 
 def _check_levels(

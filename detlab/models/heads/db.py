@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError, DataError
+from ...ops.coords import content_region
 from ...registry import HEADS, LOSSES, POSTPROCESSORS
 from ...structures import Batch, Prediction
 from ..necks.db_fpn import DBFPN, check_levels
-from .attention_unet import content_region
 from .base import Head
 
 __all__ = ["DBHead"]
@@ -166,16 +166,17 @@ class DBHead(Head):
     ) -> list[Prediction]:
         """Per image: sigmoid of the probability logits cropped to the content region (the
         resized image inside the padded input, from ``meta``), then :attr:`postprocessor`
-        maps polygons back to original pixels with ``meta`` ``scale`` and ``orig_size``."""
+        maps polygons back to original pixels with ``meta`` ``scale`` and ``orig_size``.
+        ``extras["prob_map"]``: that cropped ``(h, w)`` probability map (input resolution, CPU)."""
         logits = outputs["prob_logits"].detach()
         image_size = tuple(batch.images.shape[-2:])
         preds = []
         for i, meta in enumerate(batch.meta or [{}] * logits.shape[0]):
             top, left, h, w = content_region(meta, image_size)
-            prob = logits[i, 0, top : top + h, left : left + w].float().sigmoid()
+            prob = logits[i, 0, top : top + h, left : left + w].float().sigmoid().cpu()
             orig = meta.get("orig_size")
             polygons, scores = self.postprocessor(
-                prob.cpu().numpy(),
+                prob.numpy(),
                 scale=tuple(meta.get("scale", (1.0, 1.0))),
                 pad=(0.0, 0.0),  # the crop already starts at the content region's corner
                 orig_size=None if orig is None else tuple(int(v) for v in orig),
@@ -183,6 +184,7 @@ class DBHead(Head):
             preds.append(Prediction(
                 polygons=list(polygons),
                 scores=torch.as_tensor(np.asarray(scores, dtype=np.float32)),
+                extras={"prob_map": prob},
             ))
         return preds
 

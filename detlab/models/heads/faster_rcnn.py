@@ -23,9 +23,9 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import initLevelMapper
 from torchvision.ops import boxes as box_ops
 
-from ...data.letterbox import unletterbox_boxes
 from ...errors import ConfigError, DataError
 from ...ops.anchors import anchor_config
+from ...ops.coords import boxes_to_original
 from ...postprocess.box_nms import BoxPostProcessor
 from ...registry import HEADS, POSTPROCESSORS
 from ...structures import Batch, Prediction
@@ -351,15 +351,6 @@ class FasterRCNNHead(Head):
             det_boxes, det_scores, det_labels = select_detections(
                 img_boxes[:, 1:], img_scores[:, 1:], settings
             )
-            preds.append(Prediction(boxes=_to_original(det_boxes, meta), scores=det_scores,
+            preds.append(Prediction(boxes=boxes_to_original(det_boxes, meta), scores=det_scores,
                                     labels=det_labels))
         return preds
-
-
-def _to_original(boxes: Tensor, meta: Mapping[str, Any]) -> Tensor:
-    """Input-coordinate xyxy boxes → original image px, clipped to ``orig_size``."""
-    boxes = unletterbox_boxes(boxes, meta.get("scale", (1.0, 1.0)), meta.get("pad", (0, 0)))
-    if "orig_size" in meta:
-        h, w = (int(v) for v in meta["orig_size"])
-        boxes = box_ops.clip_boxes_to_image(boxes, (h, w))
-    return boxes

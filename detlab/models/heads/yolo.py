@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from ...assigners.base import points_in_boxes
-from ...data.letterbox import unletterbox_boxes
 from ...errors import ConfigError, DataError
 from ...ops.anchor_points import boxes_to_distances, distances_to_boxes, grid_points
+from ...ops.coords import boxes_to_original
 from ...registry import ASSIGNERS, HEADS, LOSSES, POSTPROCESSORS
 from ...structures import Batch, Prediction
 from ..necks.blocks import conv_norm_act, norm_layer
@@ -243,16 +243,9 @@ class YOLOHead(Head):
 
 
 def to_original(boxes: Tensor, meta: Mapping[str, Any]) -> Tensor:
-    """xyxy input-pixel ``boxes`` ``(N, 4)`` → original pixels (``meta`` ``scale``/``pad``),
-    clipped to ``orig_size`` (else ``input_size``; unclipped without either)."""
-    if "scale" in meta:
-        boxes = unletterbox_boxes(boxes, meta["scale"], meta.get("pad", (0, 0)))
-    size = meta.get("orig_size", meta.get("input_size"))
-    if size is not None:
-        h, w = (float(v) for v in size)
-        boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                             boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
-    return boxes
+    """xyxy input-pixel ``boxes`` ``(N, 4)`` → original pixels clipped to ``[0, w] x [0, h]``
+    of ``orig_size`` (:func:`detlab.ops.coords.boxes_to_original`)."""
+    return boxes_to_original(boxes, meta)
 
 
 def pad_targets(
