@@ -23,7 +23,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"cannot read image file {path}: {err}") from err
+        raise DataError(f"cannot decode image file {path} ({err})") from err
     return int(h), int(w)
 
 

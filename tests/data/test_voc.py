@@ -135,5 +135,5 @@ def test_missing_paths_fail_at_construction(voc, tmp_path):
     with pytest.raises(DataError, match=r"not found: .*b\.png"):
         VocDetection(voc, check_files=True)
     (voc / "JPEGImages" / "a.png").write_bytes(b"not an image")
-    with pytest.raises(DataError, match=r"cannot read image file .*a\.png"):
+    with pytest.raises(DataError, match=r"cannot decode image file .*a\.png"):
         VocDetection(voc)
