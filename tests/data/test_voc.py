@@ -137,3 +137,24 @@ def test_missing_paths_fail_at_construction(voc, tmp_path):
     (voc / "JPEGImages" / "a.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"cannot decode image file .*a\.png"):
         VocDetection(voc)
+
+
+def test_same_scenes_as_coco_give_the_same_boxes(tmp_path):
+    """detlab's example files hold the same scenes as COCO [x, y, w, h] and as VOC 1-based
+    indices: both readers must give identical pixel-edge boxes, labels and ignore flags."""
+    from detlab.data.datasets.coco_json import CocoDetection
+    from detlab.data.example_files import write_examples
+
+    folders = write_examples(tmp_path, ("coco", "voc"))
+    for split in ("train", "val"):
+        coco = CocoDetection(folders["coco"] / "annotations" / f"instances_{split}.json",
+                             folders["coco"] / "images")
+        voc = VocDetection(folders["voc"], split=split, classes=coco.class_names)
+        assert len(coco) == len(voc) > 0
+        for i in range(len(coco)):
+            a, b = coco.annotations(i), voc.annotations(i)
+            np.testing.assert_array_equal(a.boxes, b.boxes)
+            assert a.labels.tolist() == b.labels.tolist()
+            assert a.ignore.tolist() == b.ignore.tolist() and a.size == b.size
+    assert voc.stats["objects"] == 7 and VocDetection(folders["voc"], "train").stats[
+        "difficult"] == 1
