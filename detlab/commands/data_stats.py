@@ -67,6 +67,14 @@ class SplitStats:
     lesion_slices: int | None = None
     pixel_fraction: float | None = None
     pixel_fraction_pos: float | None = None
+    _parts: list = field(default_factory=list, repr=False)  # per-image arrays while scanning
+
+    def _finish(self) -> None:
+        """Concatenate the per-image arrays once (appending per image would be quadratic)."""
+        if self._parts:
+            self.widths, self.heights, self.rel_areas = (
+                np.concatenate(a).astype(np.float64) for a in zip(*self._parts))
+            self._parts = []
 
     @property
     def areas_px(self) -> np.ndarray:
@@ -123,6 +131,7 @@ def collect_stats(dataset: Any, split: str, max_samples: int = 200) -> SplitStat
     else:
         stats = SplitStats(split, description, "images", len(base), scanned=0)
     stats.counters = dataset_counters(base)
+    stats._finish()
     return stats
 
 
@@ -146,9 +155,7 @@ def _add_objects(stats: SplitStats, boxes: np.ndarray, ignore: np.ndarray, h: in
         full = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
         area = areas[keep] * np.divide(area, full, out=np.zeros_like(area), where=full > 0)
     area = area[has_area]
-    stats.widths = np.concatenate([stats.widths, bw[has_area]])
-    stats.heights = np.concatenate([stats.heights, bh[has_area]])
-    stats.rel_areas = np.concatenate([stats.rel_areas, area / float(h * w)])
+    stats._parts.append((bw[has_area], bh[has_area], area / float(h * w)))
     if not has_area.any():
         stats.empty_images += 1
     kept = np.zeros(len(boxes), bool)
