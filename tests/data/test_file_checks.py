@@ -47,3 +47,18 @@ def test_check_all_and_header_size(tmp_path):
     with pytest.raises(DataError, match=r"listed in list\.txt not found: .*gone\.png"):
         check_image_files([good, tmp_path / "gone.png"], "list.txt", check_all=True)
     check_image_files([], "empty.txt")
+
+
+def test_text_datasets_check_the_first_image_at_construction(tmp_path):
+    from detlab.data.datasets.icdar import IcdarTxt, ReceiptJson
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "gt" / "gt_a.txt").write_text("1,1,9,1,9,5,1,5,word\n")
+    with pytest.raises(DataError, match=r"cannot decode image file .*a\.png"):
+        IcdarTxt(str(tmp_path / "img"), str(tmp_path / "gt"))
+    ann = tmp_path / "r.json"
+    ann.write_text('{"images": {"a.png": {"words": {}}}}')
+    with pytest.raises(DataError, match=r"cannot decode image file .*a\.png"):
+        ReceiptJson(str(ann), str(tmp_path / "img"))
