@@ -88,8 +88,16 @@ def test_size_checked_against_the_image_and_read_from_the_header_when_absent(tmp
     ds = VocDetection(root, **RAW)
     assert ds.annotations(0).size == (40, 50)  # from the PNG header
     (root / "Annotations" / "x.xml").write_text(voc_xml("x.png", (51, 40), []))
-    with pytest.raises(DataError, match=r"x\.png is 40x50 \(h x w\) but .*x\.xml says 40x51"):
-        VocDetection(root, classes=["a"], **RAW)[0]
+    with pytest.raises(DataError, match=r"x\.png is 40x50 \(h x w\) but .*x\.xml <size> says "
+                                        r"40x51"):
+        VocDetection(root, classes=["a"], **RAW)  # the first image: at construction
+
+
+def test_check_files_compares_every_size(voc):
+    (voc / "Annotations" / "empty.xml").write_text(voc_xml("empty.png", (50, 49), []))
+    VocDetection(voc)  # only the first image ("a") is compared by default
+    with pytest.raises(DataError, match=r"empty\.png is 50x50 .*empty\.xml <size> says 49x50"):
+        VocDetection(voc, check_files=True)
 
 
 @pytest.mark.parametrize("objects, message", [

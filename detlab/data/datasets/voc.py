@@ -146,7 +146,8 @@ class VocDetection(DetectionDataset):
         difficult: ``"ignore"`` (default; the object is an ignore region, as in VOC's own
             evaluation), ``"drop"`` (removed, counted) or ``"keep"`` (a normal object).
         ann_dir, img_dir: sub-folders of ``root`` (or absolute paths).
-        check_files: check every image exists now (the first is always checked).
+        check_files: check now that every image exists and has the ``<size>`` of its XML
+            (header reads, no decoding); the first image is always checked.
         transforms, img_size, stride, scale_up, pad_value, mean, std: see
             :class:`~detlab.data.datasets.detection_base.DetectionDataset`.
 
@@ -190,6 +191,12 @@ class VocDetection(DetectionDataset):
         self._records = [self._record(rec, difficult) for rec in parsed]
         check_image_files([r[1] for r in self._records], str(self.ann_dir),
                           check_all=check_files, folder=self.img_dir)
+        for image_id, path, size, _, xml in self._records[:len(self._records) if check_files
+                                                            else 1]:
+            actual = image_size(path)  # header only
+            if size is not None and actual != size:
+                raise DataError(f"image {path} is {actual[0]}x{actual[1]} (h x w) but {xml} "
+                                f"<size> says {size[0]}x{size[1]}")
 
     # -- DetectionDataset API -------------------------------------------------------------------
     def __len__(self) -> int:
