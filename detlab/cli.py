@@ -256,6 +256,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "detlab.engine.sweep",
     "detlab.engine.show_data",
     "detlab.engine.anchors_cmd",
+    "detlab.commands.check_data",
 )
 
 

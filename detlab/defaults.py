@@ -52,6 +52,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "pin_memory": False,
     "persistent_workers": None,     # defaults to num_workers > 0
     "root": None,                   # data folder/list for datasets taking `root` (CT studies)
+    "classes": None,                # class names once, in label order (detlab.classes)
 }
 
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}

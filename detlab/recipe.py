@@ -175,6 +175,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     namespace = _exec_file(path.resolve() if path.exists() else path, files)
     data = with_defaults(copy.deepcopy(_sections(namespace)))
     apply_overrides(data, overrides or [])
+    importlib.import_module("detlab.classes").apply_classes(data)  # data.classes fills the rest
     return Recipe(data, path=path, files=files, overrides=overrides)
 
 

@@ -10,6 +10,10 @@ path until they are given, e.g.
         data.val.ann_file=/data/helmets/annotations/instances_val.json \
         data.val.img_dir=/data/helmets/images/val
 
+The class names are stated once, in ``data["classes"]`` (label order); the datasets' ``classes``,
+``model.head.num_classes`` and ``evaluator.class_names`` follow (detlab.classes). One class of
+the same files: add ``"data.classes=['helmet_on']"``.
+
 1920x1080 CCTV frames are letterboxed to 1280 (long side): at that size the median helmet is
 ~19x35 px, which P2 (stride 4) still covers with several anchor points. For crop-based training
 instead, set data.train.img_size=None and add a crop to data.train.transforms (see the parent).
@@ -20,15 +24,15 @@ from detlab.recipe import load_parent
 _base = load_parent("helmet_yolo_p2.py")
 model, data, train, evaluator = (_base[k] for k in ("model", "data", "train", "evaluator"))
 
-CLASS_NAMES = ["helmet_on", "helmet_off"]
 IMG_SIZE = 1280
 
-model["head"]["num_classes"] = len(CLASS_NAMES)
+data["classes"] = ["helmet_on", "helmet_off"]   # category names of the COCO JSON, label order
+del model["head"]["num_classes"], evaluator["class_names"]  # they follow data["classes"]
 model["backbone"]["name"] = "resnet18"       # real images: a stronger backbone
 model["backbone"]["pretrained"] = True       # or checkpoint="resnet18.safetensors" offline
 model["neck"]["out_channels"] = (64, 96, 128, 192)
 
-_coco = dict(type="CocoDetection", classes=CLASS_NAMES, img_size=IMG_SIZE, check_files=True)
+_coco = dict(type="CocoDetection", img_size=IMG_SIZE, check_files=True)
 data["train"] = dict(
     _coco, ann_file=None, img_dir=None,       # set these (see the docstring)
     transforms=data["train"]["transforms"],
@@ -46,5 +50,3 @@ train["precision"] = "16-mixed"              # on a GPU; "32-true" on a CPU
 train["scheduler"] = dict(type="WarmupCosine", warmup_epochs=3, min_lr_ratio=0.01)
 train["ema"] = dict(decay=0.9999)
 train["num_threads"] = None                  # torch's default: every core
-
-evaluator["class_names"] = CLASS_NAMES

@@ -165,3 +165,71 @@ def test_unet_encoder_shapes(kwargs, channels, strides):
 def test_unet_encoder_bad_args(kwargs):
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
         UNetEncoder(**kwargs)
+
+
+# -- pretrained=True without network ------------------------------------------------------------
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network (every TCP connection fails at once) and an empty weight cache."""
+    import socket
+
+    import huggingface_hub
+
+    attempts = []
+
+    def refuse(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    return attempts
+
+
+def test_pretrained_offline_fails_in_seconds_saying_what_to_do(offline, monkeypatch):
+    import time
+
+    def no_download(*args, **kwargs):  # timm must not get as far as its download retries
+        raise AssertionError("timm.create_model was called")
+
+    monkeypatch.setattr(timm, "create_model", no_download)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"timm/resnet18\.a1_in1k.*not in the local cache and "
+                       r"huggingface\.co:443 cannot be reached.*model\.backbone\.checkpoint="):
+        TimmBackbone("resnet18", pretrained=True)
+    assert time.perf_counter() - start < 2.0
+    assert offline == [("huggingface.co", 443)]  # one probe, no retries
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set"):
+        TimmBackbone("resnet18", pretrained=True)
+    assert len(offline) == 1  # offline mode: not even a probe
+
+
+def test_pretrained_uses_the_hub_cache_without_network(offline, tmp_path):
+    torch.manual_seed(1)
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in timm.create_model("resnet18").state_dict().items()}
+    repo = tmp_path / "hf" / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abc")
+    (repo / "snapshots" / "0123abc").mkdir(parents=True)
+    save_file(state, str(repo / "snapshots" / "0123abc" / "model.safetensors"))
+    bb = TimmBackbone("resnet18", pretrained=True)
+    assert offline == []  # no connection attempted
+    for k, v in bb.body.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+@pytest.mark.parametrize("how", ["checkpoint", "overlay"])
+def test_pretrained_with_a_local_file_needs_no_network(offline, tmp_path, how):
+    path, state = _saved_resnet18(tmp_path)
+    kwargs = (dict(checkpoint=path) if how == "checkpoint"
+              else dict(pretrained_cfg_overlay=dict(file=path)))
+    bb = TimmBackbone("resnet18", pretrained=True, **kwargs)
+    assert offline == []
+    for k, v in bb.body.state_dict().items():
+        assert torch.equal(v, state[k]), k

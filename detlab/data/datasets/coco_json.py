@@ -17,8 +17,8 @@ from .detection_base import (
     IMAGENET_STD,
     Annotations,
     DetectionDataset,
-    check_files_exist,
 )
+from ..file_checks import check_image_files
 
 __all__ = ["CocoDetection"]
 
@@ -76,8 +76,8 @@ class CocoDetection(DetectionDataset):
         self._images = self._image_records(data)
         self._boxes: dict[Any, list] = {rec["id"]: [] for rec in self._images}
         self._parse_annotations(data, label_of)
-        if check_files:
-            check_files_exist([self._path(r) for r in self._images], str(self.ann_file))
+        check_image_files([self._path(r) for r in self._images], str(self.ann_file),
+                          check_all=check_files, folder=self.img_dir)
 
     # -- DetectionDataset API -------------------------------------------------------------------
     def __len__(self) -> int:

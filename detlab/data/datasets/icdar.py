@@ -15,6 +15,7 @@ import numpy as np
 from ...errors import DataError
 from ...registry import DATASETS
 from ..db_targets import DBTargetGenerator
+from ..file_checks import check_image_files
 from .image_files import IMAGE_SUFFIXES, read_image
 from .text_base import IMAGENET_MEAN, IMAGENET_STD, TextDataset, TextSample, check_points
 
@@ -106,6 +107,7 @@ class IcdarTxt(TextDataset):
         self.records = [
             (f, *parse_icdar_txt(annotations / ann_name.format(stem=f.stem))) for f in files
         ]
+        check_image_files(files, str(images))  # the first image decodes: before any model
 
     def __len__(self) -> int:
         return len(self.records)
@@ -165,6 +167,7 @@ class ReceiptJson(TextDataset):
                 f"ReceiptJson: {len(missing)} image(s) listed in {ann} are not in {folder}, "
                 f"e.g. {missing[0]}"
             )
+        check_image_files([r[0] for r in self.records], str(ann))
 
     def __len__(self) -> int:
         return len(self.records)

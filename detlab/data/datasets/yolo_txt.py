@@ -16,8 +16,8 @@ from .detection_base import (
     IMAGENET_STD,
     Annotations,
     DetectionDataset,
-    check_files_exist,
 )
+from ..file_checks import check_image_files
 
 __all__ = ["YoloDetection", "read_names_file", "label_path_for"]
 
@@ -95,8 +95,7 @@ class YoloDetection(DetectionDataset):
         if not self.images:
             raise DataError(f"no images found in {list_file or base}")
         self._ids = [_image_id(p, base) for p in self.images]
-        if check_files:
-            check_files_exist(self.images, str(list_file or base))
+        check_image_files(self.images, str(list_file or base), check_all=check_files)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,7 +17,9 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...registry import BACKBONES, closest
 
-__all__ = ["TimmBackbone"]
+__all__ = ["TimmBackbone", "HUB_TIMEOUT_S"]
+
+HUB_TIMEOUT_S = 3.0  #: seconds the weight hub has to accept a connection before detlab gives up
 
 
 @BACKBONES.register
@@ -31,7 +36,10 @@ class TimmBackbone(nn.Module):
     against the architecture before loading; the classifier may be absent. timm then loads it
     (``pretrained_cfg_overlay=dict(file=...)``), so the input conv is adapted when
     ``in_chans`` differs from the checkpoint's 3 channels (e.g. summed for ``in_chans=1``).
-    ``pretrained=True`` without ``checkpoint`` downloads timm's default weights (network).
+    ``pretrained=True`` without ``checkpoint`` uses timm's default weights: a copy in the
+    Hugging Face / torch hub cache is loaded without any network request; otherwise the hub
+    must answer within :data:`HUB_TIMEOUT_S` seconds, else (offline, ``HF_HUB_OFFLINE=1``) a
+    :class:`ConfigError` says at once how to pass a local file instead of waiting on retries.
 
     Freezing: feature level ``i`` is produced by timm module ``feature_info.module_name(i)``
     (resnet: ``act1``, ``layer1`` … ``layer4``). "Stage ``i``" is every module the input passes
@@ -82,6 +90,8 @@ class TimmBackbone(nn.Module):
             _check_checkpoint(str(checkpoint), name, in_chans, timm_kwargs)
             pretrained = True
             timm_kwargs["pretrained_cfg_overlay"] = dict(file=str(checkpoint), source="")
+        elif pretrained:
+            _local_weights_or_reachable_hub(name, timm_kwargs)
         self.body = _create(name, pretrained, in_chans, timm_kwargs, checkpoint)
         info = getattr(self.body, "feature_info", None)
         if not isinstance(info, timm.models.FeatureInfo):
@@ -230,3 +240,94 @@ def _check_checkpoint(path: str, name: str, in_chans: int, kwargs: dict) -> None
             f"TimmBackbone: checkpoint file {path!r} does not match timm model {name!r} "
             f"({'; '.join(p for p in parts if p)}). It must be a state dict in timm's key format."
         )
+
+
+# -- pretrained weights without a local file ----------------------------------------------------
+def _local_weights_or_reachable_hub(name: str, kwargs: dict) -> None:
+    """For ``pretrained=True`` without ``checkpoint``: point timm at a cached copy of its
+    weights (no network request at all), or check in seconds that the hub is reachable.
+
+    Raises:
+        ConfigError: not cached and offline (``HF_HUB_OFFLINE``, or no connection within
+            :data:`HUB_TIMEOUT_S`), with the local-file alternatives.
+    """
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if overlay.get("file") or overlay.get("state_dict") is not None:
+        return  # the user gave timm a local file already
+    try:
+        from timm.models._builder import _resolve_pretrained_source
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        source, location = _resolve_pretrained_source({**cfg.to_dict(), **overlay})
+    except Exception:  # an unknown tag or a timm without these helpers: timm reports it
+        return
+    if source not in ("hf-hub", "url"):
+        return
+    cached = _cached_weights(source, location)
+    if cached is not None:
+        kwargs["pretrained_cfg_overlay"] = {**overlay, "file": cached, "source": ""}
+        return
+    where = f"Hugging Face repo {location[0] if isinstance(location, tuple) else location}" \
+        if source == "hf-hub" else location
+    if source == "hf-hub" and _env_flag("HF_HUB_OFFLINE"):
+        problem = "HF_HUB_OFFLINE is set"
+    else:
+        problem = _unreachable(_endpoint(source, location))
+    if problem is None:
+        return
+    raise ConfigError(
+        f"TimmBackbone: pretrained=True needs timm's weights for {name!r} ({where}); they are "
+        f"not in the local cache and {problem}. Offline, give a local weights file instead: "
+        f"model.backbone.checkpoint=/path/{name.split('.')[0]}.pth (a timm state dict, saved "
+        f"where there is network with torch.save(timm.create_model({name!r}, pretrained=True)"
+        ".state_dict(), path), or timm's .safetensors file; same as pretrained_cfg_overlay="
+        "dict(file=path)), or model.backbone.pretrained=False to train from scratch"
+    )
+
+
+def _cached_weights(source: str, location: Any) -> str | None:
+    """Path of an already downloaded weights file for timm's ``(source, location)``."""
+    if source == "url":
+        path = os.path.join(torch.hub.get_dir(), "checkpoints",
+                            os.path.basename(urllib.parse.urlparse(location).path))
+        return path if os.path.isfile(path) else None
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:
+        return None
+    repo, filename = location if isinstance(location, tuple) else (location, None)
+    repo, _, revision = repo.partition("@")
+    names = [filename] if filename else ["model.safetensors", "pytorch_model.bin"]
+    for fn in names:
+        found = try_to_load_from_cache(repo, fn, cache_dir=constants.HF_HUB_CACHE,
+                                       revision=revision or None)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _endpoint(source: str, location: Any) -> tuple[str, int]:
+    """``(host, port)`` the download would connect to first (the proxy when one is set)."""
+    if source == "hf-hub":
+        url = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    else:
+        url = str(location)
+    parsed = urllib.parse.urlparse(url)
+    proxy = urllib.request.getproxies().get(parsed.scheme or "https")
+    if proxy:
+        parsed = urllib.parse.urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    return parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def _unreachable(endpoint: tuple[str, int]) -> str | None:
+    """None when ``endpoint`` accepts a TCP connection within :data:`HUB_TIMEOUT_S`, else why."""
+    host, port = endpoint
+    try:
+        socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError as err:
+        return f"{host}:{port} cannot be reached ({type(err).__name__}: {err})"
+    return None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "on", "yes", "true")
