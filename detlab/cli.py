@@ -81,7 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.callbacks import format_metrics
     from .engine.trainer import load_task
 
-    task = load_task(args.checkpoint, args.overrides)
+    task = load_task(args.checkpoint, args.overrides, trust=args.trust_recipe, recipe=args.recipe)
     metrics = _evaluate(task, args.split)
     print(format_metrics(metrics, task.evaluator.primary))
     report = getattr(task.evaluator, "format_histogram", None)
@@ -102,7 +102,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs, overrides = _split_inputs(args.items)
     if not inputs:
         raise ConfigError("detlab predict: give at least one input file or folder")
-    task = load_task(args.checkpoint, overrides)
+    task = load_task(args.checkpoint, overrides, trust=args.trust_recipe, recipe=args.recipe)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task.to(device)
     out_dir = Path(args.out)
@@ -178,6 +178,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 # -- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``detlab`` command (also used to generate the CLI docs)."""
+    from .engine.checkpoint import add_trust_arguments
+
     parser = argparse.ArgumentParser(
         prog="detlab",
         description="Train, evaluate and run detlab models from Python recipe files.",
@@ -203,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data split to evaluate (data.test falls back to data.val)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="metrics line only")
+    add_trust_arguments(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="run a checkpoint on images or CT volumes",
@@ -213,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(key=value items are overrides)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--save-probs", action="store_true", help="also save probability maps")
+    add_trust_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("show", help="print the resolved recipe",

@@ -26,6 +26,7 @@ from ..recipe import apply_overrides, parse_value
 from ..registry import EVALUATORS, HEADS
 from ..structures import to_device
 from .callbacks import format_metrics
+from .checkpoint import add_trust_arguments
 
 __all__ = ["parse_sweep", "split_values", "run_sweep", "add_command", "SweepResult"]
 
@@ -161,10 +162,10 @@ def format_table(result: SweepResult) -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run ``detlab sweep``."""
-    from .trainer import load_task
+    from .checkpoint import load_task
 
     grid = parse_sweep(args.items)
-    task = load_task(args.checkpoint)
+    task = load_task(args.checkpoint, trust=args.trust_recipe, recipe=args.recipe)
     result = run_sweep(task, grid, split=args.split, limit=args.limit)
     print(format_table(result))
     n = len(result)
@@ -193,4 +194,5 @@ def add_command(sub: Any) -> None:
     p.add_argument("items", nargs="+", metavar="KEY=V1,V2,…")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--limit", type=int, default=None, help="use only the first N batches")
+    add_trust_arguments(p)
     p.set_defaults(func=cmd_sweep)
