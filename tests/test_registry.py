@@ -156,4 +156,5 @@ def test_dotted_path_must_name_own_class_or_function(type_, message):
 
 
 def test_dotted_path_to_module_level_function_builds():
-    assert Registry("widget").build({"type": "tests.test_registry.module_level_function"}).radius == 2.0
+    built = Registry("widget").build({"type": "tests.test_registry.module_level_function"})
+    assert built.radius == 2.0

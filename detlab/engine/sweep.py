@@ -136,7 +136,14 @@ def run_sweep(task: Any, grid: dict[str, list[Any]], split: str = "val",
         higher = getattr(evaluator, "higher_is_better", True)
     result.postprocess_s = time.perf_counter() - t1
     result.inference_s = inference_s
-    result.sort(key=lambda r: r["metrics"].get(result.primary, 0.0), reverse=higher)
+    def rank(row: dict[str, Any]) -> tuple[bool, float]:
+        # An undefined (NaN) primary metric sorts last, whichever direction is better.
+        value = float(row["metrics"].get(result.primary, float("nan")))
+        if value != value:
+            return (not higher, 0.0)
+        return (higher, value)
+
+    result.sort(key=rank, reverse=higher)
     return result
 
 
