@@ -91,17 +91,21 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> tuple[Recipe, d
 
 
 def _known_elsewhere(name: str) -> bool:
-    """Names resolved without an import of user code: albumentations transforms and
-    ``torch.optim`` optimizers (fixed namespaces, see data/transforms.py and engine/optim.py)."""
+    """Classes resolved without importing user code: albumentations transforms and
+    ``torch.optim`` optimizers (fixed namespaces, see data/transforms.py and engine/optim.py).
+    Only classes: those namespaces also hold functions (``albumentations.save``) and modules."""
+    import inspect
+
     import albumentations as A
 
-    return name[:1].isupper() and (hasattr(A, name) or hasattr(torch.optim, name))
+    return any(inspect.isclass(getattr(ns, name, None)) for ns in (A, torch.optim))
 
 
 def untrusted_parts(recipe: Recipe) -> list[str]:
-    """What rebuilding ``recipe``'s components would import or need executed, one line each:
-    dotted ``type`` paths that are not registered names, and registered-nowhere names that the
-    stored recipe files may define. Empty: the recipe uses registered types only."""
+    """What rebuilding ``recipe``'s components would import, execute or call beyond registered
+    components, one line each: dotted ``type`` paths that are not registered names, and names
+    that are neither registered nor an albumentations/``torch.optim`` class (which the stored
+    recipe files may define). Empty: the recipe uses registered types only."""
     parts = []
     file_paths = ", ".join(
         sorted(str(info.get("path") or name) for name, info in recipe.files.items())
@@ -112,10 +116,17 @@ def untrusted_parts(recipe: Recipe) -> list[str]:
         if "." in type_:
             module = type_.rpartition(".")[0]
             parts.append(f"{key}={type_!r} would import module {module!r}")
-        elif recipe.files and not _known_elsewhere(type_):
+        elif _known_elsewhere(type_):
+            continue
+        elif recipe.files:
             parts.append(
                 f"{key}={type_!r} is not registered; it would come from executing the stored "
                 f"recipe file(s) {file_paths}"
+            )
+        else:
+            parts.append(
+                f"{key}={type_!r} is neither a registered name nor an albumentations or "
+                "torch.optim class"
             )
     return parts
 

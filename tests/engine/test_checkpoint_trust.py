@@ -115,6 +115,22 @@ def test_dotted_path_payloads_are_refused(trained, tmp_path, capsys, where, name
     assert not sentinel.exists() and victim.read_text() == "keep me"
 
 
+def test_lowercase_namespace_functions_are_refused(trained, tmp_path):
+    # resolve_transform falls back to getattr(albumentations, name): functions such as
+    # albumentations.save must not be reachable from a checkpoint.
+    def edit(prov):
+        resolved = json.loads(prov["resolved"])
+        resolved["evaluator"] = {"type": "save", "filepath": str(tmp_path / "written")}
+        prov["resolved"] = json.dumps(resolved)
+        prov["files"] = {}
+
+    ckpt = _craft(trained, tmp_path, edit)
+    with pytest.raises(CheckpointError, match=r"evaluator.type='save' is neither a registered "
+                       r"name nor an albumentations or torch.optim class"):
+        load_task(ckpt)
+    assert not (tmp_path / "written").exists()
+
+
 MY_YOLO = '''
 """A user's own head, in a module next to the recipe."""
 from detlab.models.heads import AttentionUNetHead
