@@ -28,7 +28,9 @@ from ..structures import to_device
 from .callbacks import format_metrics
 from .checkpoint import add_trust_arguments
 
-__all__ = ["parse_sweep", "split_values", "run_sweep", "add_command", "SweepResult"]
+__all__ = [
+    "parse_sweep", "split_values", "run_sweep", "sort_rows", "add_command", "SweepResult",
+]
 
 
 def split_values(raw: str) -> list[str]:
@@ -136,15 +138,21 @@ def run_sweep(task: Any, grid: dict[str, list[Any]], split: str = "val",
         higher = getattr(evaluator, "higher_is_better", True)
     result.postprocess_s = time.perf_counter() - t1
     result.inference_s = inference_s
-    def rank(row: dict[str, Any]) -> tuple[bool, float]:
-        # An undefined (NaN) primary metric sorts last, whichever direction is better.
-        value = float(row["metrics"].get(result.primary, float("nan")))
-        if value != value:
-            return (not higher, 0.0)
-        return (higher, value)
-
-    result.sort(key=rank, reverse=higher)
+    sort_rows(result, result.primary, higher)
     return result
+
+
+def sort_rows(rows: list[dict[str, Any]], primary: str, higher_is_better: bool = True) -> None:
+    """Sort sweep rows in place, best ``metrics[primary]`` first; rows whose primary metric
+    is undefined (NaN, e.g. COCO AP without ground truth) or missing go last."""
+
+    def key(row: dict[str, Any]) -> tuple[bool, float]:
+        value = float(row["metrics"].get(primary, float("nan")))
+        if value != value:
+            return (not higher_is_better, 0.0)
+        return (higher_is_better, value)
+
+    rows.sort(key=key, reverse=higher_is_better)
 
 
 def format_table(result: SweepResult) -> str:
@@ -158,13 +166,18 @@ def format_table(result: SweepResult) -> str:
     header = keys + metric_keys
     rows = [
         [repr(r["settings"][k]) for k in keys]
-        + [f"{r['metrics'].get(m, float('nan')):.4f}" for m in metric_keys]
+        + [_cell(r["metrics"].get(m, float("nan"))) for m in metric_keys]
         for r in result
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    value = float(value)
+    return "n/a" if value != value else f"{value:.4f}"
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
