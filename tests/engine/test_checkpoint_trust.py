@@ -115,6 +115,27 @@ def test_dotted_path_payloads_are_refused(trained, tmp_path, capsys, where, name
     assert not sentinel.exists() and victim.read_text() == "keep me"
 
 
+def test_every_checkpoint_command_refuses(trained, tmp_path, capsys):
+    sentinel = tmp_path / "sentinel"
+
+    def edit(prov):
+        resolved = json.loads(prov["resolved"])
+        resolved["evaluator"] = {"type": "os.system", "command": f"touch {sentinel}"}
+        prov["resolved"] = json.dumps(resolved)
+
+    ckpt = str(_craft(trained, tmp_path, edit))
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    for argv in (["eval", ckpt], ["predict", ckpt, str(image), "--out", str(tmp_path / "o")],
+                 ["sweep", ckpt, "evaluator.threshold=0.1,0.5"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "evaluator.type='os.system' would import module 'os'" in err, argv
+        assert main([*argv, "--trust-recipe"]) == 2  # trusted, still no stdlib callable
+        assert "standard library" in capsys.readouterr().err
+    assert not sentinel.exists()
+
+
 def test_lowercase_namespace_functions_are_refused(trained, tmp_path):
     # resolve_transform falls back to getattr(albumentations, name): functions such as
     # albumentations.save must not be reachable from a checkpoint.
