@@ -216,17 +216,18 @@ def _points(polygon: Any, image_id: Any, kind: str, index: int, min_points: int)
 
 def _gt_polygons(target: dict[str, Any], meta: dict[str, Any]) -> list[np.ndarray]:
     """Ground-truth polygons in original pixels (``orig_polygons``, else mapped ``polygons``)."""
+    image_id = meta.get("image_id")
     if target.get("orig_polygons") is not None:
         return [
-            np.asarray(_to_numpy(p), dtype=np.float64).reshape(-1, 2)
-            for p in target["orig_polygons"]
+            _points(p, image_id, "ground-truth polygon", k, 0)
+            for k, p in enumerate(target["orig_polygons"])
         ]
     sy, sx = (float(v) for v in meta.get("scale", (1.0, 1.0)))
     top, left = (float(v) for v in meta.get("pad", (0.0, 0.0)))
     polygons = target.get("polygons")
     out = []
-    for p in [] if polygons is None else polygons:
-        q = np.asarray(_to_numpy(p), dtype=np.float64).reshape(-1, 2).copy()
+    for k, p in enumerate([] if polygons is None else polygons):
+        q = _points(p, image_id, "ground-truth polygon", k, 0).copy()
         q[:, 0] = (q[:, 0] - left) / sx
         q[:, 1] = (q[:, 1] - top) / sy
         out.append(q)
