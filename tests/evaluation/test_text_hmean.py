@@ -117,6 +117,7 @@ def test_invalid_and_degenerate_polygons() -> None:
         ([A, np.array([[0.0, 0.0], [5.0, 5.0]])], [A], r"prediction 1 has 2 points"),
         ([np.zeros((4, 3))], [A], r"prediction 0 must be \(K, 2\) points, got shape \(4, 3\)"),
         ([np.zeros(5)], [A], r"prediction 0 must be \(K, 2\) points, got shape \(5,\)"),
+        ([A], [A, np.zeros(7)], r"ground-truth polygon 1 must be \(K, 2\) points"),
     ],
 )
 def test_unscorable_polygons_are_refused(preds, gts, match) -> None:
