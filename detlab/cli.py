@@ -95,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.callbacks import format_metrics
     from .engine.trainer import load_task
 
-    task = load_task(args.checkpoint, args.overrides)
+    task = load_task(args.checkpoint, args.overrides, trust=args.trust_recipe, recipe=args.recipe)
     metrics = _evaluate(task, args.split)
     print(format_metrics(metrics, task.evaluator.primary))
     report = getattr(task.evaluator, "format_histogram", None)
@@ -147,7 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("detlab predict: give at least one input file or folder, or --split")
     for p in inputs:
         check_not_dicom_file(p)
-    task = load_task(args.checkpoint, overrides)
+    task = load_task(args.checkpoint, overrides, trust=args.trust_recipe, recipe=args.recipe)
     if args.save_probs and _is_box_head(task):
         raise ConfigError(
             f"--save-probs: this checkpoint's head ({type(task.model.head).__name__}) predicts "
@@ -263,6 +263,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 # -- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``detlab`` command (also used to generate the CLI docs)."""
+    from .engine.checkpoint import add_trust_arguments
+
     parser = argparse.ArgumentParser(
         prog="detlab",
         description="Train, evaluate and run detlab models from Python recipe files.",
@@ -288,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data split to evaluate (data.test falls back to data.val)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="metrics line only")
+    add_trust_arguments(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="run a checkpoint on images or CT volumes",
@@ -304,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write labels/<stem>.txt: 'class cx cy w h score', normalized")
     p.add_argument("--save-probs", action="store_true", help="also save probability maps "
                    "(segmentation: <stem>_probs.npy; text: the DB map; not for box heads)")
+    add_trust_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("show", help="print the resolved recipe",

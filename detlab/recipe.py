@@ -14,7 +14,8 @@ exist is an error naming the closest existing key; ``+dotted.key=value`` adds a 
 
 The resolved recipe (classes written as registered names or ``module.Class`` paths) and the text
 and sha256 of every recipe file involved are what runs and checkpoints store, so a checkpoint
-alone rebuilds its model.
+alone rebuilds its model. Rebuilding from a checkpoint (:func:`from_source`) executes nothing
+by default: the stored file texts are provenance, executed only with ``trust=True``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "from_source",
     "SECTIONS",
     "with_defaults",
+    "component_types",
 ]
 
 # Sections detlab itself reads; others are kept and passed along untouched.
@@ -87,12 +89,20 @@ class Recipe(dict):
         return dumps(self)
 
     def provenance(self) -> dict[str, Any]:
-        """What a checkpoint stores to rebuild this recipe without the files."""
+        """What a checkpoint stores to rebuild this recipe without the files.
+
+        Paths are absolute (``path``, ``folder``: the recipe's folder, ``modules``: the file of
+        every user module a dotted ``type`` names), so a trusted checkpoint finds a user's
+        ``my_heads.py`` again from any working directory.
+        """
+        data = to_jsonable(self)
         return {
             "name": self.name,
-            "path": str(self.path) if self.path else None,
-            "resolved": self.to_json(),
+            "path": str(self.path.resolve()) if self.path else None,
+            "folder": str(self.path.resolve().parent) if self.path else None,
+            "resolved": json.dumps(data, indent=2),
             "files": self.files,
+            "modules": _module_files(data),
             "overrides": self.overrides,
         }
 
@@ -210,18 +220,91 @@ def load_parent(relative: str | Path) -> dict[str, Any]:
     return copy.deepcopy(_sections(_exec_file(target, files)))
 
 
-def from_source(provenance: Mapping[str, Any]) -> Recipe:
+def component_types(data: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Every string ``type`` of a component in ``data``: ``[(key, type), ...]``, e.g.
+    ``("model.head.type", "my_heads.MyHead")``, depth first in recipe order."""
+    found: list[tuple[str, str]] = []
+    if isinstance(data, Mapping):
+        if isinstance(data.get("type"), str):
+            found.append((f"{prefix}.type" if prefix else "type", data["type"]))
+        for k, v in data.items():
+            found += component_types(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(data, (list, tuple)):
+        for i, v in enumerate(data):
+            found += component_types(v, f"{prefix}.{i}" if prefix else str(i))
+    return found
+
+
+def _registered(name: str) -> bool:
+    return any(name in registry for registry in REGISTRIES.values())
+
+
+def _module_files(data: Any) -> dict[str, str]:
+    """``{module: file}`` for the user modules the dotted types of ``data`` name (already
+    imported: the recipe was built), without importing anything."""
+    found: dict[str, str] = {}
+    for _, type_ in component_types(data):
+        module_name = type_.rpartition(".")[0]
+        if not module_name or module_name.startswith(_MODULE_PREFIX) or _registered(type_):
+            continue
+        file = getattr(sys.modules.get(module_name), "__file__", None)
+        if file:
+            found[module_name] = str(Path(file).resolve())
+    return found
+
+
+def _import_roots(provenance: Mapping[str, Any]) -> list[Path]:
+    """Folders to put on ``sys.path`` so a trusted checkpoint's user modules import again: the
+    recipe's folder, and for each stored module file the folder its top-level package is in."""
+    roots: list[Path] = []
+    folder = provenance.get("folder")
+    if not folder and provenance.get("path"):
+        folder = str(Path(provenance["path"]).resolve().parent)  # checkpoints before 'folder'
+    if folder:
+        roots.append(Path(folder))
+    for module_name, file in (provenance.get("modules") or {}).items():
+        root = Path(file).parent
+        depth = module_name.count(".") + (Path(file).name == "__init__.py")
+        for _ in range(depth):
+            root = root.parent
+        roots.append(root)
+    return roots
+
+
+def from_source(provenance: Mapping[str, Any], *, trust: bool = False) -> Recipe:
     """Rebuild a :class:`Recipe` from :meth:`Recipe.provenance` (e.g. a checkpoint's).
 
-    Recipe files stored in the provenance are re-executed as modules first (without touching
-    the disk), so classes that were defined inside a recipe resolve again.
+    By default only the resolved JSON is read: nothing is executed, imported or put on
+    ``sys.path``. With ``trust=True`` (the provenance comes from a source you trust) the
+    stored recipe files are executed as modules (without touching the disk), so classes defined
+    inside a recipe resolve again, and the recipe's folder and user-module folders are put on
+    ``sys.path``.
     """
     files = dict(provenance.get("files") or {})
-    if provenance.get("path"):
-        _importable(Path(provenance["path"]).resolve().parent)
+    if trust:
+        _trusted_setup(provenance, files)
+    data = json.loads(provenance["resolved"])
+    path = provenance.get("path")
+    return Recipe(
+        data, path=Path(path) if path else None, name=provenance.get("name", ""),
+        files=files, overrides=provenance.get("overrides"),
+    )
+
+
+def _trusted_setup(provenance: Mapping[str, Any], files: dict[str, Any]) -> None:
+    """Execute the stored recipe files and extend ``sys.path`` (only for trusted provenance)."""
+    for root in _import_roots(provenance):
+        _importable(root)
     for name, info in files.items():
         if name in sys.modules:
             continue
+        if not name.startswith(_MODULE_PREFIX):
+            # Recipe modules are named detlab_recipe_*; any other name would shadow a real
+            # module (json, numpy, ...) for the rest of the process.
+            raise ConfigError(
+                f"stored recipe file entry {name!r} is not a recipe module "
+                f"(names start with {_MODULE_PREFIX!r})"
+            )
         module = types.ModuleType(name)
         module.__file__ = info.get("path") or name
         sys.modules[name] = module
@@ -231,12 +314,6 @@ def from_source(provenance: Mapping[str, Any]) -> Recipe:
             # A parent that cannot be found any more is fine: its sections are already
             # resolved into the JSON; only classes defined inside it would be missing.
             sys.modules.pop(name, None)
-    data = json.loads(provenance["resolved"])
-    path = provenance.get("path")
-    return Recipe(
-        data, path=Path(path) if path else None, name=provenance.get("name", ""),
-        files=files, overrides=provenance.get("overrides"),
-    )
 
 
 # -- overrides ----------------------------------------------------------------------------------

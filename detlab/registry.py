@@ -5,7 +5,12 @@ A component in a recipe is ``dict(type=..., **kwargs)``. ``type`` may be
 * a registered name (``"FocalTverskyLoss"``),
 * the class itself (``type=FocalTverskyLoss``, so an IDE can jump to it), or
 * a dotted import path (``"my_project.heads.MyHead"``), so a user's own class needs no edit to
-  detlab and no registration.
+  detlab and no registration. A dotted path must name a class or a Python function
+  (``def``) defined in that path's top-level package, outside the standard library:
+  ``"os.system"``, ``"builtins.eval"``, ``"subprocess.Popen"`` or a name a module merely
+  re-exports from elsewhere are refused, so a recipe value can name a component, not an
+  arbitrary callable. (Whether a checkpoint's dotted paths are imported at all is decided
+  by :mod:`detlab.engine.checkpoint`: only when trusted.)
 
 Registration is by decorator; the name defaults to the class name and a taken name is refused.
 Unknown names raise :class:`~detlab.errors.ConfigError` listing the closest registered names.
@@ -17,6 +22,7 @@ import difflib
 import importlib
 import inspect
 import pkgutil
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -40,6 +46,7 @@ __all__ = [
     "SCHEDULERS",
     "discover",
     "closest",
+    "check_dotted_target",
 ]
 
 # Packages whose modules register components; imported once by :func:`discover`.
@@ -227,6 +234,14 @@ def _same_definition(a: Any, b: Any) -> bool:
 
 def _import_dotted(path: str, kind: str) -> Any:
     module_name, _, attr = path.rpartition(".")
+    top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names:
+        # Refused before importing: no component lives in the standard library, and its
+        # callables (os.system, subprocess.Popen, builtins.eval) are what an attack names.
+        raise ConfigError(
+            f"{kind} type {path!r}: dotted paths into the standard library ({top!r}) are not "
+            "allowed; a dotted path must name a class or function of your own package"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -235,9 +250,32 @@ def _import_dotted(path: str, kind: str) -> Any:
             f"cannot be imported ({err})"
         ) from err
     try:
-        return getattr(module, attr)
+        target = getattr(module, attr)
     except AttributeError as err:
         raise ConfigError(f"{kind} type {path!r}: module {module_name!r} has no {attr!r}") from err
+    check_dotted_target(path, target, kind)
+    return target
+
+
+def check_dotted_target(path: str, target: Any, kind: str = "component") -> None:
+    """Refuse what a dotted ``type`` path may not resolve to: anything but a class or a Python
+    function, or one defined outside the path's top-level package (re-exported from another
+    package, e.g. ``mypkg.system`` after ``from os import system``).
+
+    Raises:
+        ConfigError: naming the path and what it resolved to.
+    """
+    if not (inspect.isclass(target) or inspect.isfunction(target)):
+        raise ConfigError(
+            f"{kind} type {path!r} resolves to {type(target).__name__} {target!r}; a dotted "
+            "path must name a class or a function defined with def"
+        )
+    defined_in = getattr(target, "__module__", None) or ""
+    if defined_in.split(".")[0] != path.split(".")[0]:
+        raise ConfigError(
+            f"{kind} type {path!r} is defined in module {defined_in!r}, not in package "
+            f"{path.split('.')[0]!r}; name it where it is defined"
+        )
 
 
 def _accepted(target: Any) -> tuple[set[str], bool]:

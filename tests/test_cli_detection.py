@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +50,20 @@ def test_train_then_eval_reports_coco_metrics(det_run, tmp_path, capsys):
     assert ckpt.is_file() and (det_run / "checkpoints" / "last.ckpt").is_file()
     header = (det_run / "metrics.csv").read_text().splitlines()[0]
     assert all(f"train/loss_{k}_epoch" in header for k in ("cls", "box", "dfl"))
+    assert "train/nonfinite_boxes" in header  # the box losses' NaN/inf row counter
+    with open(det_run / "metrics.csv") as f:
+        counts = [r["train/nonfinite_boxes"] for r in csv.DictReader(f)
+                  if r.get("train/nonfinite_boxes")]
+    assert counts and all(float(c) == 0.0 for c in counts)
     out = tmp_path / "metrics.json"
     assert main(["eval", str(ckpt), "--json", str(out), "--quiet"]) == 0
     metrics = json.loads(out.read_text())
     keys = {"AP", "AP50", "AP75", "AP_small", "AR100", "AP_rel_tiny", "AP_rel_small",
             "AP/helmet_on", "AP/helmet_off"}
     assert keys <= set(metrics)
-    assert all(0.0 <= metrics[k] <= 1.0 for k in keys)
+    # a size bucket without ground truth is undefined (NaN, COCO's -1), never a score of 0
+    assert all(0.0 <= metrics[k] <= 1.0 or math.isnan(metrics[k]) for k in keys)
+    assert 0.0 <= metrics["AP"] <= 1.0
     assert "AP=" in capsys.readouterr().out
 
 

@@ -120,11 +120,28 @@ def test_class_defined_in_recipe_round_trips_through_provenance(tmp_path):
 
     sys.modules.pop(type_path.rsplit(".", 1)[0])  # as in a fresh process
     path.unlink()  # the checkpoint alone must suffice
-    rebuilt = from_source(prov)
     from detlab.registry import LOSSES
 
+    untrusted = from_source(prov)  # the default executes nothing stored in the provenance
+    assert type_path.rsplit(".", 1)[0] not in sys.modules
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        LOSSES.build(untrusted["model"]["loss"])
+    rebuilt = from_source(prov, trust=True)
     obj = LOSSES.build(rebuilt["model"]["loss"])
     assert type(obj).__name__ == "MyLoss" and obj.w == 2.0
+
+
+def test_provenance_paths_are_absolute(tmp_path, monkeypatch):
+    (tmp_path / "my_mod.py").write_text("class Part:\n    pass\n")
+    (tmp_path / "r.py").write_text("model = dict(part=dict(type='my_mod.Part'))\n")
+    monkeypatch.chdir(tmp_path)
+    recipe = load("r.py")
+    from detlab.registry import MODELS
+
+    MODELS.build(recipe["model"]["part"])  # imports my_mod, as building the model does
+    prov = recipe.provenance()
+    assert prov["path"] == str(tmp_path / "r.py") and prov["folder"] == str(tmp_path)
+    assert prov["modules"] == {"my_mod": str(tmp_path / "my_mod.py")}
 
 
 def test_parse_value_literals():

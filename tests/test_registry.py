@@ -131,3 +131,30 @@ def test_closest_substring():
 
 def test_losses_registry_is_discoverable():
     assert "FocalTverskyLoss" in LOSSES.names()
+
+
+def module_level_function(radius: float = 2.0):
+    return ModuleLevelWidget(radius)
+
+
+@pytest.mark.parametrize(
+    "type_, message",
+    [
+        ("os.system", "standard library"),
+        ("builtins.eval", "standard library"),
+        ("subprocess.Popen", "standard library"),
+        ("os.remove", "standard library"),
+        ("tests.test_registry.Head", "defined in module 'detlab.models.heads.base'"),
+        ("tests.test_registry.pytest", "resolves to module"),
+        ("tests.test_registry.closest", "defined in module 'detlab.registry'"),
+    ],
+)
+def test_dotted_path_must_name_own_class_or_function(type_, message):
+    reg = Registry("widget")
+    with pytest.raises(ConfigError, match=message):
+        reg.get(type_)
+
+
+def test_dotted_path_to_module_level_function_builds():
+    built = Registry("widget").build({"type": "tests.test_registry.module_level_function"})
+    assert built.radius == 2.0

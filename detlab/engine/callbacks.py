@@ -71,7 +71,7 @@ def format_metrics(metrics: dict[str, Any], primary: str | None = None,
     for k in order:
         v = metrics[k]
         if isinstance(v, float):
-            parts.append(f"{k}={v:.4g}")
+            parts.append(f"{k}=n/a" if v != v else f"{k}={v:.4g}")  # NaN: undefined metric
         elif isinstance(v, int):
             parts.append(f"{k}={v}")
     return "  ".join(parts)

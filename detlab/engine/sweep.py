@@ -26,8 +26,11 @@ from ..recipe import apply_overrides, parse_value
 from ..registry import EVALUATORS, HEADS
 from ..structures import to_device
 from .callbacks import format_metrics
+from .checkpoint import add_trust_arguments
 
-__all__ = ["parse_sweep", "split_values", "run_sweep", "add_command", "SweepResult"]
+__all__ = [
+    "parse_sweep", "split_values", "run_sweep", "sort_rows", "add_command", "SweepResult",
+]
 
 
 def split_values(raw: str) -> list[str]:
@@ -135,8 +138,21 @@ def run_sweep(task: Any, grid: dict[str, list[Any]], split: str = "val",
         higher = getattr(evaluator, "higher_is_better", True)
     result.postprocess_s = time.perf_counter() - t1
     result.inference_s = inference_s
-    result.sort(key=lambda r: r["metrics"].get(result.primary, 0.0), reverse=higher)
+    sort_rows(result, result.primary, higher)
     return result
+
+
+def sort_rows(rows: list[dict[str, Any]], primary: str, higher_is_better: bool = True) -> None:
+    """Sort sweep rows in place, best ``metrics[primary]`` first; rows whose primary metric
+    is undefined (NaN, e.g. COCO AP without ground truth) or missing go last."""
+
+    def key(row: dict[str, Any]) -> tuple[bool, float]:
+        value = float(row["metrics"].get(primary, float("nan")))
+        if value != value:
+            return (not higher_is_better, 0.0)
+        return (higher_is_better, value)
+
+    rows.sort(key=key, reverse=higher_is_better)
 
 
 def format_table(result: SweepResult) -> str:
@@ -150,7 +166,7 @@ def format_table(result: SweepResult) -> str:
     header = keys + metric_keys
     rows = [
         [repr(r["settings"][k]) for k in keys]
-        + [f"{r['metrics'].get(m, float('nan')):.4f}" for m in metric_keys]
+        + [_cell(r["metrics"].get(m, float("nan"))) for m in metric_keys]
         for r in result
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
@@ -159,12 +175,17 @@ def format_table(result: SweepResult) -> str:
     return "\n".join(lines)
 
 
+def _cell(value: Any) -> str:
+    value = float(value)
+    return "n/a" if value != value else f"{value:.4f}"
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run ``detlab sweep``."""
-    from .trainer import load_task
+    from .checkpoint import load_task
 
     grid = parse_sweep(args.items)
-    task = load_task(args.checkpoint)
+    task = load_task(args.checkpoint, trust=args.trust_recipe, recipe=args.recipe)
     result = run_sweep(task, grid, split=args.split, limit=args.limit)
     print(format_table(result))
     n = len(result)
@@ -193,4 +214,5 @@ def add_command(sub: Any) -> None:
     p.add_argument("items", nargs="+", metavar="KEY=V1,V2,…")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--limit", type=int, default=None, help="use only the first N batches")
+    add_trust_arguments(p)
     p.set_defaults(func=cmd_sweep)

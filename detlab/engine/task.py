@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..losses.nonfinite import total_nonfinite
 from ..registry import EVALUATORS, MODELS
 from ..recipe import Recipe
 from ..structures import Batch, Prediction
@@ -59,6 +60,11 @@ class DetlabTask(pl.LightningModule):
                      sync_dist=True)
         self.log("train/loss", total.detach(), batch_size=bs, prog_bar=True, on_step=True,
                  on_epoch=True, sync_dist=True)
+        nonfinite = total_nonfinite(self.model)  # box rows with NaN/inf (detlab.losses.nonfinite)
+        if nonfinite is not None:
+            # a running count: its epoch value is the max, the count at the end of the epoch
+            self.log("train/nonfinite_boxes", nonfinite, batch_size=bs, on_step=False,
+                     on_epoch=True, reduce_fx="max")
         if not torch.isfinite(total):
             # Fail early with the terms: a NaN loss otherwise shows up epochs later as NaN weights.
             values = {k: float(v.detach()) for k, v in terms.items()}

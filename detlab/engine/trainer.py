@@ -29,8 +29,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..defaults import TRAIN_DEFAULTS
 from ..errors import CheckpointError, ConfigError
-from ..recipe import Recipe, from_source
+from ..recipe import Recipe
 from ..registry import closest
+from .checkpoint import load_checkpoint, load_task
 from .callbacks import (
     AppendingCSVLogger,
     AtomicModelCheckpoint,
@@ -210,54 +211,3 @@ def _set_threads(num_threads: Any) -> None:
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ConfigError(f"train.num_threads={num_threads!r}: expected an int >= 1 or None")
     torch.set_num_threads(num_threads)
-
-
-def load_checkpoint(path: str | Path) -> tuple[Recipe, dict[str, Any]]:
-    """Read a detlab checkpoint safely (``weights_only=True``).
-
-    Returns:
-        The recipe stored in it and the raw checkpoint dict.
-
-    Raises:
-        CheckpointError: missing file, unreadable file, or not a detlab checkpoint.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for garbage files
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0]}"
-        ) from err
-    if not isinstance(ckpt, dict) or RECIPE_KEY not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(
-            f"{path} is not a detlab checkpoint (no {RECIPE_KEY!r} entry); "
-            "checkpoints written by `detlab train` carry their recipe"
-        )
-    try:
-        recipe = from_source(json.loads(ckpt[RECIPE_KEY]))
-    except (ValueError, KeyError) as err:
-        raise CheckpointError(f"checkpoint {path} has a corrupt recipe entry: {err}") from err
-    return recipe, ckpt
-
-
-def load_task(path: str | Path, overrides: list[str] | None = None) -> DetlabTask:
-    """Rebuild the task (model + evaluator) from a checkpoint alone, weights loaded, in eval
-    mode. ``overrides`` apply to the stored recipe (e.g. a post-processing threshold)."""
-    from ..recipe import apply_overrides
-
-    recipe, ckpt = load_checkpoint(path)
-    if overrides:
-        apply_overrides(recipe, overrides)
-        recipe.overrides = recipe.overrides + list(overrides)
-    task = DetlabTask(recipe)
-    missing, unexpected = task.load_state_dict(ckpt["state_dict"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {path} does not match its recipe's model: "
-            f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}"
-        )
-    task.eval()
-    return task

@@ -36,7 +36,11 @@ from .coco_api import (
     summary_line,
 )
 
-__all__ = ["CocoEvaluator", "HELMET_RELATIVE_AREAS"]
+__all__ = ["CocoEvaluator", "HELMET_RELATIVE_AREAS", "UNDEFINED"]
+
+# The value of every undefined metric: one NaN object, so metric dicts of equal runs compare
+# equal (dict and list comparison check identity before ==, and nan != nan).
+UNDEFINED = float("nan")
 
 # Fractions of the image area (tiny < 0.1 %, small 0.1–0.5 %, medium 0.5–5 %, large > 5 %).
 HELMET_RELATIVE_AREAS: dict[str, tuple[float, float]] = {
@@ -53,8 +57,11 @@ class CocoEvaluator(Evaluator):
     """COCO bbox mAP over an epoch, DDP-safe, with per-class and relative-size AP.
 
     Args:
-        class_names: name per 0-based label, used in ``"AP/<name>"``; ``None`` → ``class_<i>``
-            for every label seen (gt or prediction).
+        class_names: name per 0-based label, used in ``"AP/<name>"``; ``None`` → ``class_<i>``.
+        num_classes: number of classes when ``class_names`` is not given. With neither, the
+            classes are the labels seen in the ground truth (``0 .. max gt label``), and a
+            prediction with a larger label is an error (a model emitting a class the data does
+            not have); set this when a class has no ground truth in the evaluated split.
         primary: metric checkpoints monitor (a key of :meth:`compute`'s result).
         max_dets: detections per image and class kept (highest scores) for AP and the last AR;
             AR is also reported at 1 and 10 when they are smaller (``AR1``, ``AR10``,
@@ -69,14 +76,20 @@ class CocoEvaluator(Evaluator):
     ``meta["pad"]`` (top, left): ``orig = (input - pad) / scale``. ``ignore`` (N,) bool marks
     COCO crowd/ignore regions.
 
-    Undefined metrics (no ground truth in a bucket or class, an empty epoch) are reported as
-    0.0 so that logs and checkpoint monitors always see a number; :meth:`summary` prints
-    COCO's ``-1.000`` for them.
+    Undefined metrics (no ground truth in a size bucket or class, an empty epoch: COCOeval's
+    ``-1``) are reported as ``nan`` (printed ``n/a``), never as a score, and never enter an
+    average; :meth:`summary` prints COCO's ``-1.000`` for them.
+
+    Raises:
+        DataError: (in ``update``/``compute``) a prediction whose score or box is NaN/inf, or
+            whose label is outside ``[0, number of classes)``, naming the image id and the
+            index of the prediction; a ground-truth box that is NaN/inf.
     """
 
     def __init__(
         self,
         class_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
         primary: str = "AP",
         max_dets: int = 100,
         relative_areas: Mapping[str, tuple[float, float]] | None = HELMET_RELATIVE_AREAS,
@@ -93,9 +106,18 @@ class CocoEvaluator(Evaluator):
                 )
         if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
             raise ConfigError(f"max_dets must be a positive int, got {max_dets!r}")
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+        ):
+            raise ConfigError(f"num_classes must be a positive int or None, got {num_classes!r}")
+        if num_classes is not None and class_names is not None and num_classes != len(class_names):
+            raise ConfigError(
+                f"num_classes={num_classes} but {len(class_names)} class_names are given"
+            )
         self.relative_areas = _check_relative_areas(relative_areas)
         load_backend(backend)  # fail at construction, not at the end of the first epoch
         self.class_names = list(class_names) if class_names is not None else None
+        self.num_classes = len(self.class_names) if self.class_names else num_classes
         self.max_dets = max_dets
         self.backend = backend
         self.primary = primary
@@ -134,10 +156,10 @@ class CocoEvaluator(Evaluator):
         abs_stats = self._absolute_stats(records, num_classes)
         rel_stats = self._relative_stats(records, num_classes)
         self._last = {"abs": abs_stats, "rel": rel_stats}
-        metrics = {k: max(v, 0.0) for k, v in abs_stats["stats"].items()}
+        metrics = {k: _defined(v) for k, v in abs_stats["stats"].items()}
         for name, ap in zip(names, abs_stats["per_class"]):
-            metrics[f"AP/{name}"] = max(ap, 0.0)
-        metrics.update({f"AP_rel_{k}": max(v, 0.0) for k, v in rel_stats.items()})
+            metrics[f"AP/{name}"] = _defined(ap)
+        metrics.update({f"AP_rel_{k}": _defined(v) for k, v in rel_stats.items()})
         if self.primary not in metrics:
             raise ConfigError(
                 f"primary={self.primary!r} is not among the computed metrics {sorted(metrics)}"
@@ -179,16 +201,26 @@ class CocoEvaluator(Evaluator):
         return names
 
     def _num_classes(self, records: list[dict[str, Any]]) -> int:
-        seen = [
-            int(r[k].max()) + 1 for r in records for k in ("gt_labels", "dt_labels") if r[k].size
-        ]
-        if self.class_names is None:
-            return max(seen, default=0)
-        if seen and max(seen) > len(self.class_names):
-            raise DataError(
-                f"label {max(seen) - 1} is out of range for {len(self.class_names)} class_names"
-            )
-        return len(self.class_names)
+        """The class count, after checking every label against it (image id + index named)."""
+        if self.num_classes is not None:
+            num = self.num_classes
+            source = f"{num} class_names" if self.class_names else f"num_classes={num}"
+        else:
+            num = max((int(r["gt_labels"].max()) + 1 for r in records if r["gt_labels"].size),
+                      default=0)
+            source = (f"the ground truth's labels 0..{num - 1}" if num else
+                      "no ground-truth labels") + " (no class_names or num_classes set)"
+        for r in records:
+            for kind, key in (("ground-truth box", "gt_labels"), ("prediction", "dt_labels")):
+                bad = np.flatnonzero(r[key] >= num)
+                if bad.size:
+                    i = int(bad[0])
+                    raise DataError(
+                        f"image {r['image_id']!r}: {kind} {i} has label {int(r[key][i])}, outside "
+                        f"[0, {num}) given by {source}; set evaluator.class_names or "
+                        "evaluator.num_classes to the model's classes"
+                    )
+        return num
 
     def _absolute_stats(self, records: list[dict[str, Any]], num_classes: int) -> dict[str, Any]:
         dets = self._max_dets_list()
@@ -238,6 +270,20 @@ class CocoEvaluator(Evaluator):
         for name, labels in (("target", gt_labels), ("prediction", dt_labels)):
             if labels.size and labels.min() < 0:
                 raise DataError(f"image {image_id!r}: negative {name} label {labels.min()}")
+        # NaN scores sort first and score as certain true positives (AP 1.0); NaN/inf boxes
+        # are silent false positives: neither can be scored, so neither is accepted.
+        _require_finite(dt_scores, image_id, "prediction", "score")
+        _require_finite(dt_boxes, image_id, "prediction", "box")
+        _require_finite(gt_boxes, image_id, "ground-truth box", "box")
+        if self.num_classes is not None:  # known now: name the offending image at once
+            for kind, labels in (("ground-truth box", gt_labels), ("prediction", dt_labels)):
+                bad = np.flatnonzero(labels >= self.num_classes)
+                if bad.size:
+                    raise DataError(
+                        f"image {image_id!r}: {kind} {int(bad[0])} has label "
+                        f"{int(labels[bad[0]])}, outside [0, {self.num_classes}) (the "
+                        "evaluator's class_names / num_classes)"
+                    )
         return {
             "image_id": image_id, "height": h, "width": w,
             "gt_boxes": gt_boxes, "gt_labels": gt_labels, "gt_ignore": gt_ignore,
@@ -302,6 +348,23 @@ def _check_relative_areas(
             )
         out[name] = (low, high)
     return out
+
+
+def _defined(value: float) -> float:
+    """COCOeval's ``-1`` (no ground truth for this setting) as ``nan``; other values as is."""
+    return UNDEFINED if value <= -1 else float(value)
+
+
+def _require_finite(values: np.ndarray, image_id: Any, kind: str, what: str) -> None:
+    """DataError naming the image and the first row of ``values`` that is not finite."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        rows = ~finite.reshape(len(values), -1).all(axis=1) if values.size else finite
+        i = int(np.flatnonzero(rows)[0])
+        raise DataError(
+            f"image {image_id!r}: {kind} {i} has a non-finite {what} {values[i].tolist()}; "
+            "cannot score NaN/inf (check the head's decoding and post-processing)"
+        )
 
 
 def _iou_index(thr: float) -> int:

@@ -300,6 +300,16 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(vals[~np.isnan(vals)])) if (~np.isnan(vals)).any() else float("nan")
 
 
+def _finite_mask(mask: Tensor, image_id: Any, key: str) -> Tensor:
+    if mask.is_floating_point() and not bool(torch.isfinite(mask).all()):
+        bad = int((~torch.isfinite(mask)).sum())
+        raise DataError(
+            f"ground-truth {key!r} of image {image_id!r} has {bad} NaN/inf value(s) of "
+            f"{mask.numel()}; a mask must be finite (0/1, or soft values compared with 0.5)"
+        )
+    return mask
+
+
 def _int64(t: Tensor) -> np.ndarray:
     return t.cpu().numpy().astype(np.int64)
 
@@ -308,17 +318,18 @@ def ground_truth_mask(target: dict[str, Any], meta: dict[str, Any]) -> Tensor:
     """Ground truth ``(C, H, W)`` bool in original image size (see :class:`SegmentationEvaluator`).
 
     Raises:
-        DataError: the target has neither ``orig_mask`` nor ``mask``, or ``meta`` lacks
-            ``orig_size`` when the mask must be resized.
+        DataError: the target has neither ``orig_mask`` nor ``mask``, ``meta`` lacks
+            ``orig_size`` when the mask must be resized, or the mask holds NaN/inf (which
+            ``> 0.5`` would silently read as background).
     """
     image_id = meta.get("image_id")
     if target.get("orig_mask") is not None:
-        mask = torch.as_tensor(target["orig_mask"])
+        mask = _finite_mask(torch.as_tensor(target["orig_mask"]), image_id, "orig_mask")
         mask = mask.unsqueeze(0) if mask.ndim == 2 else mask
         return mask > 0.5
     if target.get("mask") is None:
         raise DataError(f"target of image {image_id!r} has neither 'orig_mask' nor 'mask'")
-    mask = torch.as_tensor(target["mask"])
+    mask = _finite_mask(torch.as_tensor(target["mask"]), image_id, "mask")
     mask = mask.unsqueeze(0) if mask.ndim == 2 else mask
     if "orig_size" not in meta:
         raise DataError(f"meta of image {image_id!r} has no 'orig_size'")

@@ -11,6 +11,11 @@ Differences from the ICDAR 2015 script, both deliberate: matching is greedy by d
 (the script takes pairs in index order, which can depend on annotation order), and the IoU test
 is ``>=`` (the script uses ``>``; exact ties have measure zero for real polygons).
 Ground-truth polygons with zero area cannot be matched and are treated as don't care.
+
+What cannot be scored is refused by :meth:`TextHmeanEvaluator.update` with a ``DataError``
+naming the image id and the polygon's index: a coordinate that is NaN/inf, an array that is not
+``(K, 2)`` points, a prediction with fewer than 3 points (no polygon; a zero-area prediction
+with 3+ points is scored as the false positive it is).
 """
 
 from __future__ import annotations
@@ -158,10 +163,14 @@ class TextHmeanEvaluator(Evaluator):
                     f"but {len(ignore)} ignore flags"
                 )
             preds = [] if pred.polygons is None else pred.polygons
+            image_id = meta["image_id"]
+            pred_arrays = [_points(p, image_id, "prediction", k, 3) for k, p in enumerate(preds)]
+            for k, g in enumerate(gts):
+                _points(g, image_id, "ground-truth polygon", k, 0)
             self._records.append(
                 {
-                    "image_id": meta["image_id"],
-                    "preds": [np.asarray(_to_numpy(p), dtype=np.float64) for p in preds],
+                    "image_id": image_id,
+                    "preds": pred_arrays,
                     "gts": gts,
                     "ignore": ignore,
                 }
@@ -182,15 +191,41 @@ class TextHmeanEvaluator(Evaluator):
         return {"precision": precision, "recall": recall, "hmean": hmean}
 
 
+def _points(polygon: Any, image_id: Any, kind: str, index: int, min_points: int) -> np.ndarray:
+    """``polygon`` as a finite ``(K, 2)`` float64 array with ``K >= min_points``, else a
+    DataError naming the image and the polygon."""
+    arr = np.asarray(_to_numpy(polygon), dtype=np.float64)
+    if arr.ndim == 1 and arr.size % 2 == 0:
+        arr = arr.reshape(-1, 2)  # flat [x0, y0, x1, y1, ...]
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise DataError(
+            f"TextHmeanEvaluator: image {image_id!r}: {kind} {index} must be (K, 2) points, "
+            f"got shape {tuple(arr.shape)}"
+        )
+    if not np.isfinite(arr).all():
+        raise DataError(
+            f"TextHmeanEvaluator: image {image_id!r}: {kind} {index} has a non-finite "
+            f"coordinate: {arr.tolist()}"
+        )
+    if len(arr) < min_points:
+        raise DataError(
+            f"TextHmeanEvaluator: image {image_id!r}: {kind} {index} has {len(arr)} points; a "
+            f"polygon needs at least {min_points}"
+        )
+    return arr
+
+
 def _gt_polygons(target: dict[str, Any], meta: dict[str, Any]) -> list[np.ndarray]:
     """Ground-truth polygons in original pixels (``orig_polygons``, else mapped ``polygons``)."""
+    image_id = meta.get("image_id")
     if target.get("orig_polygons") is not None:
         return [
-            np.asarray(_to_numpy(p), dtype=np.float64).reshape(-1, 2)
-            for p in target["orig_polygons"]
+            _points(p, image_id, "ground-truth polygon", k, 0)
+            for k, p in enumerate(target["orig_polygons"])
         ]
     polygons = target.get("polygons")
-    mapping = {"scale": meta.get("scale", (1.0, 1.0)), "pad": meta.get("pad", (0.0, 0.0))}
     # No orig_size: ground truth is mapped, never clipped (it was clipped in the dataset).
-    polygons = [] if polygons is None else polygons
-    return polygons_to_original([_to_numpy(p) for p in polygons], mapping, dtype=np.float64)
+    checked = [_points(p, image_id, "ground-truth polygon", k, 0)
+               for k, p in enumerate([] if polygons is None else polygons)]
+    mapping = {"scale": meta.get("scale", (1.0, 1.0)), "pad": meta.get("pad", (0.0, 0.0))}
+    return polygons_to_original(checked, mapping, dtype=np.float64)

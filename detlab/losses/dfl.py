@@ -9,12 +9,13 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..registry import LOSSES
 from ._weighted import Reduction, WeightedLoss, as_fp32
+from .nonfinite import NonFiniteRows, nan_where
 
 __all__ = ["DFLoss"]
 
 
 @LOSSES.register
-class DFLoss(WeightedLoss):
+class DFLoss(NonFiniteRows, WeightedLoss):
     """Distribution Focal Loss over ``reg_max`` bins for box-side distances in bin units.
 
     Each box side's distance (from the anchor point, divided by the level stride) is predicted as
@@ -31,6 +32,8 @@ class DFLoss(WeightedLoss):
     error. ``num_clamped`` is the running count of such upper-clamped targets since construction
     (or :meth:`reset_stats`), ``clamped_fraction`` the fraction in the last call; ``num_negative``
     counts targets clamped up to 0. The counts stay on the device until read (no sync per step).
+    A row (box, or row of the 2-D form) with a NaN/inf logit or target raises in debug mode,
+    else gets a NaN loss and is counted in ``nonfinite_count`` (:mod:`detlab.losses.nonfinite`).
 
     Args:
         reg_max: number of bins (>= 2).
@@ -58,7 +61,8 @@ class DFLoss(WeightedLoss):
         self.reset_stats()
 
     def reset_stats(self) -> None:
-        """Zero the clamping counters."""
+        """Zero the clamping and non-finite counters."""
+        self.reset_nonfinite()
         self._num_clamped: Tensor | int = 0
         self._num_negative: Tensor | int = 0
         self._last_fraction: Tensor | float = 0.0
@@ -100,6 +104,9 @@ class DFLoss(WeightedLoss):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits32 = as_fp32(logits)
             target32 = as_fp32(target).to(logits.device).detach()
+            bad = self.nonfinite_rows(len(logits32), logits32, target32)
+            # NaN would index bin -2**63; the row's loss is set to NaN below instead.
+            target32 = torch.where(torch.isfinite(target32), target32, 0.0)
             upper = self.reg_max - 1 - self.clamp_eps
             with torch.no_grad():
                 too_high = (target32 > upper).sum()
@@ -117,7 +124,7 @@ class DFLoss(WeightedLoss):
             )
             if loss.dim() == 2:  # (N, 4) sides → per box
                 loss = loss.mean(dim=1)
-            return self.reduce(loss, weight, avg_factor)
+            return self.reduce(nan_where(bad, loss), weight, avg_factor)
 
     def extra_repr(self) -> str:
         return f"reg_max={self.reg_max}, clamp_eps={self.clamp_eps}, " + super().extra_repr()

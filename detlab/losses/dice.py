@@ -16,7 +16,9 @@ class DiceLoss(OverlapLoss):
     over classes (and images when ``batch=False``); see :class:`OverlapLoss` for the arguments
     and :func:`~detlab.losses.seg_common.prepare_target` for the target formats.
 
-    Matches ``monai.losses.DiceLoss(sigmoid=True, batch=...)`` with ``smooth_nr = smooth_dr``.
+    Matches ``monai.losses.DiceLoss(sigmoid=True, batch=...)`` with ``smooth_nr = smooth_dr``
+    when every image has ground truth, or always with ``empty="pooled"``; on an image with empty
+    ground truth the default ``empty="per_image"`` charges the false-positive fraction instead.
     """
 
     def per_class(self, tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:

@@ -3,7 +3,9 @@
 All take aligned ``pred_boxes`` and ``target_boxes`` ``(N, 4)`` xyxy (any consistent unit,
 usually absolute pixels), compute in float32 even under autocast, and are finite in value and
 gradient for degenerate boxes (zero width or height, points, identical or far-apart boxes) and for
-``N = 0`` (0 with a graph). The per-item loss is ``(N,)``; see
+``N = 0`` (0 with a graph). A NaN/inf box is not degenerate but meaningless: it raises in debug
+mode and otherwise makes its row's loss NaN and is counted in ``nonfinite_count``
+(:mod:`detlab.losses.nonfinite`). The per-item loss is ``(N,)``; see
 :class:`~detlab.losses._weighted.WeightedLoss` for ``weight``/``reduction``/``avg_factor``.
 
 References: GIoU — Rezatofighi et al. 2019 (arXiv:1902.09630); DIoU/CIoU — Zheng et al. 2020
@@ -20,6 +22,7 @@ from ..errors import ConfigError
 from ..ops.boxes import IOU_KINDS, IoUKind, aligned_iou_terms, iou_from_terms
 from ..registry import LOSSES
 from ._weighted import Reduction, WeightedLoss, as_fp32
+from .nonfinite import NonFiniteRows, nan_where
 
 __all__ = [
     "IoULoss",
@@ -41,7 +44,7 @@ def _check_pair(loss: WeightedLoss, pred: Tensor, target: Tensor) -> tuple[Tenso
     return as_fp32(pred), as_fp32(target).to(pred.device)
 
 
-class _IoUFamilyLoss(WeightedLoss):
+class _IoUFamilyLoss(NonFiniteRows, WeightedLoss):
     """``1 − IoU_kind(pred, target)`` per box; subclasses fix ``kind``."""
 
     kind: IoUKind = "iou"
@@ -69,7 +72,8 @@ class _IoUFamilyLoss(WeightedLoss):
         """Loss of ``pred_boxes`` ``(N, 4)`` against ``target_boxes`` ``(N, 4)``, both xyxy."""
         with torch.autocast(device_type=pred_boxes.device.type, enabled=False):
             pred, target = _check_pair(self, pred_boxes, target_boxes)
-            return self.reduce(self.per_box(pred, target), weight, avg_factor)
+            bad = self.nonfinite_rows(len(pred), pred, target)
+            return self.reduce(nan_where(bad, self.per_box(pred, target)), weight, avg_factor)
 
 
 @LOSSES.register
@@ -150,7 +154,7 @@ class InnerIoULoss(_IoUFamilyLoss):
 
 
 @LOSSES.register
-class WIoULoss(WeightedLoss):
+class WIoULoss(NonFiniteRows, WeightedLoss):
     """Wise-IoU v3 (Tong et al. 2023, arXiv:2301.10051): IoU loss with dynamic focusing.
 
     Per box: ``L_v1 = exp(ρ² / c²*) · L_IoU`` with ``c²*`` the (detached) squared diagonal of the
@@ -199,12 +203,18 @@ class WIoULoss(WeightedLoss):
         """Loss of ``pred_boxes`` ``(N, 4)`` against ``target_boxes`` ``(N, 4)``, both xyxy."""
         with torch.autocast(device_type=pred_boxes.device.type, enabled=False):
             pred, target = _check_pair(self, pred_boxes, target_boxes)
+            bad = self.nonfinite_rows(len(pred), pred, target)
             terms = aligned_iou_terms(pred, target, self.eps)
             iou_loss = 1.0 - terms.iou
             if self.training and iou_loss.numel() > 0:
                 with torch.no_grad():
-                    batch_mean = iou_loss.detach().mean().to(self.iou_loss_mean)
-                    self.iou_loss_mean.lerp_(batch_mean, self.momentum)
+                    # Finite rows only: one NaN box would poison the running mean for good.
+                    good = (~bad).to(iou_loss)
+                    n_good = good.sum()
+                    batch_mean = (iou_loss.detach().nan_to_num() * good).sum() / n_good.clamp(min=1)
+                    momentum = self.momentum * (n_good > 0).to(iou_loss)
+                    self.iou_loss_mean.lerp_(batch_mean.to(self.iou_loss_mean),
+                                             momentum.to(self.iou_loss_mean))
             diag2 = terms.enclose_diag2.detach()
             ok = diag2 > self.eps
             dist = torch.where(ok, terms.center_dist2 / torch.where(ok, diag2, 1.0), 0.0)
@@ -214,7 +224,7 @@ class WIoULoss(WeightedLoss):
                 beta = iou_loss / mean
                 # β / (δ α^(β−δ)); β is bounded by 1/eps, α^(β−δ) may overflow to inf → r = 0.
                 focus = beta / (self.delta * torch.pow(self.alpha, beta - self.delta))
-            return self.reduce(focus * loss_v1, weight, avg_factor)
+            return self.reduce(nan_where(bad, focus * loss_v1), weight, avg_factor)
 
     def extra_repr(self) -> str:
         return (

@@ -5,6 +5,16 @@ Shapes: ``logits`` ``(B, C, *spatial)`` raw scores (spatial = ``H, W`` or ``D, H
 ``target`` either float ``(B, C, *spatial)`` in [0, 1] (one-hot or multi-label) or int64
 ``(B, *spatial)`` class indices; ``valid`` optional bool ``(B, 1, *spatial)`` or
 ``(B, *spatial)`` marking the pixels that count.
+
+Empty targets (:class:`OverlapLoss` ``empty``): an overlap ratio is undefined on an image whose
+ground truth is empty, and the usual smoothing does not rescue it: a confident, correct empty
+prediction (logit -20 on 4 x 256² pixels) still leaves ``FP = sum(p) = 5e-4`` against
+``smooth = 1e-5``, so Dice costs 0.982 (as MONAI's DiceLoss), about the maximum.
+``empty="per_image"`` (the default) scores each (image, class) whose ground truth is empty by
+its soft false-positive fraction ``sum(p) / pixels`` instead (0 for a correct empty prediction,
+1 when every pixel is predicted; Focal Tversky raises it to ``gamma``), and keeps the overlap
+ratio for the others (pooled over those images when ``batch=True``); every image weighs 1/B.
+``empty="pooled"`` is the plain formula over all counts, identical to MONAI.
 """
 
 from __future__ import annotations
@@ -19,10 +29,12 @@ from ..errors import ConfigError, DataError
 from .base import Loss, check_choice, check_float
 
 __all__ = [
-    "Activation", "check_channels", "prepare_target", "prepare_valid", "soft_counts", "OverlapLoss",
+    "Activation", "EmptyTarget", "check_channels", "prepare_target", "prepare_valid",
+    "soft_counts", "OverlapLoss",
 ]
 
 Activation = Literal["sigmoid", "softmax"]
+EmptyTarget = Literal["per_image", "pooled"]
 
 
 def check_channels(owner: str, logits: Tensor, arg: str) -> None:
@@ -112,10 +124,15 @@ class OverlapLoss(Loss):
     Args:
         activation: ``"sigmoid"`` (independent channels, multi-label) or ``"softmax"`` (over
             channels, needs C >= 2).
-        batch: sum the counts over batch and pixels per class before the ratio (stable when most
-            images are empty); False computes per image and then averages.
+        batch: sum the counts over batch and pixels per class before the ratio (stable for
+            small lesions); False computes per image and then averages.
         smooth: added to numerator and denominator (as MONAI's ``smooth_nr``/``smooth_dr``);
             keeps an empty class at a finite value.
+        empty: how an (image, class) with empty ground truth is scored: ``"per_image"`` (its
+            soft false-positive fraction, 0 for a correct empty prediction; the default, so a
+            data set of mostly empty slices, as the fracture CT, is not charged ~1 per empty
+            batch for being right) or ``"pooled"`` (its counts enter the ratio like any other;
+            MONAI's behaviour). See the module docstring.
         include_background: False drops channel 0 after the activation.
         weight: factor on the result (see :class:`~detlab.losses.base.Loss`).
         name: key suffix, reported as ``loss_<name>`` (see :class:`~detlab.losses.base.Loss`).
@@ -129,6 +146,7 @@ class OverlapLoss(Loss):
         include_background: bool = True,
         weight: float = 1.0,
         name: str | None = None,
+        empty: EmptyTarget = "per_image",
     ) -> None:
         super().__init__(weight=weight, name=name)
         owner = type(self).__name__
@@ -138,10 +156,16 @@ class OverlapLoss(Loss):
         self.include_background = check_choice(
             owner, "include_background", include_background, (True, False)
         )
+        self.empty = check_choice(owner, "empty", empty, ("per_image", "pooled"))
 
     def per_class(self, tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
         """Loss per class (and image when ``batch=False``) from soft counts."""
         raise NotImplementedError
+
+    def empty_loss(self, fp_fraction: Tensor) -> Tensor:
+        """Loss of an (image, class) with empty ground truth from its soft false-positive
+        fraction in [0, 1] (``empty="per_image"``); the fraction itself by default."""
+        return fp_fraction
 
     def forward(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
         """Scalar loss for ``logits`` ``(B, C, *spatial)``; see the module docstring for
@@ -158,11 +182,37 @@ class OverlapLoss(Loss):
         if not self.include_background:
             check_channels(owner, logits, "include_background=False")
             probs, target = probs[:, 1:], target[:, 1:]
-        tp, fp, fn = soft_counts(probs, target, mask, self.batch)
-        return self.per_class(tp, fp, fn).mean() * self.weight
+        if self.empty == "pooled":
+            tp, fp, fn = soft_counts(probs, target, mask, self.batch)
+            return self.per_class(tp, fp, fn).mean() * self.weight
+        return self._per_image_empty(probs, target, mask) * self.weight
+
+    def _per_image_empty(self, probs: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        tp, fp, fn = soft_counts(probs, target, mask, batch=False)  # (B, C)
+        dims = tuple(range(2, probs.dim()))
+        counted = target * mask if mask is not None else target
+        empty = counted.sum(dims) == 0  # (B, C)
+        if mask is not None:
+            pixels = mask.sum(dims)  # (B, 1)
+        else:
+            pixels = torch.full_like(tp[:, :1], float(probs[0, 0].numel()))
+        fp_fraction = fp / pixels.clamp_min(1.0)
+        empty_term = torch.where(empty, self.empty_loss(fp_fraction), torch.zeros_like(fp))
+        positive = (~empty).to(tp.dtype)
+        if self.batch:
+            # Overlap pooled over the images that have ground truth, counted once per such
+            # image; each empty image adds its own term. Every image weighs 1/B.
+            pooled = self.per_class(
+                (tp * positive).sum(0), (fp * positive).sum(0), (fn * positive).sum(0)
+            )
+            per_class = (pooled * positive.sum(0) + empty_term.sum(0)) / probs.shape[0]
+            return per_class.mean()
+        overlap = self.per_class(tp, fp, fn)
+        return torch.where(empty, empty_term, overlap).mean()
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, activation={self.activation!r}, batch={self.batch}, "
-            f"smooth={self.smooth:g}, include_background={self.include_background}"
+            f"smooth={self.smooth:g}, include_background={self.include_background}, "
+            f"empty={self.empty!r}"
         )

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..registry import LOSSES
 from .base import check_float, power_finite_grad
-from .seg_common import Activation, OverlapLoss
+from .seg_common import Activation, EmptyTarget, OverlapLoss
 
 __all__ = ["TverskyLoss", "FocalTverskyLoss", "tversky_index"]
 
@@ -23,10 +23,11 @@ def tversky_index(
 class TverskyLoss(OverlapLoss):
     """``1 - TI`` per class (see :func:`tversky_index`), averaged over classes (and images when
     ``batch=False``). Matches ``monai.losses.TverskyLoss(sigmoid=True)`` with the same
-    ``alpha``/``beta``/``batch`` and ``smooth_nr = smooth_dr = smooth``.
+    ``alpha``/``beta``/``batch`` and ``smooth_nr = smooth_dr = smooth`` when every image has
+    ground truth, or always with ``empty="pooled"``.
 
-    ``activation``, ``batch``, ``smooth``, ``include_background``, ``weight`` and ``name`` are
-    those of :class:`OverlapLoss`.
+    ``activation``, ``batch``, ``smooth``, ``include_background``, ``weight``, ``name`` and
+    ``empty`` are those of :class:`OverlapLoss`.
 
     Args:
         alpha: weight of false positives (>= 0).
@@ -44,8 +45,9 @@ class TverskyLoss(OverlapLoss):
         include_background: bool = True,
         weight: float = 1.0,
         name: str | None = None,
+        empty: EmptyTarget = "per_image",
     ) -> None:
-        super().__init__(activation, batch, smooth, include_background, weight, name)
+        super().__init__(activation, batch, smooth, include_background, weight, name, empty)
         owner = type(self).__name__
         self.alpha = check_float(owner, "alpha", alpha, low=0.0)
         self.beta = check_float(owner, "beta", beta, low=0.0)
@@ -68,7 +70,8 @@ class FocalTverskyLoss(TverskyLoss):
     prediction); the power is made linear on ``1 - TI < 1e-6`` (:func:`power_finite_grad`) so
     the loss is still 0 there but its gradient is finite instead of NaN.
 
-    The other arguments are those of :class:`TverskyLoss`.
+    The other arguments are those of :class:`TverskyLoss`; with ``empty="per_image"`` an empty
+    (image, class) costs its false-positive fraction ``** gamma``.
 
     Args:
         gamma: exponent (> 0); 1 gives :class:`TverskyLoss`.
@@ -85,14 +88,21 @@ class FocalTverskyLoss(TverskyLoss):
         include_background: bool = True,
         weight: float = 1.0,
         name: str | None = None,
+        empty: EmptyTarget = "per_image",
     ) -> None:
-        super().__init__(alpha, beta, activation, batch, smooth, include_background, weight, name)
+        super().__init__(
+            alpha, beta, activation, batch, smooth, include_background, weight, name, empty
+        )
         self.gamma = check_float(type(self).__name__, "gamma", gamma, low=0.0, low_open=True)
 
     def per_class(self, tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
         distance = 1.0 - tversky_index(tp, fp, fn, self.alpha, self.beta, self.smooth)
         # clamp: rounding can put TI a hair above 1, and a negative base ** 0.75 is NaN
         return power_finite_grad(distance.clamp_min(0.0), self.gamma)
+
+    def empty_loss(self, fp_fraction: Tensor) -> Tensor:
+        """The false-positive fraction raised to ``gamma``, like the overlap distance."""
+        return power_finite_grad(fp_fraction.clamp(0.0, 1.0), self.gamma)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:g}, {super().extra_repr()}"

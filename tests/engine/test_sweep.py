@@ -5,7 +5,7 @@ import json
 import pytest
 
 from detlab.cli import main
-from detlab.engine.sweep import parse_sweep, run_sweep, split_values
+from detlab.engine.sweep import parse_sweep, run_sweep, sort_rows, split_values
 from detlab.engine.trainer import load_task
 from detlab.errors import ConfigError
 
@@ -49,3 +49,13 @@ def test_sweep_rows_equal_eval_with_the_same_override(trained, tmp_path, capsys)
     assert main(["sweep", ckpt, "evaluator.threshold=0.001,0.5"]) == 0
     printed = capsys.readouterr().out
     assert "evaluator.threshold" in printed and "best:" in printed
+
+
+@pytest.mark.parametrize("higher, order", [(True, [0.7, 0.2, "nan", "missing"]),
+                                           (False, [0.2, 0.7, "nan", "missing"])])
+def test_undefined_primary_sorts_last(higher, order):
+    rows = [{"metrics": {"AP": float("nan")}, "id": "nan"}, {"metrics": {"AP": 0.2}, "id": 0.2},
+            {"metrics": {}, "id": "missing"}, {"metrics": {"AP": 0.7}, "id": 0.7}]
+    sort_rows(rows, "AP", higher)
+    assert [r["id"] for r in rows][:2] == order[:2]
+    assert {r["id"] for r in rows[2:]} == {"nan", "missing"}

@@ -123,7 +123,13 @@ def oracle(images: list[dict], num_classes: int, tmp_path, area_rng=None):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         gt = COCO(str(path))
-        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        if dets:
+            res = gt.loadRes(dets)
+        else:  # loadRes refuses an empty list; COCOeval itself handles no detections
+            res = COCO()
+            res.dataset = {"images": imgs, "annotations": [], "categories": cats}
+            res.createIndex()
+        ev = COCOeval(gt, res, "bbox")
         if area_rng is not None:
             ev.params.areaRng = area_rng
         ev.evaluate()

@@ -3,6 +3,8 @@ relative-area buckets, image-id schemes, mapping ground truth back from input co
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,17 @@ from coco_cases import (
 )
 
 import detlab.evaluation.coco as coco_mod
+from detlab.errors import DataError
 from detlab.evaluation.coco import CocoEvaluator
 from detlab.structures import Batch, Prediction
+
+NAN = float("nan")
+
+
+def coco_value(x: float) -> float:
+    """pycocotools' number as CocoEvaluator reports it: -1 (undefined) is NaN."""
+    return NAN if float(x) == -1 else float(x)
+
 
 # -- hand-computed cases ---------------------------------------------------------------------
 HAND_CASES = {
@@ -40,7 +51,8 @@ HAND_CASES = {
         {"AP": 1.0},
     ),
     "not_ignored_gt_missed": ([image(gt=[GT, FAR], dt=[GT])], {"AP": P101, "AR100": 0.5}),
-    "wrong_class": ([image(gt=[GT], dt=[GT], dt_labels=[1])], {"AP": 0.0, "AP/class_1": 0.0}),
+    # Class 1 has no ground truth: its AP is undefined (COCO's -1), not 0, and not averaged.
+    "wrong_class": ([image(gt=[GT], dt=[GT], dt_labels=[1])], {"AP": 0.0, "AP/class_1": NAN}),
     # Empty image next to a perfect one: valid, changes nothing.
     "image_without_gt": ([image(gt=[GT], dt=[GT]), image()], {"AP": 1.0}),
     "fp_on_image_without_gt": (
@@ -52,9 +64,10 @@ HAND_CASES = {
 @pytest.mark.parametrize("name", list(HAND_CASES))
 def test_hand_computed_ap(name):
     images, expected = HAND_CASES[name]
-    metrics = evaluate(images)
+    # wrong_class predicts a class the ground truth lacks: it needs the class count
+    metrics = evaluate(images, **({"num_classes": 2} if name == "wrong_class" else {}))
     for key, value in expected.items():
-        assert metrics[key] == pytest.approx(value, abs=1e-12), key
+        assert metrics[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
 
 
 def test_perfect_predictions_give_one():
@@ -92,9 +105,11 @@ def test_matches_pycocotools_run_directly(seed, tmp_path):
     feed(ev, images)
     metrics = ev.compute()
     ref, ref_text = oracle(images, 3, tmp_path)
-    assert [metrics[k] for k in STAT_KEYS] == [max(float(s), 0.0) for s in ref.stats]
+    assert [metrics[k] for k in STAT_KEYS] == pytest.approx(
+        [coco_value(s) for s in ref.stats], abs=0, nan_ok=True)
     for k, name in enumerate("abc"):
-        assert metrics[f"AP/{name}"] == max(mean_valid(ref.eval["precision"][:, :, k, 0, -1]), 0)
+        expected = coco_value(mean_valid(ref.eval["precision"][:, :, k, 0, -1]))
+        assert metrics[f"AP/{name}"] == pytest.approx(expected, abs=0, nan_ok=True)
     assert ev.summary() == ref_text
 
 
@@ -107,8 +122,8 @@ def test_relative_buckets_match_pycocotools_with_scaled_absolute_ranges(tmp_path
     absolute = [[lo * h * w, hi * h * w] for lo, hi in rel.values()]
     ref, _ = oracle(images, 3, tmp_path, area_rng=absolute)
     for a, name in enumerate(rel):
-        expected = max(mean_valid(ref.eval["precision"][:, :, :, a, -1]), 0.0)
-        assert metrics[f"AP_rel_{name}"] == expected, name
+        expected = coco_value(mean_valid(ref.eval["precision"][:, :, :, a, -1]))
+        assert metrics[f"AP_rel_{name}"] == pytest.approx(expected, abs=0, nan_ok=True), name
     assert any(metrics[f"AP_rel_{n}"] > 0 for n in rel)
 
 
@@ -126,8 +141,9 @@ def test_relative_buckets_match_pycocotools_with_scaled_absolute_ranges(tmp_path
 def test_relative_bucket_of_a_box(side, size, bucket):
     box = [5.0, 5.0, 5.0 + side, 5.0 + side]
     metrics = evaluate([image(size=size, gt=[box], dt=[box])])
-    for name in coco_mod.HELMET_RELATIVE_AREAS:
-        assert metrics[f"AP_rel_{name}"] == pytest.approx(float(name == bucket), abs=1e-12), name
+    for name in coco_mod.HELMET_RELATIVE_AREAS:  # the other buckets have no ground truth
+        expected = 1.0 if name == bucket else NAN
+        assert metrics[f"AP_rel_{name}"] == pytest.approx(expected, nan_ok=True), name
 
 
 def test_relative_bucket_ignores_unmatched_detections_of_other_sizes():
@@ -180,13 +196,68 @@ def test_orig_boxes_preferred_and_inexact_scale_maps_back():
 
 @pytest.mark.parametrize(
     "images",
-    [[], [image()], [image(gt=[GT, FAR])], [image(gt=[GT], labels=[2])]],
-    ids=["no_images", "no_gt_no_dt", "gts_no_dt", "gt_of_class_2_no_dt"],
+    [[image()], [image(gt=[GT, FAR])], [image(gt=[GT], labels=[2])],
+     [image(gt=[[0, 0, 200, 200]], dt=[[0, 0, 200, 200]])]],
+    ids=["no_gt_no_dt", "gts_no_dt", "gt_of_class_2_no_dt", "only_large"],
 )
-def test_empty_predictions_give_zeros(images):
+def test_undefined_metrics_are_nan_where_pycocotools_gives_minus_one(images, tmp_path):
     ev = CocoEvaluator(class_names=["a", "b", "c"])
     feed(ev, images)
     metrics = ev.compute()
+    ref, ref_text = oracle(images, 3, tmp_path)
+    assert [metrics[k] for k in STAT_KEYS] == pytest.approx(
+        [coco_value(s) for s in ref.stats], abs=0, nan_ok=True)
+    assert any(s == -1 for s in ref.stats)  # every case has an empty bucket
+    for k, name in enumerate("abc"):
+        expected = coco_value(mean_valid(ref.eval["precision"][:, :, k, 0, -1]))
+        assert metrics[f"AP/{name}"] == pytest.approx(expected, abs=0, nan_ok=True)
+    assert ev.summary() == ref_text  # the printed summary keeps COCO's -1.000
+
+
+def test_no_images_gives_undefined_everywhere():
+    ev = CocoEvaluator(class_names=["a", "b", "c"])
+    metrics = ev.compute()
     assert set(metrics) >= set(STAT_KEYS) | {"AP/a", "AP/b", "AP/c", "AP_rel_tiny"}
-    assert all(v == 0.0 for v in metrics.values())
+    assert all(math.isnan(v) for v in metrics.values())
     assert len(ev.summary().splitlines()) == 12
+
+
+def test_undefined_bucket_is_not_averaged_in():
+    # One small box found, nothing medium/large: AP equals AP_small, not a mean with zeros.
+    metrics = evaluate([image(gt=[GT], dt=[GT])], class_names=["a"])
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AP_small"] == pytest.approx(1.0)
+    assert math.isnan(metrics["AP_medium"]) and math.isnan(metrics["AP_large"])
+    from detlab.engine.callbacks import format_metrics
+
+    assert "AP_medium=n/a" in format_metrics(metrics, "AP")
+
+
+# -- what cannot be scored is refused ---------------------------------------------------------
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        (dict(dt=[GT, FAR], scores=[0.9, NAN]), r"image 0: prediction 1 has a non-finite score"),
+        (dict(dt=[GT, FAR], scores=[math.inf, 0.5]), r"image 0: prediction 0 has a non-finite score"),
+        (dict(dt=[GT, [0, 0, NAN, 5]]), r"image 0: prediction 1 has a non-finite box"),
+        (dict(dt=[[0, 0, math.inf, 5]]), r"image 0: prediction 0 has a non-finite box"),
+        (dict(gt=[GT, [NAN, 0, 5, 5]]), r"image 0: ground-truth box 1 has a non-finite box"),
+    ],
+)
+def test_non_finite_predictions_are_refused(case, match):
+    ev = CocoEvaluator()
+    with pytest.raises(DataError, match=match):
+        feed(ev, [image(**{"gt": [GT], **case})])
+
+
+def test_prediction_label_outside_classes_is_refused():
+    # No class_names: the classes are the ground truth's labels (0 and 1 here).
+    images = [image(gt=[GT, FAR], labels=[0, 1], dt=[GT, FAR], dt_labels=[0, 1]),
+              image(gt=[GT], dt=[GT, FAR], dt_labels=[0, 7])]
+    with pytest.raises(DataError, match=r"image 1: prediction 1 has label 7, outside \[0, 2\)"):
+        evaluate(images)
+    with pytest.raises(DataError, match=r"image 1: prediction 1 has label 7, outside \[0, 3\)"):
+        evaluate(images, num_classes=3)
+    with pytest.raises(DataError, match=r"image 1: prediction 1 has label 7, outside \[0, 2\)"):
+        evaluate(images, class_names=["a", "b"])
+    ok = evaluate(images, num_classes=8)  # a class without ground truth in this split
+    assert math.isnan(ok["AP/class_7"]) and ok["AP/class_1"] == pytest.approx(1.0)

@@ -170,6 +170,14 @@ def test_shape_mismatch_and_bad_probs_raise_data_error():
             _evaluate([bad], [torch.zeros(1, 2, 2)], SegmentationEvaluator())
 
 
+def test_non_finite_ground_truth_mask_raises_data_error():
+    # Before: NaN > 0.5 is False, so a NaN mask pixel was silently background.
+    gt = torch.zeros(1, 2, 2)
+    gt[0, 1, 1] = float("nan")
+    with pytest.raises(DataError, match=r"ground-truth 'mask' of image 0 has 1 NaN/inf"):
+        _evaluate([torch.zeros(1, 2, 2)], [gt])
+
+
 def test_dedup_by_image_id_and_across_ranks(monkeypatch):
     gen = torch.Generator().manual_seed(5)
     gts = [torch.rand(1, 8, 8, generator=gen) < 0.3 for _ in range(3)]

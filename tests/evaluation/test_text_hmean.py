@@ -108,6 +108,24 @@ def test_invalid_and_degenerate_polygons() -> None:
     assert match_text_polygons([bowtie, line], [A, line], np.zeros(2, bool)) == (1, 2, 1)
 
 
+@pytest.mark.parametrize(
+    ("preds", "gts", "match"),
+    [
+        ([A, box(np.nan, 0)], [A], r"image 0: prediction 1 has a non-finite coordinate"),
+        ([box(np.inf, 0)], [A], r"image 0: prediction 0 has a non-finite coordinate"),
+        ([A], [A, box(0, np.nan)], r"image 0: ground-truth polygon 1 has a non-finite"),
+        ([A, np.array([[0.0, 0.0], [5.0, 5.0]])], [A], r"prediction 1 has 2 points"),
+        ([np.zeros((4, 3))], [A], r"prediction 0 must be \(K, 2\) points, got shape \(4, 3\)"),
+        ([np.zeros(5)], [A], r"prediction 0 must be \(K, 2\) points, got shape \(5,\)"),
+        ([A], [A, np.zeros(7)], r"ground-truth polygon 1 must be \(K, 2\) points"),
+    ],
+)
+def test_unscorable_polygons_are_refused(preds, gts, match) -> None:
+    # Before: a NaN prediction became an empty polygon, silently a false positive.
+    with pytest.raises(DataError, match=match):
+        _evaluate(preds, gts)
+
+
 def test_ignore_length_mismatch_raises() -> None:
     with pytest.raises(DataError, match="ignore"):
         _evaluate([A], [A, B], [False])

@@ -72,7 +72,8 @@ def test_per_box_shape_is_the_mean_of_sides_and_weights_apply():
 
 def test_gradient_is_finite_for_out_of_range_and_half_inputs():
     logits = torch.randn(4, 4, 16).half().requires_grad_(True)
-    target = torch.tensor([[0.0, 15.0, 16.0, 1e6], [-3.0, 0.5, 14.999, 7.0]] * 2).half()
+    # 6e4: far out of range yet finite in float16 (1e6 would be inf: a non-finite target)
+    target = torch.tensor([[0.0, 15.0, 16.0, 6e4], [-3.0, 0.5, 14.999, 7.0]] * 2).half()
     value = DFLoss()(logits, target)
     assert value.dtype == torch.float32 and torch.isfinite(value)
     value.backward()

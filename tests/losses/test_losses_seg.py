@@ -63,11 +63,24 @@ HAND_CASES = [
      None, tversky(1.5, 0.3, 0.5, 0.3, 0.7) ** 0.75),
     ("focal_tversky_g2", FocalTverskyLoss(alpha=0.6, beta=0.4, gamma=2.0), LOGITS_1, TARGET_1,
      None, tversky(1.5, 0.3, 0.5, 0.6, 0.4) ** 2),
-    ("dice_batch", DiceLoss(batch=True), LOGITS_2, TARGET_2, None, dice(0.8, 1.2, 0.2)),
-    ("dice_per_image", DiceLoss(batch=False), LOGITS_2, TARGET_2, None,
+    # Image B has no ground truth. empty="pooled": its counts enter the ratio like any other.
+    ("dice_batch_pooled", DiceLoss(batch=True, empty="pooled"), LOGITS_2, TARGET_2, None,
+     dice(0.8, 1.2, 0.2)),
+    ("dice_per_image_pooled", DiceLoss(batch=False, empty="pooled"), LOGITS_2, TARGET_2, None,
      (dice(0.8, 0.4, 0.2) + dice(0.0, 0.8, 0.0)) / 2),
+    ("focal_tversky_per_image_pooled", FocalTverskyLoss(gamma=0.75, batch=False, empty="pooled"),
+     LOGITS_2, TARGET_2, None,
+     (tversky(0.8, 0.4, 0.2, 0.3, 0.7) ** 0.75 + tversky(0, 0.8, 0, 0.3, 0.7) ** 0.75) / 2),
+    # empty="per_image" (default): B costs its false-positive fraction (.3 + .5) / 2 = .4.
+    ("dice_batch", DiceLoss(batch=True), LOGITS_2, TARGET_2, None,
+     (dice(0.8, 0.4, 0.2) + 0.4) / 2),
+    ("dice_per_image", DiceLoss(batch=False), LOGITS_2, TARGET_2, None,
+     (dice(0.8, 0.4, 0.2) + 0.4) / 2),
     ("focal_tversky_per_image", FocalTverskyLoss(gamma=0.75, batch=False), LOGITS_2, TARGET_2,
-     None, (tversky(0.8, 0.4, 0.2, 0.3, 0.7) ** 0.75 + tversky(0, 0.8, 0, 0.3, 0.7) ** 0.75) / 2),
+     None, (tversky(0.8, 0.4, 0.2, 0.3, 0.7) ** 0.75 + 0.4 ** 0.75) / 2),
+    # valid pixels only: B's first pixel masked out -> FP fraction .5 / 1
+    ("dice_per_image_valid", DiceLoss(batch=False), LOGITS_2, TARGET_2,
+     torch.tensor([True, True, False, True]).reshape(2, 1, 2), (dice(0.8, 0.4, 0.2) + 0.5) / 2),
     ("dice_softmax_int", DiceLoss(activation="softmax"), LOGITS_3, LABELS_3, None,
      (dice(0.8, 0.3, 0.2) + dice(0.7, 0.2, 0.3)) / 2),
     ("tversky_softmax_nobg", TverskyLoss(0.3, 0.7, activation="softmax", include_background=False),
@@ -77,9 +90,13 @@ HAND_CASES = [
      torch.tensor([True, True, False, True]).reshape(1, 2, 2), dice(1.5, 0.1, 0.5)),
     # an ignore label (255) under valid=False is ignored; pixel 0 only: class 0 p .3 g 0,
     # class 1 p .7 g 1
-    ("dice_softmax_ignore", DiceLoss(activation="softmax"), LOGITS_3,
+    ("dice_softmax_ignore_pooled", DiceLoss(activation="softmax", empty="pooled"), LOGITS_3,
      torch.tensor([[[1, 255]]]), torch.tensor([True, False]).reshape(1, 1, 1, 2),
      (dice(0.0, 0.3, 0.0) + dice(0.7, 0.0, 0.3)) / 2),
+    # class 0 has no ground truth on the one valid pixel: its FP fraction .3 / 1
+    ("dice_softmax_ignore", DiceLoss(activation="softmax"), LOGITS_3,
+     torch.tensor([[[1, 255]]]), torch.tensor([True, False]).reshape(1, 1, 1, 2),
+     (0.3 + dice(0.7, 0.0, 0.3)) / 2),
     # sigmoid focal, alpha .25, gamma 2: alpha_t (1 - p_t)^2 (-log p_t), mean over 4 pixels
     ("focal", FocalLoss(), LOGITS_1, TARGET_1, None,
      (0.25 * 0.1**2 * -math.log(0.9) + 0.25 * 0.4**2 * -math.log(0.6)
@@ -99,23 +116,120 @@ def test_hand_values(loss, logits, target, valid, expected):
     assert loss(logits, target, valid).item() == pytest.approx(expected, abs=1e-6)
 
 
-def _random_inputs(seed: int, b: int = 3, c: int = 2, size: int = 8):
+def _random_inputs(seed: int, b: int = 3, c: int = 2, size: int = 8, empty_image: bool = True):
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(b, c, size, size, generator=gen) * 3
     target = (torch.rand(b, c, size, size, generator=gen) > 0.8).float()
-    target[0] = 0  # an empty image, the common case in lesion segmentation
+    if empty_image:
+        target[0] = 0  # an empty image, the common case in lesion segmentation
+    assert (target.sum((2, 3)) > 0).sum() == b * c - (c if empty_image else 0)
     return logits, target
 
 
 @pytest.mark.parametrize("batch", [True, False])
 @pytest.mark.parametrize("include_background", [True, False])
 @pytest.mark.parametrize("alpha,beta", [(0.5, 0.5), (0.3, 0.7), (0.9, 0.1)])
-def test_tversky_matches_monai(batch, include_background, alpha, beta):
-    logits, target = _random_inputs(0)
-    ours = TverskyLoss(alpha, beta, batch=batch, include_background=include_background)
+@pytest.mark.parametrize("empty", ["pooled", "per_image"])
+def test_tversky_matches_monai(batch, include_background, alpha, beta, empty):
+    # MONAI pools empty images like any other: equal always with empty="pooled", and with
+    # empty="per_image" when every image has ground truth.
+    logits, target = _random_inputs(0, empty_image=empty == "pooled")
+    ours = TverskyLoss(alpha, beta, batch=batch, include_background=include_background,
+                       empty=empty)
     ref = monai.losses.TverskyLoss(include_background=include_background, sigmoid=True,
                                    alpha=alpha, beta=beta, batch=batch)
     assert ours(logits, target).item() == pytest.approx(ref(logits, target).item(), abs=1e-5)
+
+
+# -- empty targets: the table of cases, 4 x 1 x 256² as in the fracture slices ---------------
+N = 256 * 256
+SIG20 = 1 / (1 + math.exp(20))  # sigmoid(-20): what a confident "no lesion" pixel still holds
+BLOCK = 16 * 16 / N  # a 16x16 false-positive blob, as a fraction of the image
+HALF_DICE = 0.5  # p = .5 on a half-lesion image: TP = FP = FN = N/4
+
+
+def _case(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.full((4, 1, 256, 256), -20.0)
+    target = torch.zeros(4, 1, 256, 256)
+    if name == "empty_fp":
+        logits[:, :, :16, :16] = 20.0
+    elif name == "full_full":
+        logits[:] = 20.0
+        target[:] = 1.0
+    elif name == "perfect":
+        logits[..., :128] = 20.0
+        target[..., :128] = 1.0
+    elif name in ("half", "mixed"):
+        target[..., :128] = 1.0
+        logits[:] = 0.0
+        if name == "mixed":  # images 0 and 1 empty and confidently right, 2 and 3 "half"
+            target[:2] = 0.0
+            logits[:2] = -20.0
+    return logits, target
+
+
+g = 0.75  # FocalTverskyLoss default gamma
+EMPTY_TABLE = {
+    # case: {loss: (empty="per_image" expected, empty="pooled" expected)}; None = MONAI's value
+    "empty_empty": {"dice": (SIG20, None), "tversky": (SIG20, None),
+                    "focal_tversky": (SIG20 * 1e-6 ** (g - 1), None)},
+    "empty_fp": {"dice": (BLOCK, None), "tversky": (BLOCK, None),
+                 "focal_tversky": (BLOCK ** g, None)},
+    # right everywhere: ~1e-9 in exact arithmetic, 0 in fp32 (sigmoid(20) rounds to 1)
+    "full_full": {"dice": (None, None), "tversky": (None, None), "focal_tversky": (None, None)},
+    "perfect": {"dice": (None, None), "tversky": (None, None), "focal_tversky": (None, None)},
+    "half": {"dice": (HALF_DICE, None), "tversky": (0.5, None), "focal_tversky": (0.5 ** g, None)},
+    # per_image: two images at 0.5, two right: 0.25. pooled: the empty images' FP mass is noise.
+    "mixed": {"dice": (0.25, None), "tversky": (0.25, None),
+              "focal_tversky": (0.5 ** g / 2, None)},
+}
+LOSS_CLASSES = {"dice": DiceLoss, "tversky": TverskyLoss, "focal_tversky": FocalTverskyLoss}
+
+
+def _monai(name: str, logits, target) -> float:
+    if name == "dice":
+        ref = monai.losses.DiceLoss(sigmoid=True, batch=True)
+    else:
+        ref = monai.losses.TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, batch=True)
+    value = ref(logits, target).item()
+    return value ** g if name == "focal_tversky" else value
+
+
+@pytest.mark.parametrize("loss_name", list(LOSS_CLASSES))
+@pytest.mark.parametrize("case", list(EMPTY_TABLE))
+def test_empty_target_table(case, loss_name):
+    logits, target = _case(case)
+    per_image_expected, pooled_expected = EMPTY_TABLE[case][loss_name]
+    kwargs = {} if loss_name == "dice" else {"alpha": 0.3, "beta": 0.7}
+    per_image = LOSS_CLASSES[loss_name](**kwargs)(logits, target).item()
+    pooled = LOSS_CLASSES[loss_name](empty="pooled", **kwargs)(logits, target).item()
+    monai_value = _monai(loss_name, logits, target)
+    assert pooled == pytest.approx(pooled_expected or monai_value, rel=1e-4, abs=1e-7)
+    if per_image_expected is None:  # right everywhere
+        assert per_image < 1e-6
+    else:
+        assert per_image == pytest.approx(per_image_expected, rel=1e-3, abs=1e-9)
+    if case in ("full_full", "perfect", "half"):  # every image has ground truth: as MONAI
+        assert per_image == pytest.approx(monai_value, rel=1e-4, abs=1e-7)
+
+
+def test_confident_empty_prediction_costs_nothing_by_default():
+    # The issue's numbers: logit -20 everywhere, empty ground truth, 4 x 1 x 256².
+    logits, target = _case("empty_empty")
+    assert DiceLoss(empty="pooled")(logits, target).item() == pytest.approx(0.982, abs=1e-3)
+    assert TverskyLoss(empty="pooled")(logits, target).item() == pytest.approx(0.964, abs=1e-3)
+    assert FocalTverskyLoss(empty="pooled")(logits, target).item() == pytest.approx(0.956, abs=1e-3)
+    for cls in (DiceLoss, TverskyLoss, FocalTverskyLoss):
+        for batch in (True, False):
+            assert cls(batch=batch)(logits, target).item() < 1e-6
+    # and a false positive on an empty slice costs more than a right answer, with a gradient
+    # that pushes the blob's logits down
+    fp_logits = logits.clone()
+    fp_logits[:, :, :16, :16] = 2.0
+    fp_logits.requires_grad_(True)
+    loss = FocalTverskyLoss()(fp_logits, target)
+    loss.backward()
+    assert loss.item() > 1e-2 and (fp_logits.grad[:, :, :16, :16] > 0).all()
 
 
 @pytest.mark.parametrize("batch", [True, False])
