@@ -19,11 +19,43 @@ __all__ = [
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that writes to a temporary file and renames it into place.
+    """``ModelCheckpoint`` that writes to a temporary file and renames it into place, and whose
+    ``last.ckpt`` is always the end of the latest finished training epoch.
 
     A run killed while saving never leaves a truncated ``last.ckpt`` behind: the previous file
     stays valid until ``os.replace`` swaps in the complete new one.
+
+    Lightning writes ``last`` only in a step where a top-k save happened, so after the best
+    epoch it stops moving and ``--resume`` repeats every later epoch. Here ``last`` is written
+    by :meth:`on_train_epoch_end` only, at every epoch (Lightning runs the epoch's validation
+    before that hook, so the metrics and ``best.ckpt`` of that epoch are already known),
+    whatever the monitored metric does.
     """
+
+    _writing_last = False
+    _last_written_step = -1
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        # Lightning's own calls (after a top-k save, at train end, on exception) are skipped:
+        # one place writes ``last``, so its content does not depend on the metric.
+        if self._writing_last:
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lightning's epoch-end top-k logic, then ``last.ckpt`` of this finished epoch."""
+        super().on_train_epoch_end(trainer, pl_module)
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if (not self.save_last or trainer.fast_dev_run or trainer.sanity_checking
+                or trainer.state.fn != TrainerFn.FITTING
+                or self._last_written_step == trainer.global_step):
+            return
+        self._writing_last = True
+        try:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self._writing_last = False
+        self._last_written_step = trainer.global_step
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"
