@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from ..registry import EVALUATORS, MODELS
 from ..recipe import Recipe
 from ..structures import Batch, Prediction
+from .ema import to_resume_layout
 from .optim import build_optimizer, build_scheduler
 
 __all__ = ["DetlabTask", "RECIPE_KEY"]
@@ -125,6 +126,11 @@ class DetlabTask(pl.LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints ------------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume from the live (trained) weights, whichever weights ``state_dict`` holds for
+        evaluation (EMA checkpoints: :func:`detlab.engine.ema.to_resume_layout`)."""
+        to_resume_layout(checkpoint)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the recipe provenance (JSON text) and the last metrics in the checkpoint."""
         checkpoint[RECIPE_KEY] = json.dumps(self.recipe.provenance())

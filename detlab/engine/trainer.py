@@ -24,7 +24,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..defaults import TRAIN_DEFAULTS
@@ -38,6 +38,7 @@ from .callbacks import (
     MetricsPrinter,
 )
 from .diagnostics import DiagnosticsCallback
+from .ema import build_ema
 from .task import RECIPE_KEY, DetlabTask
 
 __all__ = [
@@ -130,9 +131,9 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
     ]
     if cfg["diagnostics"]:
         callbacks.append(DiagnosticsCallback(run_dir))
-    if cfg["ema"]:
-        ema = dict(cfg["ema"]) if isinstance(cfg["ema"], dict) else {}
-        callbacks.append(EMAWeightAveraging(**ema))
+    ema = build_ema(cfg["ema"])
+    if ema is not None:
+        callbacks.append(ema)
     if cfg["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     loggers = [
