@@ -14,6 +14,11 @@ Keys of ``data``::
                          multiple of size_divisor in [low, high] x the train dataset's img_size
                          (:class:`~detlab.data.multiscale.MultiScaleCollate`)
 
+Same seed, same run: the data module gets ``train.seed`` (``seed``); the training dataset is
+wrapped in :class:`~detlab.data.seeding.SeededDataset` (augmentation seeded per sample from
+seed, epoch and index), shuffled by :class:`~detlab.data.samplers.EpochShuffleSampler` and a
+``data.sampler`` that takes a ``seed`` gets this one unless the recipe sets it.
+
 A training dataset with ``set_epoch(epoch)`` (e.g. ``MosaicDataset`` and its close-mosaic
 switch) gets it called with the trainer's epoch when the training loader is built and at every
 training epoch start by :class:`~detlab.engine.callbacks.DatasetEpochSetter`, which the trainer
@@ -27,6 +32,7 @@ import os
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..defaults import DATA_DEFAULTS
@@ -34,6 +40,8 @@ from ..errors import ConfigError, DataError
 from ..registry import DATASETS, SAMPLERS
 from .collate import Collate
 from .multiscale import MultiScaleCollate
+from .samplers import EpochShuffleSampler
+from .seeding import SeededDataset
 
 __all__ = ["DataModule", "build_dataset", "set_dataset_epoch"]
 
@@ -72,7 +80,7 @@ def _case_ids(dataset: Any) -> list[str] | None:
 class DataModule(pl.LightningDataModule):
     """Lightning data module over the recipe's ``data`` section (see module docstring)."""
 
-    def __init__(self, cfg: dict[str, Any], size_divisor: int = 32) -> None:
+    def __init__(self, cfg: dict[str, Any], size_divisor: int = 32, seed: int = 0) -> None:
         super().__init__()
         unknown = set(cfg) - _KNOWN_KEYS
         if unknown:
@@ -91,6 +99,7 @@ class DataModule(pl.LightningDataModule):
         self.num_workers = int(min(2, os.cpu_count() or 1) if workers is None else workers)
         self.size_divisor = int(cfg.get("size_divisor") or size_divisor)
         self.collate = Collate(self.size_divisor)
+        self.seed = int(seed)
         self._datasets: dict[str, Dataset] = {}
 
     def dataset(self, split: str) -> Dataset:
@@ -137,12 +146,15 @@ class DataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool,
                 sampler: Any = None, collate: Any = None) -> DataLoader:
+        if shuffle and sampler is None:
+            sampler = EpochShuffleSampler(len(dataset), self.seed)  # type: ignore[arg-type]
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
+            # worker base seeds from train.seed, not from the global generator's state
+            generator=torch.Generator().manual_seed(self.seed),
             collate_fn=collate or self.collate,
             pin_memory=bool(self.cfg.get("pin_memory", False)),
             persistent_workers=bool(
@@ -155,13 +167,15 @@ class DataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled loader over ``data.train``, or ordered by ``data.sampler`` when set."""
         dataset = self.dataset("train")
+        seeded = SeededDataset(dataset, self.seed)
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
-            set_dataset_epoch(dataset, trainer.current_epoch)
+            seeded.set_epoch(trainer.current_epoch)
         sampler = None
         if self.cfg.get("sampler") is not None:
-            sampler = SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset)
-        return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler,
+            sampler = SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset,
+                                     seed=self.seed)
+        return self._loader(seeded, self.batch_size, shuffle=True, sampler=sampler,
                             collate=self.train_collate(dataset))
 
     def train_collate(self, dataset: Dataset) -> Any:

@@ -6,12 +6,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 from ..errors import ConfigError
 from ..registry import SAMPLERS
 
-__all__ = ["PositiveOversampler"]
+__all__ = ["PositiveOversampler", "EpochShuffleSampler"]
 
 
 @SAMPLERS.register()
@@ -108,3 +109,31 @@ def _cycle(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray
         return np.empty(0, dtype=np.int64)
     rounds = -(-count // len(pool))
     return np.concatenate([rng.permutation(pool) for _ in range(rounds)])[:count]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation of ``range(num_samples)`` that depends only on ``seed`` and the
+    epoch set by :meth:`set_epoch` (Lightning calls it every epoch, also after ``--resume``).
+
+    The data module's default training order: a ``DataLoader(shuffle=True)`` draws its
+    permutation from torch's global generator, whose state after a resume differs from an
+    uninterrupted run's.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation :meth:`__iter__` yields next."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        from .seeding import derive_seed
+
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 7))
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples

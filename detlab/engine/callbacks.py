@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 __all__ = [
     "AtomicModelCheckpoint", "AppendingCSVLogger", "MetricsPrinter", "DatasetEpochSetter",
-    "format_metrics",
+    "StepSeeder", "format_metrics",
 ]
 
 
@@ -160,3 +160,32 @@ class DatasetEpochSetter(Callback):
             return
         for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
             set_dataset_epoch(getattr(loader, "dataset", None), trainer.current_epoch)
+
+
+class StepSeeder(Callback):
+    """Seeds Python's, NumPy's and torch's (all devices) global generators before every
+    training batch from ``(seed, epoch, batch index)``.
+
+    Random ops of a training step (dropout, drop-path, random sampling in a loss) then do not
+    depend on how the run got there: an epoch replayed after ``--resume`` (Lightning does not
+    store generator states) draws what the uninterrupted run drew. Data loading has its own
+    per-sample seeds (:mod:`detlab.data.seeding`).
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any,
+                             batch_idx: int) -> None:
+        """Seed the global generators for this batch."""
+        import random
+
+        import numpy as np
+        import torch
+
+        from ..data.seeding import derive_seed
+
+        seed = derive_seed(self.seed, trainer.current_epoch, batch_idx, 3)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # also every CUDA device

@@ -36,6 +36,7 @@ from .callbacks import (
     AtomicModelCheckpoint,
     DatasetEpochSetter,
     MetricsPrinter,
+    StepSeeder,
 )
 from .diagnostics import DiagnosticsCallback
 from .ema import build_ema
@@ -128,6 +129,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
         ),
         MetricsPrinter(run_dir),
         DatasetEpochSetter(),
+        StepSeeder(int(cfg["seed"])),
     ]
     if cfg["diagnostics"]:
         callbacks.append(DiagnosticsCallback(run_dir))
@@ -192,7 +194,8 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
         run_dir = new_run_dir(root, recipe.name)
     _write_run_files(run_dir, recipe)
     task = DetlabTask(recipe)
-    data = DataModule(recipe.section("data"), size_divisor=task.model.size_divisor)
+    data = DataModule(recipe.section("data"), size_divisor=task.model.size_divisor,
+                      seed=int(cfg["seed"]))
     evaluator = task.evaluator
     trainer = build_trainer(
         recipe, run_dir,

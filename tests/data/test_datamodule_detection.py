@@ -35,8 +35,11 @@ def test_multi_scale_collate_for_training_only():
     loader = data.train_dataloader()
     assert isinstance(loader.collate_fn, MultiScaleCollate)
     assert loader.collate_fn.sizes == [32, 64, 96]  # multiples of 32 in [32, 96]
-    torch.manual_seed(0)
-    sides = {max(next(iter(loader)).images.shape[-2:]) for _ in range(12)}
+    sides = set()
+    for epoch in range(12):  # the size is seeded per (train.seed, epoch, sample): new epochs
+        loader.sampler.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        sides.add(max(next(iter(loader)).images.shape[-2:]))
     assert sides <= {32, 64, 96} and len(sides) > 1
     assert isinstance(data.val_dataloader().collate_fn, Collate)
     assert isinstance(_data().train_dataloader().collate_fn, Collate)
