@@ -40,6 +40,7 @@ from .callbacks import (
 )
 from .diagnostics import DiagnosticsCallback
 from .ema import build_ema
+from .resume_check import check_resume
 from .task import RECIPE_KEY, DetlabTask
 
 __all__ = [
@@ -188,7 +189,10 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
     ckpt_path = None
     if resume is not None:
         ckpt_path = latest_checkpoint(root, recipe.name) if resume == "latest" else Path(resume)
-        load_checkpoint(ckpt_path)  # validates: exists, detlab checkpoint, weights_only-safe
+        # validates: exists, detlab checkpoint, weights_only-safe; then compare the recipes
+        _, ckpt = load_checkpoint(ckpt_path)
+        check_resume(json.loads(recipe.to_json()), ckpt, ckpt_path)
+        del ckpt
         run_dir = ckpt_path.parent.parent
     else:
         run_dir = new_run_dir(root, recipe.name)
