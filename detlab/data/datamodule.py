@@ -28,6 +28,7 @@ always adds.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from typing import Any
 
@@ -40,12 +41,13 @@ from ..errors import ConfigError, DataError
 from ..registry import DATASETS, SAMPLERS
 from .collate import Collate
 from .multiscale import MultiScaleCollate
-from .samplers import EpochShuffleSampler
+from .samplers import EpochShuffleSampler, NoSingletonBatchSampler
 from .seeding import SeededDataset
 
 __all__ = ["DataModule", "build_dataset", "set_dataset_epoch"]
 
 _KNOWN_KEYS = set(DATA_DEFAULTS)
+log = logging.getLogger(__name__)
 
 
 def set_dataset_epoch(dataset: Any, epoch: int) -> bool:
@@ -102,6 +104,22 @@ class DataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self._datasets: dict[str, Dataset] = {}
 
+    def check(self) -> None:
+        """Build the train dataset (and val when set), the train sampler and collate: every
+        path, class name and data key is checked here, before the model is built."""
+        dataset = self.dataset("train")
+        if self.cfg.get("val") is not None:
+            self.dataset("val")
+        if self.cfg.get("sampler") is not None:
+            SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset,
+                           seed=self.seed)
+        self.train_collate(dataset)
+
+    def set_size_divisor(self, size_divisor: int) -> None:
+        """Use the model's largest stride for padding, unless ``data.size_divisor`` is set."""
+        self.size_divisor = int(self.cfg.get("size_divisor") or size_divisor)
+        self.collate = Collate(self.size_divisor)
+
     def dataset(self, split: str) -> Dataset:
         """The dataset for ``split`` (``train``/``val``/``test``), built once."""
         if split not in self._datasets:
@@ -146,12 +164,21 @@ class DataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool,
                 sampler: Any = None, collate: Any = None) -> DataLoader:
-        if shuffle and sampler is None:
-            sampler = EpochShuffleSampler(len(dataset), self.seed)  # type: ignore[arg-type]
+        batching: dict[str, Any] = {"batch_size": batch_size, "sampler": sampler,
+                                    "drop_last": False}
+        if shuffle:  # training
+            if sampler is None:
+                sampler = EpochShuffleSampler(len(dataset), self.seed)  # type: ignore[arg-type]
+            batches = NoSingletonBatchSampler(sampler, batch_size)
+            if batches.drops_one():
+                log.warning(
+                    "data.train: %d samples per epoch with batch_size=%d leave a final batch of "
+                    "1 sample; it is dropped each epoch (BatchNorm cannot train on one sample; "
+                    "the order changes every epoch)", len(sampler), batch_size)
+            batching = {"batch_sampler": batches}
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=sampler,
+            **batching,
             num_workers=self.num_workers,
             # worker base seeds from train.seed, not from the global generator's state
             generator=torch.Generator().manual_seed(self.seed),
@@ -161,7 +188,6 @@ class DataModule(pl.LightningDataModule):
                 self.num_workers > 0 if self.cfg.get("persistent_workers") is None
                 else self.cfg["persistent_workers"]
             ),
-            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:

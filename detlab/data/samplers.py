@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, Sampler
 
 from ..errors import ConfigError
 from ..registry import SAMPLERS
 
-__all__ = ["PositiveOversampler", "EpochShuffleSampler"]
+__all__ = ["PositiveOversampler", "EpochShuffleSampler", "NoSingletonBatchSampler"]
 
 
 @SAMPLERS.register()
@@ -137,3 +137,30 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class NoSingletonBatchSampler(BatchSampler):
+    """``BatchSampler`` that drops a final batch of exactly one sample (``batch_size > 1``).
+
+    BatchNorm in training mode cannot normalize one sample whose feature map is 1x1 (a raw
+    ``ValueError: Expected more than 1 value per channel``), and one sample gives a noisy step
+    anyway. A final batch of 2 or more is kept. The data module says once per run that it
+    happens; the order is reshuffled every epoch, so no sample is left out for good.
+    """
+
+    def __init__(self, sampler: Any, batch_size: int, drop_last: bool = False) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+
+    def drops_one(self) -> bool:
+        """Whether the final batch of an epoch holds one sample and is dropped."""
+        return not self.drop_last and self.batch_size > 1 \
+            and len(self.sampler) % self.batch_size == 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in super().__iter__():
+            if len(batch) == 1 and self.batch_size > 1:
+                return  # only the final batch can be shorter than batch_size
+            yield batch
+
+    def __len__(self) -> int:
+        return super().__len__() - int(self.drops_one())

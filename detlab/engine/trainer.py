@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..defaults import TRAIN_DEFAULTS
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DetlabError
 from ..recipe import Recipe, from_source
 from ..registry import closest
 from .callbacks import (
@@ -179,13 +180,8 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
 
     cfg = _train_cfg(recipe)
     root = Path(work_dir or cfg["work_dir"])
-    threads = cfg["num_threads"]
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"train.num_threads={threads!r}: expected an int >= 1 or None")
-        torch.set_num_threads(threads)
-    pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
     _set_threads(cfg["num_threads"])
+    seed = int(cfg["seed"])
     ckpt_path = None
     if resume is not None:
         ckpt_path = latest_checkpoint(root, recipe.name) if resume == "latest" else Path(resume)
@@ -193,20 +189,34 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
         _, ckpt = load_checkpoint(ckpt_path)
         check_resume(json.loads(recipe.to_json()), ckpt, ckpt_path)
         del ckpt
-        run_dir = ckpt_path.parent.parent
+    # Data first: a wrong path or class name fails in seconds, not after building (and maybe
+    # downloading) the backbone; nothing is written before every check has passed.
+    data = DataModule(recipe.section("data"), seed=seed)
+    data.check()
+    pl.seed_everything(seed, workers=True, verbose=False)  # model init independent of data
+    task = DetlabTask(recipe)
+    task.check_optimization()
+    data.set_size_divisor(task.model.size_divisor)
+    evaluator = task.evaluator
+    if ckpt_path is not None:
+        run_dir, created = ckpt_path.parent.parent, False
     else:
         run_dir = new_run_dir(root, recipe.name)
-    _write_run_files(run_dir, recipe)
-    task = DetlabTask(recipe)
-    data = DataModule(recipe.section("data"), size_divisor=task.model.size_divisor,
-                      seed=int(cfg["seed"]))
-    evaluator = task.evaluator
+        created = not run_dir.exists()
     trainer = build_trainer(
         recipe, run_dir,
         higher_is_better=getattr(evaluator, "higher_is_better", True),
         monitor=evaluator is not None,
     )
-    trainer.fit(task, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    try:
+        _write_run_files(run_dir, recipe)
+        trainer.fit(task, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except DetlabError:
+        # A configuration or data error found once training started (first batch, a worker):
+        # a new run folder without a checkpoint is not a run; give its version number back.
+        if created and trainer.is_global_zero and not any(run_dir.glob("checkpoints/*.ckpt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return run_dir, task, trainer
 
 
