@@ -81,3 +81,22 @@ def test_mosaic_same_seed_twice_identical(tmp_path):
     b = _run(tmp_path / "b", [*MOSAIC, "train.max_epochs=1"])
     assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
     assert _same(_weights(a), _weights(b))
+
+
+def test_shuffle_order_depends_on_seed_and_epoch_only():
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    from detlab.data.datamodule import DataModule
+    from detlab.data.samplers import EpochShuffleSampler
+    from detlab.defaults import DATA_DEFAULTS
+
+    a, b = EpochShuffleSampler(50, seed=3), EpochShuffleSampler(50, seed=3)
+    assert list(a) == list(b) and sorted(a) == list(range(50))
+    b.set_epoch(1)
+    assert list(a) != list(b) and sorted(b) == list(range(50))
+    assert list(EpochShuffleSampler(50, seed=4)) != list(a)
+    shapes = dict(type="SyntheticShapes", num_samples=8, image_size=32, img_size=32)
+    loader = DataModule({**DATA_DEFAULTS, "train": shapes, "num_workers": 0}, seed=3
+                        ).train_dataloader()
+    _set_sampler_epoch(loader, 5)  # what Lightning calls at every epoch start
+    assert loader.batch_sampler.sampler.epoch == 5
