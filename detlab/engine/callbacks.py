@@ -185,7 +185,8 @@ class StepSeeder(Callback):
 
         from ..data.seeding import derive_seed
 
-        seed = derive_seed(self.seed, trainer.current_epoch, batch_idx, 3)
+        # the rank too: under DDP each process draws its own dropout masks
+        seed = derive_seed(self.seed, trainer.current_epoch, batch_idx, 3, trainer.global_rank)
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # also every CUDA device

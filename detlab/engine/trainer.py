@@ -8,7 +8,8 @@ Layout of one run::
         provenance.json
         metrics.csv          Lightning CSV log (one row per logged step/epoch)
         events.out.tfevents… TensorBoard log
-        checkpoints/best.ckpt, checkpoints/last.ckpt
+        checkpoints/best.ckpt  best monitored metric; checkpoints/last.ckpt  end of the latest
+                               finished epoch (what --resume continues from)
         diagnostics/         probability histograms, collapse warnings, attention maps,
                              the first training batch (train.diagnostics=false turns it off)
 """
@@ -174,7 +175,10 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
 
     ``resume`` is a checkpoint path or ``"latest"`` (newest ``last.ckpt`` of this recipe). A
     resumed run continues in the run directory of its checkpoint, restoring weights, optimizer,
-    scheduler, EMA and epoch counter.
+    scheduler, EMA and epoch counter, after :func:`~detlab.engine.resume_check.check_resume`
+    compared the recipes. The data is checked before the model is built, and the run folder is
+    written only once every check passed (a ``DetlabError`` during training removes a new folder
+    that holds no checkpoint yet).
     """
     from ..data.datamodule import DataModule
 
