@@ -102,6 +102,8 @@ class DataModule(pl.LightningDataModule):
         self.size_divisor = int(cfg.get("size_divisor") or size_divisor)
         self.collate = Collate(self.size_divisor)
         self.seed = int(seed)
+        # first epoch of a resumed run (set by fit from the checkpoint), else None
+        self.start_epoch: int | None = None
         self._datasets: dict[str, Dataset] = {}
 
     def check(self) -> None:
@@ -195,14 +197,22 @@ class DataModule(pl.LightningDataModule):
         dataset = self.dataset("train")
         seeded = SeededDataset(dataset, self.seed)
         trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            seeded.set_epoch(trainer.current_epoch)
+        epoch = trainer.current_epoch if trainer is not None else 0
+        # Lightning builds (and, with workers, starts iterating) this loader while a resumed
+        # run's epoch is not restored yet (a step-based scheduler asks for its length), and
+        # sets the sampler's epoch only afterwards: start at the resumed epoch already.
+        epoch = max(epoch, self.start_epoch or 0)
+        seeded.set_epoch(epoch)
         sampler = None
         if self.cfg.get("sampler") is not None:
             sampler = SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset,
                                      seed=self.seed)
-        return self._loader(seeded, self.batch_size, shuffle=True, sampler=sampler,
-                            collate=self.train_collate(dataset))
+        loader = self._loader(seeded, self.batch_size, shuffle=True, sampler=sampler,
+                              collate=self.train_collate(dataset))
+        set_epoch = getattr(loader.batch_sampler.sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        return loader
 
     def train_collate(self, dataset: Dataset) -> Any:
         """``Collate``, or ``MultiScaleCollate`` when ``data.multi_scale`` is set."""

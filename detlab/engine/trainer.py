@@ -186,16 +186,18 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
     root = Path(work_dir or cfg["work_dir"])
     _set_threads(cfg["num_threads"])
     seed = int(cfg["seed"])
-    ckpt_path = None
+    ckpt_path, start_epoch = None, None
     if resume is not None:
         ckpt_path = latest_checkpoint(root, recipe.name) if resume == "latest" else Path(resume)
         # validates: exists, detlab checkpoint, weights_only-safe; then compare the recipes
         _, ckpt = load_checkpoint(ckpt_path)
         check_resume(json.loads(recipe.to_json()), ckpt, ckpt_path)
+        start_epoch = int(ckpt.get("epoch", -1)) + 1  # checkpoints are end-of-epoch
         del ckpt
     # Data first: a wrong path or class name fails in seconds, not after building (and maybe
     # downloading) the backbone; nothing is written before every check has passed.
     data = DataModule(recipe.section("data"), seed=seed)
+    data.start_epoch = start_epoch
     data.check()
     pl.seed_everything(seed, workers=True, verbose=False)  # model init independent of data
     task = DetlabTask(recipe)

@@ -67,12 +67,13 @@ def test_crash_mid_epoch_then_resume_matches_uninterrupted(reference, tmp_path, 
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(DetlabTask, "training_step", crash)
+    workers = ["data.num_workers=1"]  # the reference ran without workers
     with pytest.raises(RuntimeError, match="killed"):
-        _run(tmp_path)
+        _run(tmp_path, workers)
     run_dir = tmp_path / "helmet_yolo_p2" / "version_0"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     monkeypatch.setattr(DetlabTask, "training_step", step)
-    fit(load(RECIPE, TINY), resume="latest", work_dir=tmp_path)
+    fit(load(RECIPE, [*TINY, *workers]), resume="latest", work_dir=tmp_path)
     assert _same(_weights(reference), _weights(run_dir))
 
 
