@@ -196,6 +196,7 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
         del ckpt
     # Data first: a wrong path or class name fails in seconds, not after building (and maybe
     # downloading) the backbone; nothing is written before every check has passed.
+    pl.seed_everything(seed, workers=True, verbose=False)
     data = DataModule(recipe.section("data"), seed=seed)
     data.start_epoch = start_epoch
     data.check()
