@@ -18,7 +18,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "accumulate_grad_batches": 1,
     "gradient_clip_val": None,
     "gradient_clip_algorithm": "norm",
-    "ema": None,                    # dict(decay=0.999) keeps an EMA of the weights
+    "ema": None,                    # dict(decay=0.9999, tau=2000, validate="ema"): EMA of the
+                                    # weights with the YOLO ramp (detlab.engine.ema)
     "accelerator": "auto",          # a GPU when there is one
     "devices": "auto",
     "num_nodes": 1,

@@ -145,10 +145,10 @@ def test_ema_weights_are_checkpointed_and_used_by_eval(tmp_path):
                  "--work-dir", str(tmp_path)]) == 0
     ckpt_path = tmp_path / "fracture_unet" / "version_0" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, weights_only=True)
-    # Lightning's EMAWeightAveraging: averaged weights in state_dict, live ones kept aside
-    assert "current_model_state" in ckpt and "averaging_state" in ckpt
+    # detlab's ModelEMA: averaged weights in state_dict, live ones kept aside for resume
+    live = ckpt["detlab_ema"]["live_state"]
     key = next(k for k in ckpt["state_dict"] if k.endswith("classifier.weight"))
-    assert not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])
+    assert not torch.equal(ckpt["state_dict"][key], live[key])
     from detlab.engine.trainer import load_task
 
     task = load_task(ckpt_path)

@@ -15,6 +15,11 @@ Keys of ``data``::
                          multiple of size_divisor in [low, high] x the train dataset's img_size
                          (:class:`~detlab.data.multiscale.MultiScaleCollate`)
 
+Same seed, same run: the data module gets ``train.seed`` (``seed``); the training dataset is
+wrapped in :class:`~detlab.data.seeding.SeededDataset` (augmentation seeded per sample from
+seed, epoch and index), shuffled by :class:`~detlab.data.samplers.EpochShuffleSampler` and a
+``data.sampler`` that takes a ``seed`` gets this one unless the recipe sets it.
+
 A training dataset with ``set_epoch(epoch)`` (e.g. ``MosaicDataset`` and its close-mosaic
 switch) gets it called with the trainer's epoch when the training loader is built and at every
 training epoch start by :class:`~detlab.engine.callbacks.DatasetEpochSetter`, which the trainer
@@ -24,10 +29,12 @@ always adds.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..defaults import DATA_DEFAULTS
@@ -35,10 +42,13 @@ from ..errors import ConfigError, DataError
 from ..registry import DATASETS, SAMPLERS
 from .collate import Collate
 from .multiscale import MultiScaleCollate
+from .samplers import EpochShuffleSampler, NoSingletonBatchSampler
+from .seeding import SeededDataset
 
 __all__ = ["DataModule", "build_dataset", "set_dataset_epoch"]
 
 _KNOWN_KEYS = set(DATA_DEFAULTS)
+log = logging.getLogger(__name__)
 
 
 def set_dataset_epoch(dataset: Any, epoch: int) -> bool:
@@ -73,7 +83,7 @@ def _case_ids(dataset: Any) -> list[str] | None:
 class DataModule(pl.LightningDataModule):
     """Lightning data module over the recipe's ``data`` section (see module docstring)."""
 
-    def __init__(self, cfg: dict[str, Any], size_divisor: int = 32) -> None:
+    def __init__(self, cfg: dict[str, Any], size_divisor: int = 32, seed: int = 0) -> None:
         super().__init__()
         unknown = set(cfg) - _KNOWN_KEYS
         if unknown:
@@ -92,7 +102,26 @@ class DataModule(pl.LightningDataModule):
         self.num_workers = int(min(2, os.cpu_count() or 1) if workers is None else workers)
         self.size_divisor = int(cfg.get("size_divisor") or size_divisor)
         self.collate = Collate(self.size_divisor)
+        self.seed = int(seed)
+        # first epoch of a resumed run (set by fit from the checkpoint), else None
+        self.start_epoch: int | None = None
         self._datasets: dict[str, Dataset] = {}
+
+    def check(self) -> None:
+        """Build the train dataset (and val when set), the train sampler and collate: every
+        path, class name and data key is checked here, before the model is built."""
+        dataset = self.dataset("train")
+        if self.cfg.get("val") is not None:
+            self.dataset("val")
+        if self.cfg.get("sampler") is not None:
+            SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset,
+                           seed=self.seed)
+        self.train_collate(dataset)
+
+    def set_size_divisor(self, size_divisor: int) -> None:
+        """Use the model's largest stride for padding, unless ``data.size_divisor`` is set."""
+        self.size_divisor = int(self.cfg.get("size_divisor") or size_divisor)
+        self.collate = Collate(self.size_divisor)
 
     def dataset(self, split: str) -> Dataset:
         """The dataset for ``split`` (``train``/``val``/``test``), built once."""
@@ -138,32 +167,53 @@ class DataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool,
                 sampler: Any = None, collate: Any = None) -> DataLoader:
+        batching: dict[str, Any] = {"batch_size": batch_size, "sampler": sampler,
+                                    "drop_last": False}
+        if shuffle:  # training
+            if sampler is None:
+                sampler = EpochShuffleSampler(len(dataset), self.seed)  # type: ignore[arg-type]
+            batches = NoSingletonBatchSampler(sampler, batch_size)
+            if batches.drops_one():
+                log.warning(
+                    "data.train: %d samples per epoch with batch_size=%d leave a final batch of "
+                    "1 sample; it is dropped each epoch (BatchNorm cannot train on one sample; "
+                    "the order changes every epoch)", len(sampler), batch_size)
+            batching = {"batch_sampler": batches}
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
+            **batching,
             num_workers=self.num_workers,
+            # worker base seeds from train.seed, not from the global generator's state
+            generator=torch.Generator().manual_seed(self.seed),
             collate_fn=collate or self.collate,
             pin_memory=bool(self.cfg.get("pin_memory", False)),
             persistent_workers=bool(
                 self.num_workers > 0 if self.cfg.get("persistent_workers") is None
                 else self.cfg["persistent_workers"]
             ),
-            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled loader over ``data.train``, or ordered by ``data.sampler`` when set."""
         dataset = self.dataset("train")
+        seeded = SeededDataset(dataset, self.seed)
         trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            set_dataset_epoch(dataset, trainer.current_epoch)
+        epoch = trainer.current_epoch if trainer is not None else 0
+        # Lightning builds (and, with workers, starts iterating) this loader while a resumed
+        # run's epoch is not restored yet (a step-based scheduler asks for its length), and
+        # sets the sampler's epoch only afterwards: start at the resumed epoch already.
+        epoch = max(epoch, self.start_epoch or 0)
+        seeded.set_epoch(epoch)
         sampler = None
         if self.cfg.get("sampler") is not None:
-            sampler = SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset)
-        return self._loader(dataset, self.batch_size, shuffle=True, sampler=sampler,
-                            collate=self.train_collate(dataset))
+            sampler = SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset,
+                                     seed=self.seed)
+        loader = self._loader(seeded, self.batch_size, shuffle=True, sampler=sampler,
+                              collate=self.train_collate(dataset))
+        set_epoch = getattr(loader.batch_sampler.sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        return loader
 
     def train_collate(self, dataset: Dataset) -> Any:
         """``Collate``, or ``MultiScaleCollate`` when ``data.multi_scale`` is set."""

@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..registry import DATASETS
 from .datasets.detection_base import Annotations, DetectionDataset
 from .letterbox import resize_keep_ratio
+from .seeding import base_seed
 
 __all__ = ["MosaicDataset"]
 
@@ -36,8 +37,9 @@ class MosaicDataset(Dataset):
     """Wraps a detection dataset; with probability ``p`` a sample is a 4-image mosaic.
 
     Deterministic: the mosaic decision, partner images and center are drawn from
-    ``np.random.default_rng([seed, epoch, index])`` (the transforms of the wrapped dataset keep
-    their own randomness). :meth:`set_epoch` changes the draw each epoch and switches mosaic
+    ``np.random.default_rng([seed, epoch, index])``; ``seed=None`` (default) takes the run's
+    ``train.seed`` (:mod:`detlab.data.seeding`), and the wrapped dataset's transforms are seeded
+    per sample in the training loader too. :meth:`set_epoch` changes the draw each epoch and switches mosaic
     off for the last ``close_mosaic_epochs`` of ``max_epochs`` (as YOLOv8 does, so the model
     ends on un-tiled images). The epoch lives in shared memory, so a call in the main process
     reaches DataLoader workers, persistent ones included.
@@ -51,7 +53,7 @@ class MosaicDataset(Dataset):
         min_visibility: drop a cut box keeping less than this fraction of its area.
         close_mosaic_epochs, max_epochs: no mosaic from epoch ``max_epochs -
             close_mosaic_epochs`` on (needs :meth:`set_epoch` calls each epoch).
-        seed: base seed.
+        seed: base seed; ``None``: ``train.seed`` in training (0 elsewhere).
     """
 
     def __init__(
@@ -64,7 +66,7 @@ class MosaicDataset(Dataset):
         min_visibility: float = 0.25,
         close_mosaic_epochs: int = 0,
         max_epochs: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         if isinstance(dataset, dict):
             dataset = DATASETS.build(dataset, key="MosaicDataset.dataset")
@@ -104,7 +106,7 @@ class MosaicDataset(Dataset):
         self.min_visibility = float(min_visibility)
         self.close_mosaic_epochs = int(close_mosaic_epochs)
         self.max_epochs = max_epochs
-        self.seed = int(seed)
+        self.seed = None if seed is None else int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     # -- dataset API ----------------------------------------------------------------------------
@@ -136,7 +138,8 @@ class MosaicDataset(Dataset):
         return self.epoch < self.max_epochs - self.close_mosaic_epochs
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        seed = base_seed() if self.seed is None else self.seed
+        rng = np.random.default_rng([seed, self.epoch, int(index)])
         if not self.mosaic_enabled() or rng.random() >= self.p:
             return self.dataset[index]
         partners = rng.integers(0, len(self.dataset), 3)

@@ -15,10 +15,11 @@ of ``align_corners=False``; equal up to rounding) every target and meta entry fo
 the rescaled unpadded size, so ``input = orig * scale + pad`` still holds. ``orig_boxes`` are
 original-image coordinates and do not change.
 
-Randomness: by default the size is drawn from torch's global generator. DataLoader seeds it
-differently in each worker and each epoch (from the main process's seed), so batches vary and
-runs are reproducible under ``seed_everything``. ``seed`` gives a private generator for
-single-process use (every worker would repeat the same sequence).
+Randomness: in the training loader every sample carries ``sample_seed`` (a function of
+``train.seed``, epoch and index: :mod:`detlab.data.seeding`) and the size is drawn from the
+first sample's, so it does not depend on workers or on a ``--resume``. Without it, ``seed`` gives
+a private generator for single-process use (every worker would repeat the same sequence), and
+otherwise torch's global generator is used.
 """
 
 from __future__ import annotations
@@ -125,15 +126,19 @@ class MultiScaleCollate:
         """Sizes from a recipe range: ``multi_scale=(0.5, 1.5)`` of ``img_size``."""
         return cls(multi_scale_sizes(img_size, scale_range, size_divisor), size_divisor, seed)
 
-    def draw_size(self) -> int:
-        """One size from :attr:`sizes`, uniformly."""
+    def draw_size(self, sample_seed: int | None = None) -> int:
+        """One size from :attr:`sizes`, uniformly (from ``sample_seed`` when given)."""
+        if sample_seed is not None:
+            rng = np.random.default_rng([int(sample_seed), 2])
+            return self.sizes[int(rng.integers(len(self.sizes)))]
         if self._rng is not None:
             return self._rng.choice(self.sizes)
         return self.sizes[int(torch.randint(len(self.sizes), (1,)).item())]
 
     def __call__(self, samples: list[dict[str, Any]]) -> Batch:
         batch = collate(samples, self.size_divisor)
-        return rescale_batch(batch, self.draw_size(), self.size_divisor)
+        seed = samples[0].get("sample_seed") if samples else None
+        return rescale_batch(batch, self.draw_size(seed), self.size_divisor)
 
 
 def _rescale_target(target: dict[str, Any], fy: float, fx: float, new_size: tuple[int, int],

@@ -6,12 +6,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
+import torch
+from torch.utils.data import BatchSampler, Sampler
 
 from ..errors import ConfigError
 from ..registry import SAMPLERS
 
-__all__ = ["PositiveOversampler"]
+__all__ = ["PositiveOversampler", "EpochShuffleSampler", "NoSingletonBatchSampler"]
 
 
 @SAMPLERS.register()
@@ -108,3 +109,58 @@ def _cycle(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray
         return np.empty(0, dtype=np.int64)
     rounds = -(-count // len(pool))
     return np.concatenate([rng.permutation(pool) for _ in range(rounds)])[:count]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation of ``range(num_samples)`` that depends only on ``seed`` and the
+    epoch set by :meth:`set_epoch` (Lightning calls it every epoch, also after ``--resume``).
+
+    The data module's default training order: a ``DataLoader(shuffle=True)`` draws its
+    permutation from torch's global generator, whose state after a resume differs from an
+    uninterrupted run's.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation :meth:`__iter__` yields next."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        from .seeding import derive_seed
+
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 7))
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class NoSingletonBatchSampler(BatchSampler):
+    """``BatchSampler`` that drops a final batch of exactly one sample (``batch_size > 1``).
+
+    BatchNorm in training mode cannot normalize one sample whose feature map is 1x1 (a raw
+    ``ValueError: Expected more than 1 value per channel``), and one sample gives a noisy step
+    anyway. A final batch of 2 or more is kept. The data module says once per run that it
+    happens; the order is reshuffled every epoch, so no sample is left out for good.
+    """
+
+    def __init__(self, sampler: Any, batch_size: int, drop_last: bool = False) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+
+    def drops_one(self) -> bool:
+        """Whether the final batch of an epoch holds one sample and is dropped."""
+        return not self.drop_last and self.batch_size > 1 \
+            and len(self.sampler) % self.batch_size == 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in super().__iter__():
+            if len(batch) == 1 and self.batch_size > 1:
+                return  # only the final batch can be shorter than batch_size
+            yield batch
+
+    def __len__(self) -> int:
+        return super().__len__() - int(self.drops_one())

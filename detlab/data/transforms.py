@@ -4,6 +4,10 @@ A recipe lists transforms as dicts: ``dict(type="HorizontalFlip", p=0.5)``. ``ty
 in detlab's ``TRANSFORMS`` registry first (our own transforms, e.g. letterbox), then in the
 ``albumentations`` namespace, then as a dotted import path. Image and mask (and boxes, keypoints
 for polygons) are transformed together by one ``albumentations.Compose``.
+
+The pipeline is a :class:`SeededCompose`: inside :func:`detlab.data.seeding.seeding_sample`
+(the training loader) each call draws from seeds of ``(train.seed, epoch, index)``, so the same
+seed gives the same augmentation in every worker layout and after ``--resume``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,21 @@ import albumentations as A
 
 from ..errors import ConfigError
 from ..registry import TRANSFORMS, closest
+from .seeding import next_transform_seed, seed_transform_tree
 
-__all__ = ["build_transforms", "resolve_transform"]
+
+class SeededCompose(A.Compose):
+    """``albumentations.Compose`` that re-seeds itself (each transform its own seed) from the
+    sample being loaded (:mod:`detlab.data.seeding`); outside a seeded sample it behaves like
+    ``Compose``."""
+
+    def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
+        seed = next_transform_seed()
+        if seed is not None:
+            seed_transform_tree(self, seed)
+        return super().__call__(*args, force_apply=force_apply, **data)
+
+__all__ = ["build_transforms", "resolve_transform", "SeededCompose"]
 
 
 def resolve_transform(type_: Any, key: str = "") -> Any:
@@ -43,7 +60,7 @@ def build_transforms(
     *,
     task: Literal["segmentation", "detection", "text"] = "segmentation",
     key: str = "data.transforms",
-) -> A.Compose | None:
+) -> SeededCompose | None:
     """Build one ``albumentations.Compose`` from a list of transform configs.
 
     Args:
@@ -79,4 +96,4 @@ def build_transforms(
         )
     elif task == "text":
         extra["keypoint_params"] = A.KeypointParams(format="xy", remove_invisible=False)
-    return A.Compose(built, **extra)
+    return SeededCompose(built, **extra)

@@ -14,16 +14,48 @@ from lightning.pytorch.utilities import rank_zero_info
 
 __all__ = [
     "AtomicModelCheckpoint", "AppendingCSVLogger", "MetricsPrinter", "DatasetEpochSetter",
-    "format_metrics",
+    "StepSeeder", "format_metrics",
 ]
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that writes to a temporary file and renames it into place.
+    """``ModelCheckpoint`` that writes to a temporary file and renames it into place, and whose
+    ``last.ckpt`` is always the end of the latest finished training epoch.
 
     A run killed while saving never leaves a truncated ``last.ckpt`` behind: the previous file
     stays valid until ``os.replace`` swaps in the complete new one.
+
+    Lightning writes ``last`` only in a step where a top-k save happened, so after the best
+    epoch it stops moving and ``--resume`` repeats every later epoch. Here ``last`` is written
+    by :meth:`on_train_epoch_end` only, at every epoch (Lightning runs the epoch's validation
+    before that hook, so the metrics and ``best.ckpt`` of that epoch are already known),
+    whatever the monitored metric does.
     """
+
+    _writing_last = False
+    _last_written_step = -1
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        # Lightning's own calls (after a top-k save, at train end, on exception) are skipped:
+        # one place writes ``last``, so its content does not depend on the metric.
+        if self._writing_last:
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lightning's epoch-end top-k logic, then ``last.ckpt`` of this finished epoch."""
+        super().on_train_epoch_end(trainer, pl_module)
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if (not self.save_last or trainer.fast_dev_run or trainer.sanity_checking
+                or trainer.state.fn != TrainerFn.FITTING
+                or self._last_written_step == trainer.global_step):
+            return
+        self._writing_last = True
+        try:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self._writing_last = False
+        self._last_written_step = trainer.global_step
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"
@@ -128,3 +160,33 @@ class DatasetEpochSetter(Callback):
             return
         for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
             set_dataset_epoch(getattr(loader, "dataset", None), trainer.current_epoch)
+
+
+class StepSeeder(Callback):
+    """Seeds Python's, NumPy's and torch's (all devices) global generators before every
+    training batch from ``(seed, epoch, batch index)``.
+
+    Random ops of a training step (dropout, drop-path, random sampling in a loss) then do not
+    depend on how the run got there: an epoch replayed after ``--resume`` (Lightning does not
+    store generator states) draws what the uninterrupted run drew. Data loading has its own
+    per-sample seeds (:mod:`detlab.data.seeding`).
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any,
+                             batch_idx: int) -> None:
+        """Seed the global generators for this batch."""
+        import random
+
+        import numpy as np
+        import torch
+
+        from ..data.seeding import derive_seed
+
+        # the rank too: under DDP each process draws its own dropout masks
+        seed = derive_seed(self.seed, trainer.current_epoch, batch_idx, 3, trainer.global_rank)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # also every CUDA device

@@ -15,6 +15,7 @@ from ..losses.nonfinite import total_nonfinite
 from ..registry import EVALUATORS, MODELS
 from ..recipe import Recipe
 from ..structures import Batch, Prediction
+from .ema import to_resume_layout
 from .optim import build_optimizer, build_scheduler
 
 __all__ = ["DetlabTask", "RECIPE_KEY"]
@@ -130,7 +131,21 @@ class DetlabTask(pl.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def check_optimization(self) -> None:
+        """Build ``train.optimizer`` and ``train.scheduler`` once on throwaway objects, so a
+        wrong name or argument is a ``ConfigError`` before the run folder is created."""
+        optimizer = build_optimizer(self.train_cfg.get("optimizer"), self.model)
+        sched_cfg = self.train_cfg.get("scheduler")
+        if sched_cfg is not None:
+            epochs = max(1, int(self.train_cfg.get("max_epochs") or 1))
+            build_scheduler(sched_cfg, optimizer, 10 * epochs, 10)  # 10 steps an epoch
+
     # -- checkpoints ------------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume from the live (trained) weights, whichever weights ``state_dict`` holds for
+        evaluation (EMA checkpoints: :func:`detlab.engine.ema.to_resume_layout`)."""
+        to_resume_layout(checkpoint)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the recipe provenance (JSON text) and the last metrics in the checkpoint."""
         checkpoint[RECIPE_KEY] = json.dumps(self.recipe.provenance())

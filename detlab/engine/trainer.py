@@ -8,7 +8,8 @@ Layout of one run::
         provenance.json
         metrics.csv          Lightning CSV log (one row per logged step/epoch)
         events.out.tfevents… TensorBoard log
-        checkpoints/best.ckpt, checkpoints/last.ckpt
+        checkpoints/best.ckpt  best monitored metric; checkpoints/last.ckpt  end of the latest
+                               finished epoch (what --resume continues from)
         diagnostics/         probability histograms, collapse warnings, attention maps,
                              the first training batch (train.diagnostics=false turns it off)
 """
@@ -18,27 +19,31 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..defaults import TRAIN_DEFAULTS
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DetlabError
 from ..recipe import Recipe
 from ..registry import closest
-from .checkpoint import load_checkpoint, load_task
+from .checkpoint import load_checkpoint, load_task, read_checkpoint
 from .callbacks import (
     AppendingCSVLogger,
     AtomicModelCheckpoint,
     DatasetEpochSetter,
     MetricsPrinter,
+    StepSeeder,
 )
 from .diagnostics import DiagnosticsCallback
+from .ema import build_ema
+from .resume_check import check_resume
 from .task import RECIPE_KEY, DetlabTask
 
 __all__ = [
@@ -128,12 +133,13 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
         ),
         MetricsPrinter(run_dir),
         DatasetEpochSetter(),
+        StepSeeder(int(cfg["seed"])),
     ]
     if cfg["diagnostics"]:
         callbacks.append(DiagnosticsCallback(run_dir))
-    if cfg["ema"]:
-        ema = dict(cfg["ema"]) if isinstance(cfg["ema"], dict) else {}
-        callbacks.append(EMAWeightAveraging(**ema))
+    ema = build_ema(cfg["ema"])
+    if ema is not None:
+        callbacks.append(ema)
     if cfg["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     loggers = [
@@ -170,36 +176,56 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
 
     ``resume`` is a checkpoint path or ``"latest"`` (newest ``last.ckpt`` of this recipe). A
     resumed run continues in the run directory of its checkpoint, restoring weights, optimizer,
-    scheduler, EMA and epoch counter.
+    scheduler, EMA and epoch counter, after :func:`~detlab.engine.resume_check.check_resume`
+    compared the recipes. The data is checked before the model is built, and the run folder is
+    written only once every check passed (a ``DetlabError`` during training removes a new folder
+    that holds no checkpoint yet).
     """
     from ..data.datamodule import DataModule
 
     cfg = _train_cfg(recipe)
     root = Path(work_dir or cfg["work_dir"])
-    threads = cfg["num_threads"]
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"train.num_threads={threads!r}: expected an int >= 1 or None")
-        torch.set_num_threads(threads)
-    pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
     _set_threads(cfg["num_threads"])
-    ckpt_path = None
+    seed = int(cfg["seed"])
+    ckpt_path, start_epoch = None, None
     if resume is not None:
         ckpt_path = latest_checkpoint(root, recipe.name) if resume == "latest" else Path(resume)
-        load_checkpoint(ckpt_path)  # validates: exists, detlab checkpoint, weights_only-safe
-        run_dir = ckpt_path.parent.parent
+        # validates: exists, detlab checkpoint, weights_only-safe, and builds nothing from the
+        # stored recipe (the user's own recipe file is what runs); then compare the recipes
+        ckpt = read_checkpoint(ckpt_path)
+        check_resume(json.loads(recipe.to_json()), ckpt, ckpt_path)
+        start_epoch = int(ckpt.get("epoch", -1)) + 1  # checkpoints are end-of-epoch
+        del ckpt
+    # Data first: a wrong path or class name fails in seconds, not after building (and maybe
+    # downloading) the backbone; nothing is written before every check has passed.
+    pl.seed_everything(seed, workers=True, verbose=False)
+    data = DataModule(recipe.section("data"), seed=seed)
+    data.start_epoch = start_epoch
+    data.check()
+    pl.seed_everything(seed, workers=True, verbose=False)  # model init independent of data
+    task = DetlabTask(recipe)
+    task.check_optimization()
+    data.set_size_divisor(task.model.size_divisor)
+    evaluator = task.evaluator
+    if ckpt_path is not None:
+        run_dir, created = ckpt_path.parent.parent, False
     else:
         run_dir = new_run_dir(root, recipe.name)
-    _write_run_files(run_dir, recipe)
-    task = DetlabTask(recipe)
-    data = DataModule(recipe.section("data"), size_divisor=task.model.size_divisor)
-    evaluator = task.evaluator
+        created = not run_dir.exists()
     trainer = build_trainer(
         recipe, run_dir,
         higher_is_better=getattr(evaluator, "higher_is_better", True),
         monitor=evaluator is not None,
     )
-    trainer.fit(task, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    try:
+        _write_run_files(run_dir, recipe)
+        trainer.fit(task, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except DetlabError:
+        # A configuration or data error found once training started (first batch, a worker):
+        # a new run folder without a checkpoint is not a run; give its version number back.
+        if created and trainer.is_global_zero and not any(run_dir.glob("checkpoints/*.ckpt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return run_dir, task, trainer
 
 

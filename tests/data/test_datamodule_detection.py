@@ -35,8 +35,11 @@ def test_multi_scale_collate_for_training_only():
     loader = data.train_dataloader()
     assert isinstance(loader.collate_fn, MultiScaleCollate)
     assert loader.collate_fn.sizes == [32, 64, 96]  # multiples of 32 in [32, 96]
-    torch.manual_seed(0)
-    sides = {max(next(iter(loader)).images.shape[-2:]) for _ in range(12)}
+    sides = set()
+    for epoch in range(12):  # the size is seeded per (train.seed, epoch, sample): new epochs
+        loader.batch_sampler.sampler.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        sides.add(max(next(iter(loader)).images.shape[-2:]))
     assert sides <= {32, 64, 96} and len(sides) > 1
     assert isinstance(data.val_dataloader().collate_fn, Collate)
     assert isinstance(_data().train_dataloader().collate_fn, Collate)
@@ -82,8 +85,9 @@ def test_tiny_object_oversampler_from_recipe(train):
     data = _data(train=train, sampler=dict(type="TinyObjectOversampler", weight=3.0,
                                            area_threshold=0.05))
     loader = data.train_dataloader()
-    assert isinstance(loader.sampler, TinyObjectOversampler)
-    assert len(loader.sampler) == 8 and 0 < loader.sampler.tiny_fraction <= 1
+    sampler = loader.batch_sampler.sampler  # batches: NoSingletonBatchSampler
+    assert isinstance(sampler, TinyObjectOversampler)
+    assert len(sampler) == 8 and 0 < sampler.tiny_fraction <= 1
     assert len(next(iter(loader))) == 4
 
 
