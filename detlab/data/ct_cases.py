@@ -61,9 +61,16 @@ def _find_mask(labels_dir: Path, case_id: str) -> Path:
 def _resolve(base: Path, value: Any, what: str, where: str, allow_outside_root: bool) -> Path:
     if not isinstance(value, str) or not value.strip() or "\x00" in value:
         raise DataError(f"{where}: {what} must be a path, got {value!r}")
-    p = Path(value.strip()).expanduser()
-    p = p if p.is_absolute() else (base / p).resolve()
-    return require_inside(p, base, f"{where} ({what})", allow_outside_root, shown=value)
+    try:
+        p = Path(value.strip()).expanduser()
+    except RuntimeError as err:  # "~nobody/x": no such home folder
+        raise DataError(f"{where}: {what} {value[:200]!r}: {err}") from None
+    p = require_inside(p if p.is_absolute() else base / p, base, f"{where} ({what})",
+                       allow_outside_root, shown=value)
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError) as err:  # a name too long, a symlink loop
+        raise DataError(f"{where}: cannot resolve {what} {value[:200]!r}: {err}") from None
 
 
 def _from_records(records: list[Any], base: Path, source: Path,

@@ -18,6 +18,7 @@ Nothing here writes files; readers open their input read-only.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,14 +199,28 @@ def _check_series(datasets: list[Any], folder: Path) -> None:
     except (TypeError, ValueError) as err:
         raise DataError(f"DICOM folder {folder}: InstanceNumber is not an integer ({err})")
     try:
-        iop = np.asarray(ordered[0].ImageOrientationPatient, dtype=np.float64)
+        iops = [np.asarray(d.ImageOrientationPatient, dtype=np.float64) for d in ordered]
         pos = np.asarray([d.ImagePositionPatient for d in ordered], dtype=np.float64)
         spacing = [np.asarray(d.PixelSpacing, dtype=np.float64) for d in ordered]
+        slopes = [float(getattr(d, "RescaleSlope", 1.0)) for d in ordered]
     except AttributeError as err:
         raise DataError(f"DICOM folder {folder}: {err} (needed for the volume's geometry)")
     except (TypeError, ValueError) as err:
         raise DataError(f"DICOM folder {folder}: geometry tags are not numbers ({err})")
+    iop = iops[0]
     _check_dicom_geometry(folder, iop, pos, spacing)
+    for i, (other, ps) in enumerate(zip(iops, spacing)):
+        if other.shape != iop.shape or not np.allclose(other, iop, atol=1e-4) or not np.allclose(
+                ps, spacing[0], rtol=1e-4):
+            raise DataError(
+                f"DICOM folder {folder}: file {i + 1} (by InstanceNumber) has orientation "
+                f"{other.tolist()} / spacing {ps.tolist()} but file 1 has {iop.tolist()} / "
+                f"{spacing[0].tolist()}; a series shares one orientation and pixel spacing"
+            )
+    bad_slope = [i + 1 for i, v in enumerate(slopes) if not math.isfinite(v) or v == 0]
+    if bad_slope:
+        raise DataError(f"DICOM folder {folder}: RescaleSlope of file(s) {bad_slope[:5]} (by "
+                        "InstanceNumber) is 0 or not finite")
     normal = np.cross(iop[:3], iop[3:])
     steps = np.diff(pos @ normal)
     if len(steps) and (
@@ -290,7 +305,11 @@ def read_volume(path: str | Path, what: str = "image", case_id: str | None = Non
     _require_medical()
     path = Path(path)
     who = f"case {case_id!r}: " if case_id is not None else ""
-    if not path.exists():
+    try:
+        found = path.exists()
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte
+        raise DataError(f"{who}cannot access {what} {str(path)[:200]}: {err}") from None
+    if not found:
         raise DataError(f"{who}{what} not found: {path}")
     if not (is_nifti(path) or path.is_dir()):
         raise DataError(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "clip_boxes",
     "image_size",
     "is_number",
+    "parse_number",
     "read_text",
     "require_inside",
     "resolve_inside",
@@ -298,6 +300,20 @@ def image_size(path: str | Path) -> tuple[int, int]:
     if not (1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE):
         raise DataError(f"image {path} has an unusable size {width} x {height}")
     return int(height), int(width)
+
+
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)",
+                     re.IGNORECASE | re.ASCII)
+
+
+def parse_number(text: str) -> float:
+    """A decimal number as written in a text annotation file (``12``, ``-0.5``, ``1e3``;
+    ``nan``/``inf`` parse so the caller can say "non-finite"). Unlike ``float`` it refuses
+    ``1_0``, non-ASCII digits and surrounding junk: raises ``ValueError``."""
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(f"not a decimal number: {text[:40]!r}")
+    return float(text)
 
 
 def is_number(value: Any) -> bool:

@@ -30,6 +30,7 @@ from ..validation import (
     check_bad_fraction,
     check_far_coordinates,
     image_size,
+    parse_number,
     read_text,
     require_inside,
     resolve_inside,
@@ -77,7 +78,7 @@ def parse_icdar_txt(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
                 f"{where}: expected 'x1,y1,x2,y2,x3,y3,x4,y4,transcription', got {line!r}"
             )
         try:
-            coords = [float(v) for v in fields[:8]]
+            coords = [parse_number(v) for v in fields[:8]]
         except ValueError as err:
             raise DataError(f"{where}: coordinates must be numbers, got {line!r}") from err
         rest = fields[8].split(",", 1) if len(fields) > 8 else []
@@ -273,9 +274,14 @@ def _checked_words(path: Path, polygons: list[np.ndarray], ignore: np.ndarray,
     and drop those left with < ``min_word_area`` px², counting both in ``report``."""
     height, width = image_size(path)
     report.objects += len(polygons)
-    kept, flags = [], []
+    kept, flags, seen = [], [], set()
     for poly, flag, place in zip(polygons, ignore, places):
         check_far_coordinates(poly, width, height, place)
+        key = poly.astype(np.float32).tobytes()
+        if key in seen:  # the same outline twice is one word: a second GT would be a miss
+            report.count("dropped", "duplicate word", place)
+            continue
+        seen.add(key)
         try:
             out, out_flags = clip_polygons([poly], np.asarray([flag]), height, width,
                                            min_word_area)
@@ -308,7 +314,7 @@ def _unique_keys(path: Path) -> Any:
 
 def _is_float(text: str) -> bool:
     try:
-        float(text)
+        parse_number(text)
     except ValueError:
         return False
     return True

@@ -16,6 +16,7 @@ from ..validation import (
     DataReport,
     check_bad_fraction,
     clip_boxes,
+    parse_number,
     read_text,
     require_inside,
     resolve_inside,
@@ -215,14 +216,14 @@ def _parse_label_file(path: Path, num_classes: int, report: DataReport
     exact to float32) and ``(N,)`` labels of one file; clipping and dropping counted."""
     if not path.is_file():
         return np.zeros((0, 4), np.float64), np.zeros(0, np.int64)
-    boxes, labels, places = [], [], []
+    boxes, labels, places, seen = [], [], [], set()
     for lineno, line in enumerate(read_text(path, "YOLO label file").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
         where = f"{path}:{lineno}"
         try:
-            values = [float(v) for v in fields]
+            values = [parse_number(v) for v in fields]
         except ValueError:
             raise DataError(f"{where}: non-numeric value in {line.strip()!r}") from None
         cls = values[0]
@@ -246,9 +247,13 @@ def _parse_label_file(path: Path, num_classes: int, report: DataReport
         else:
             raise DataError(f"{where}: expected 'class cx cy w h' (or a polygon 'class x1 y1 "
                             f"x2 y2 x3 y3 ...'), got {len(fields)} fields")
+        report.objects += 1
+        if (cls, *box) in seen:  # as Ultralytics: a repeated row is one object, not two
+            report.count("dropped", "duplicate line", where)
+            continue
+        seen.add((cls, *box))
         boxes.append(box)
         labels.append(int(cls))
         places.append(where)
-    report.objects += len(boxes)
     arr, keep = clip_boxes(np.asarray(boxes, np.float64).reshape(-1, 4), 1.0, 1.0, report, places)
     return arr, np.asarray(labels, np.int64)[keep]
