@@ -178,6 +178,11 @@ def slices_to_ras(stack: np.ndarray) -> np.ndarray:
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from monai.data import NibabelReader
 
+    import nibabel as nib
+
+    # MONAI's reader replaces a singular header affine (a zero pixdim or sform column) by the
+    # identity without a word: check the file's own affine (header only, no voxels) first.
+    _check_affine(np.asarray(nib.load(str(path)).affine, dtype=np.float64), str(path))
     reader = NibabelReader()
     array, meta = reader.get_data(reader.read(str(path)))
     return np.asarray(array), np.asarray(meta["affine"], dtype=np.float64)

@@ -247,4 +247,12 @@ def check_points(points: Any, where: str) -> np.ndarray:
         raise DataError(f"{where}: a word needs >= 3 (x, y) points, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise DataError(f"{where}: non-finite coordinates")
+    far = np.abs(arr).max(1) > _MAX_COORD
+    if far.any():  # float32 would make it inf, and no image is that large
+        i = int(np.flatnonzero(far)[0])
+        raise DataError(f"{where}: point {i} = ({arr[i, 0]:.6g}, {arr[i, 1]:.6g}) is far outside "
+                        f"any image (|coordinate| > {_MAX_COORD:g})")
     return arr.astype(np.float32)
+
+
+_MAX_COORD = 1e9
