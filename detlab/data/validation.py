@@ -123,8 +123,10 @@ class DataReport:
         return {
             "name": self.name, "unit": self.unit, "samples": self.samples,
             "objects": self.objects,
-            "counts": [{"kind": k, "reason": r, "count": n, "examples": self.examples.get((k, r), [])}
-                       for (k, r), n in sorted(self.counts.items())],
+            "counts": [
+                {"kind": k, "reason": r, "count": n, "examples": self.examples.get((k, r), [])}
+                for (k, r), n in sorted(self.counts.items())
+            ],
         }
 
     def log(self, logger: logging.Logger | None = None) -> None:
@@ -193,7 +195,8 @@ def require_inside(path: str | Path, root: str | Path, where: str,
     try:
         target = path.resolve()
     except (OSError, RuntimeError, ValueError) as err:  # symlink loops, NUL bytes
-        raise DataError(f"{where}: cannot resolve file {_short(shown or str(path))}: {err}") from err
+        raise DataError(
+            f"{where}: cannot resolve file {_short(shown or str(path))}: {err}") from err
     if not target.is_relative_to(base):
         raise DataError(
             f"{where}: file {_short(shown or str(path))} resolves to {target}, outside the data "
@@ -237,7 +240,8 @@ def check_image_size(width: Any, height: Any, where: str) -> tuple[int, int]:
         if (isinstance(value, bool) or not isinstance(value, int)
                 or not 1 <= value <= MAX_IMAGE_SIDE):
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-            raise DataError(f"{where}: {key} = {shown}: expected an int in [1, {MAX_IMAGE_SIDE}] px")
+            raise DataError(
+                f"{where}: {key} = {shown}: expected an int in [1, {MAX_IMAGE_SIDE}] px")
     return int(width), int(height)
 
 
