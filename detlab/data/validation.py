@@ -186,9 +186,15 @@ def require_inside(path: str | Path, root: str | Path, where: str,
     ``"../../x.png"``, an absolute path nor a symlink pointing out of the folder can make a
     dataset read files elsewhere. ``allow_outside_root=True`` (a recipe opt-out, for lists of
     absolute paths or symlink farms) skips the check. The message names ``where``, the path
-    as written (``shown``), where it leads and the root.
+    as written (``shown``), where it leads and the root. A path the system cannot even look up
+    (a name too long, a NUL byte) is a :class:`DataError` either way.
     """
     path = Path(path)
+    try:
+        path.exists()  # raises for a name too long or a NUL byte, which is_file() later would
+    except (OSError, ValueError) as err:
+        raise DataError(f"{where}: cannot access file {_short(shown or str(path))}: "
+                        f"{getattr(err, 'strerror', None) or err}") from None
     if allow_outside_root:
         return path
     base = _resolved(str(root))

@@ -177,6 +177,15 @@ def test_yolo_overshoot_clipped_and_duplicate_dropped_are_counted(tmp_path):
         _yolo(tmp_path, lines.encode(), max_bad_fraction=0.01)
 
 
+def test_yolo_image_listed_twice(tmp_path):
+    root = tmp_path / "ds"
+    write_png(root / "images" / "a.png", 32, 32)
+    (root / "train.txt").write_text("images/a.png\n./images/a.png\n")
+    with pytest.raises(DataError, match=r"train.txt: image .*a.png' is listed twice \(entries 1 "
+                                        r"and 2\)"):
+        YoloDetection(root, list_file="train.txt", class_names=["a"])
+
+
 # -- text formats ------------------------------------------------------------------------------
 def _icdar(tmp_path, text: str):
     write_png(tmp_path / "img" / "img_1.png", 60, 100)

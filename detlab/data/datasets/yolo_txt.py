@@ -123,6 +123,12 @@ class YoloDetection(DetectionDataset):
         if not self.images:
             raise DataError(f"no images found in {list_file or base}")
         self._ids = [_image_id(p, base) for p in self.images]
+        first: dict[str, int] = {}
+        for i, image_id in enumerate(self._ids):  # image ids key the evaluation: one each
+            if image_id in first:
+                raise DataError(f"{list_file or base}: image {str(self.images[i])!r} is listed "
+                                f"twice (entries {first[image_id] + 1} and {i + 1})")
+            first[image_id] = i
         self._report = DataReport(f"YoloDetection ({list_file or base})", "boxes")
         self._labels = []
         for image in self.images:
