@@ -47,6 +47,7 @@ _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 _DICM_OFFSET = 128  # DICOM Part 10 files: 128-byte preamble, then b"DICM"
 #: Voxel sizes (mm) a volume may have; outside, the header is corrupt (0 spacing, 1e30 …).
 SPACING_RANGE = (1e-3, 1e3)
+_MAX_ORIGIN_MM = 1e6  # a volume's origin beyond 1 km of the scanner is a corrupt header
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -271,6 +272,10 @@ def _check_affine(affine: np.ndarray, where: str) -> None:
     if (sizes < lo).any() or (sizes > hi).any():
         raise DataError(f"{where}: voxel spacing {np.round(sizes, 6).tolist()} mm is outside "
                         f"[{lo:g}, {hi:g}] mm (zero or corrupt spacing/orientation in the header)")
+    if np.abs(affine[:3, 3]).max() > _MAX_ORIGIN_MM:
+        raise DataError(f"{where}: the volume's origin {np.round(affine[:3, 3], 3).tolist()} mm "
+                        f"lies more than {_MAX_ORIGIN_MM:g} mm from the scanner centre: a "
+                        "corrupt header")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-3 * float(np.prod(sizes)):
         raise DataError(f"{where}: the voxel axes of the affine are (nearly) collinear "
                         f"({np.round(affine[:3, :3], 4).tolist()}): corrupt orientation")
