@@ -276,10 +276,16 @@ def mutate_json(path: Path, case: Case, rng: np.random.Generator) -> str:
     """Apply one random structural or byte-level mutation to a JSON file."""
     data = json.loads(path.read_text())
     kind = str(rng.choice(["value", "value", "value", "delete", "extra", "dup", "swap",
-                           "traverse", "traverse", "bytes", "truncate", "nonutf8"]))
+                           "traverse", "traverse", "bytes", "truncate", "nonutf8", "nudge",
+                           "nudge"]))
     nodes = _nodes(data)[1:]
     p, node = nodes[int(rng.integers(len(nodes)))]
-    if kind == "value":
+    numbers = [(q, n) for q, n in nodes if isinstance(n, (int, float)) and not isinstance(n, bool)]
+    if kind == "nudge" and numbers:  # a plausible annotation mistake: a value a bit off
+        p, node = numbers[int(rng.integers(len(numbers)))]
+        _parent(data, p)[p[-1]] = node + float(np.round(rng.normal(0, 15), 1))
+        desc = f"nudge {list(p)}"
+    elif kind == "value":
         value = copy.deepcopy(WEIRD_VALUES[int(rng.integers(len(WEIRD_VALUES)))])
         _parent(data, p)[p[-1]] = value
         desc = f"{list(p)} = {value!r:.40}"
@@ -337,7 +343,8 @@ def mutate_lines(path: Path, case: Case, rng: np.random.Generator) -> str:
         path.write_text("\n".join(lines) + "\n")
         return f"list entry -> {name!r}"
     kind = str(rng.choice(["token", "token", "token", "token", "drop", "insert", "dupline",
-                           "delline", "empty", "bytes", "truncate", "nonutf8", "crlf"]))
+                           "delline", "empty", "bytes", "truncate", "nonutf8", "crlf", "nudge",
+                           "nudge"]))
     if kind in ("bytes", "truncate", "nonutf8"):
         return mutate_bytes(path, rng, kind)
     text = path.read_text()
@@ -347,7 +354,15 @@ def mutate_lines(path: Path, case: Case, rng: np.random.Generator) -> str:
     tokens = lines[i].split(sep)
     j = int(rng.integers(len(tokens)))
     token = WEIRD_TOKENS[int(rng.integers(len(WEIRD_TOKENS)))]
-    if kind == "token":
+    if kind == "nudge":  # a plausible mistake: one number a bit off (YOLO: in [0, 1] units)
+        try:
+            value = float(tokens[j])
+        except ValueError:
+            return "nudge: not a number"
+        step = 0.1 if sep == " " else 15.0
+        token = f"{value + float(np.round(rng.normal(0, step), 3)):g}"
+        tokens[j] = token
+    elif kind == "token":
         tokens[j] = token
     elif kind == "drop":
         tokens.pop(j)
@@ -359,7 +374,7 @@ def mutate_lines(path: Path, case: Case, rng: np.random.Generator) -> str:
         lines.pop(i)
     elif kind == "empty":
         lines = []
-    if kind in ("token", "drop", "insert"):
+    if kind in ("token", "drop", "insert", "nudge"):
         lines[i] = sep.join(tokens)
     end = "\r\n" if kind == "crlf" else "\n"
     path.write_text(end.join(lines) + (end if lines else ""))

@@ -181,8 +181,7 @@ def test_yolo_image_listed_twice(tmp_path):
     root = tmp_path / "ds"
     write_png(root / "images" / "a.png", 32, 32)
     (root / "train.txt").write_text("images/a.png\n./images/a.png\n")
-    with pytest.raises(DataError, match=r"train.txt: image .*a.png' is listed twice \(entries 1 "
-                                        r"and 2\)"):
+    with pytest.raises(DataError, match=r"train.txt: images 1 and 2 .* share the id 'images/a'"):
         YoloDetection(root, list_file="train.txt", class_names=["a"])
 
 

@@ -19,7 +19,7 @@ TOOL = Path(__file__).resolve().parents[2] / "tools" / "fuzz_data.py"
 
 # tries per format: the light text/JSON formats get hundreds, the volume formats (each try
 # reads volumes through MONAI, ~0.1 s) fewer, to keep the file at a few seconds per format.
-COUNTS = {"coco": 200, "yolo": 200, "icdar": 200, "receipt": 200, "nifti": 40, "dicom": 40}
+COUNTS = {"coco": 200, "yolo": 200, "icdar": 200, "receipt": 200, "nifti": 40, "dicom": 80}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,17 @@ def test_only_detlab_errors_escape(fuzz, fmt, caplog):
     # the mutations reach the checks: most tries end in a clear error, some in counted repairs
     assert tally.counts["error"] >= 0.4 * tried
     assert tally.counts["error"] + tally.counts["repaired"] + tally.counts["accepted"] == tried
+
+
+@pytest.mark.parametrize("fmt", list(COUNTS))
+def test_unmutated_datasets_load_with_nothing_repaired(fuzz, fmt, tmp_path):
+    """The harness itself: before mutation every format's dataset is clean."""
+    if fmt in ("nifti", "dicom"):
+        pytest.importorskip("nibabel")
+        pytest.importorskip("pydicom")
+    ds = fuzz.FORMATS[fmt](tmp_path).build()
+    assert len([ds[i] for i in range(len(ds))]) == len(ds) > 0
+    assert ds.data_report().counts == {}
 
 
 def test_the_fuzzer_finds_an_uncaught_error(fuzz, tmp_path, monkeypatch):

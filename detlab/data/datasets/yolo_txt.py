@@ -126,8 +126,11 @@ class YoloDetection(DetectionDataset):
         first: dict[str, int] = {}
         for i, image_id in enumerate(self._ids):  # image ids key the evaluation: one each
             if image_id in first:
-                raise DataError(f"{list_file or base}: image {str(self.images[i])!r} is listed "
-                                f"twice (entries {first[image_id] + 1} and {i + 1})")
+                j = first[image_id]
+                raise DataError(
+                    f"{list_file or base}: images {j + 1} and {i + 1} ({str(self.images[j])!r}, "
+                    f"{str(self.images[i])!r}) share the id {image_id!r} and the label file "
+                    f"{label_path_for(self.images[i])}; list each image once")
             first[image_id] = i
         self._report = DataReport(f"YoloDetection ({list_file or base})", "boxes")
         self._labels = []
