@@ -100,13 +100,15 @@ def unwrap(dataset: Any) -> tuple[Any, str]:
 
 
 def dataset_counters(dataset: Any) -> dict[str, int]:
-    """HOOK for the datasets' repair counters (boxes clipped / dropped / ignored while parsing).
-
-    Today: the ``stats`` dict a dataset keeps (``VocDetection.stats``). When
-    ``detlab.data.validation`` (per-dataset counters) lands, read its counters here: this is
-    the one place ``check-data`` gets them from.
-    """
+    """The dataset's repair counters (boxes/words clipped, dropped, ignored; samples skipped)
+    as ``{"<kind> (<reason>)": count}``: from its ``data_report()``
+    (:class:`~detlab.data.validation.DataReport`) when it has one, and its ``stats`` /
+    ``counters`` dict (``VocDetection.stats``)."""
     counters: dict[str, int] = {}
+    report = getattr(dataset, "data_report", None)
+    if callable(report):
+        for row in report().as_dict()["counts"]:
+            counters[f"{row['kind']} ({row['reason']})"] = int(row["count"])
     for attr in ("stats", "counters"):
         value = getattr(dataset, attr, None)
         if isinstance(value, dict):

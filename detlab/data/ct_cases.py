@@ -10,6 +10,10 @@ Two layouts are understood:
   accepted for ``mask``), or a ``.json`` file holding a list of
   ``{"case_id": …, "image": …, "mask": …}`` (or ``{"cases": [...]}``, or an MSD-style
   ``{"training": [{"image": …, "label": …}]}``). Relative paths are relative to the list file.
+
+Every image and mask path must resolve (symlinks followed) to a place under the list file's
+folder (or the Decathlon folder); ``allow_outside_root=True`` lifts that for lists of absolute
+paths elsewhere (:func:`~detlab.data.validation.require_inside`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..registry import closest
 from .medical_io import is_nifti, volume_stem
+from .validation import read_text, require_inside
 
 __all__ = ["CaseFiles", "list_cases", "split_cases", "msd_labels"]
 
@@ -53,60 +58,79 @@ def _find_mask(labels_dir: Path, case_id: str) -> Path:
                     f"{case_id}.nii.gz, {case_id}.nii and a folder {case_id}/)")
 
 
-def _resolve(base: Path, value: Any, what: str, where: str) -> Path:
-    if not isinstance(value, str) or not value.strip():
+def _resolve(base: Path, value: Any, what: str, where: str, allow_outside_root: bool) -> Path:
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
         raise DataError(f"{where}: {what} must be a path, got {value!r}")
-    p = Path(value.strip()).expanduser()
-    return p if p.is_absolute() else (base / p).resolve()
+    try:
+        p = Path(value.strip()).expanduser()
+    except RuntimeError as err:  # "~nobody/x": no such home folder
+        raise DataError(f"{where}: {what} {value[:200]!r}: {err}") from None
+    p = require_inside(p if p.is_absolute() else base / p, base, f"{where} ({what})",
+                       allow_outside_root, shown=value)
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError) as err:  # a name too long, a symlink loop
+        raise DataError(f"{where}: cannot resolve {what} {value[:200]!r}: {err}") from None
 
 
-def _from_records(records: list[Any], base: Path, source: Path) -> list[CaseFiles]:
+def _from_records(records: list[Any], base: Path, source: Path,
+                  allow_outside_root: bool = False) -> list[CaseFiles]:
     cases = []
     for i, rec in enumerate(records):
         where = f"{source}, entry {i + 1}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected an object with image/mask, got {rec!r}")
         mask_value = rec.get("mask", rec.get("label"))
-        image = _resolve(base, rec.get("image"), "image", where)
-        mask = _resolve(base, mask_value, "mask", where)
-        case_id = str(rec.get("case_id") or volume_stem(image))
+        image = _resolve(base, rec.get("image"), "image", where, allow_outside_root)
+        mask = _resolve(base, mask_value, "mask", where, allow_outside_root)
+        case_id = rec.get("case_id")
+        if isinstance(case_id, bool) or (case_id is not None
+                                         and not isinstance(case_id, (str, int))):
+            raise DataError(f"{where}: case_id must be a string, got {case_id!r}")
+        case_id = str(case_id or volume_stem(image))
         cases.append(CaseFiles(case_id, image, mask))
     return cases
 
 
-def _read_list(path: Path) -> list[CaseFiles]:
+def _read_list(path: Path, allow_outside_root: bool = False) -> list[CaseFiles]:
     base = path.parent
+    text = read_text(path, "case list")
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+        try:
+            reader = csv.DictReader(text.splitlines())
             fields = {k.strip() for k in reader.fieldnames or []}
             if "image" not in fields or not fields & {"mask", "label"}:
                 raise DataError(
                     f"case list {path} needs the header columns case_id,image,mask; "
                     f"found {sorted(fields)}"
                 )
-            rows = [{k.strip(): v for k, v in row.items() if k} for row in reader]
-        return _from_records(rows, base, path)
+            rows = [{k.strip(): v for k, v in row.items() if isinstance(k, str) and k}
+                    for row in reader]
+        except csv.Error as err:
+            raise DataError(f"case list {path}: not valid CSV ({err})") from err
+        return _from_records(rows, base, path, allow_outside_root)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as err:
         raise DataError(f"cannot read case list {path}: {err}") from err
     if isinstance(data, dict):
         data = data.get("cases", data.get("training"))
     if not isinstance(data, list):
         raise DataError(f"case list {path}: expected a list of cases (or 'cases'/'training')")
-    return _from_records(data, base, path)
+    return _from_records(data, base, path, allow_outside_root)
 
 
-def _read_msd(root: Path) -> list[CaseFiles]:
+def _read_msd(root: Path, allow_outside_root: bool = False) -> list[CaseFiles]:
     meta = root / "dataset.json"
     if meta.is_file():
         try:
-            training = json.loads(meta.read_text(encoding="utf-8")).get("training")
-        except (OSError, ValueError, AttributeError) as err:
+            training = json.loads(read_text(meta, "dataset.json")).get("training")
+        except (ValueError, AttributeError, RecursionError) as err:
             raise DataError(f"cannot read {meta}: {err}") from err
         if training:
-            return _from_records(training, root, meta)
+            if not isinstance(training, list):
+                raise DataError(f"{meta}: 'training' must be a list of cases")
+            return _from_records(training, root, meta, allow_outside_root)
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     if not images_dir.is_dir() or not labels_dir.is_dir():
         raise DataError(
@@ -114,14 +138,21 @@ def _read_msd(root: Path) -> list[CaseFiles]:
             ".csv/.json case list"
         )
     images = sorted(p for p in images_dir.iterdir() if _usable(p))
-    return [CaseFiles(volume_stem(p), p, _find_mask(labels_dir, volume_stem(p))) for p in images]
+    cases = [CaseFiles(volume_stem(p), p, _find_mask(labels_dir, volume_stem(p))) for p in images]
+    for case in cases:  # a symlinked study may point out of the folder
+        for path in (case.image, case.mask):
+            require_inside(path, root, f"{root}: case {case.case_id!r}", allow_outside_root)
+    return cases
 
 
-def list_cases(root: str | Path) -> list[CaseFiles]:
+def list_cases(root: str | Path, allow_outside_root: bool = False) -> list[CaseFiles]:
     """The cases under ``root`` (Decathlon folder or ``.csv``/``.json`` list), sorted by id.
 
+    ``allow_outside_root`` accepts listed paths that lead outside the list's folder.
+
     Raises:
-        DataError: ``root`` missing, a layout not understood, a mask missing, duplicate ids.
+        DataError: ``root`` missing, a layout not understood, a mask missing, duplicate ids,
+            a listed path outside the folder.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -129,9 +160,9 @@ def list_cases(root: str | Path) -> list[CaseFiles]:
     if root.is_file():
         if root.suffix.lower() not in (".csv", ".json"):
             raise DataError(f"case list {root} must be a .csv or .json file")
-        cases = _read_list(root)
+        cases = _read_list(root, allow_outside_root)
     else:
-        cases = _read_msd(root)
+        cases = _read_msd(root, allow_outside_root)
     if not cases:
         raise DataError(f"no cases found in {root}")
     ids = [c.case_id for c in cases]
@@ -147,9 +178,9 @@ def msd_labels(root: str | Path) -> tuple[int, ...] | None:
     if not meta.is_file():
         return None
     try:
-        labels = json.loads(meta.read_text(encoding="utf-8")).get("labels")
+        labels = json.loads(read_text(meta, "dataset.json")).get("labels")
         return tuple(sorted(int(k) for k in labels)) if isinstance(labels, dict) else None
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (DataError, ValueError, AttributeError, TypeError, RecursionError):
         return None
 
 

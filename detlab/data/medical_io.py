@@ -18,6 +18,7 @@ Nothing here writes files; readers open their input read-only.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ __all__ = [
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 _DICM_OFFSET = 128  # DICOM Part 10 files: 128-byte preamble, then b"DICM"
+#: Voxel sizes (mm) a volume may have; outside, the header is corrupt (0 spacing, 1e30 …).
+SPACING_RANGE = (1e-3, 1e3)
+_MAX_ORIGIN_MM = 1e6  # a volume's origin beyond 1 km of the scanner is a corrupt header
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -175,6 +179,11 @@ def slices_to_ras(stack: np.ndarray) -> np.ndarray:
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from monai.data import NibabelReader
 
+    import nibabel as nib
+
+    # MONAI's reader replaces a singular header affine (a zero pixdim or sform column) by the
+    # identity without a word: check the file's own affine (header only, no voxels) first.
+    _check_affine(np.asarray(nib.load(str(path)).affine, dtype=np.float64), str(path))
     reader = NibabelReader()
     array, meta = reader.get_data(reader.read(str(path)))
     return np.asarray(array), np.asarray(meta["affine"], dtype=np.float64)
@@ -191,12 +200,33 @@ def _check_series(datasets: list[Any], folder: Path) -> None:
     missing = [d for d in datasets if not hasattr(d, "InstanceNumber")]
     if missing:
         raise DataError(f"DICOM folder {folder}: {len(missing)} file(s) have no InstanceNumber")
-    ordered = sorted(datasets, key=lambda d: int(d.InstanceNumber))
     try:
-        iop = np.asarray(ordered[0].ImageOrientationPatient, dtype=np.float64)
+        ordered = sorted(datasets, key=lambda d: int(d.InstanceNumber))
+    except (TypeError, ValueError) as err:
+        raise DataError(f"DICOM folder {folder}: InstanceNumber is not an integer ({err})")
+    try:
+        iops = [np.asarray(d.ImageOrientationPatient, dtype=np.float64) for d in ordered]
         pos = np.asarray([d.ImagePositionPatient for d in ordered], dtype=np.float64)
+        spacing = [np.asarray(d.PixelSpacing, dtype=np.float64) for d in ordered]
+        slopes = [float(getattr(d, "RescaleSlope", 1.0)) for d in ordered]
     except AttributeError as err:
         raise DataError(f"DICOM folder {folder}: {err} (needed for the volume's geometry)")
+    except (TypeError, ValueError) as err:
+        raise DataError(f"DICOM folder {folder}: geometry tags are not numbers ({err})")
+    iop = iops[0]
+    _check_dicom_geometry(folder, iop, pos, spacing)
+    for i, (other, ps) in enumerate(zip(iops, spacing)):
+        if other.shape != iop.shape or not np.allclose(other, iop, atol=1e-4) or not np.allclose(
+                ps, spacing[0], rtol=1e-4):
+            raise DataError(
+                f"DICOM folder {folder}: file {i + 1} (by InstanceNumber) has orientation "
+                f"{other.tolist()} / spacing {ps.tolist()} but file 1 has {iop.tolist()} / "
+                f"{spacing[0].tolist()}; a series shares one orientation and pixel spacing"
+            )
+    bad_slope = [i + 1 for i, v in enumerate(slopes) if not math.isfinite(v) or v == 0]
+    if bad_slope:
+        raise DataError(f"DICOM folder {folder}: RescaleSlope of file(s) {bad_slope[:5]} (by "
+                        "InstanceNumber) is 0 or not finite")
     normal = np.cross(iop[:3], iop[3:])
     steps = np.diff(pos @ normal)
     if len(steps) and (
@@ -207,6 +237,48 @@ def _check_series(datasets: list[Any], folder: Path) -> None:
             f"along the slice normal (steps {np.round(steps, 3).tolist()[:8]} mm); a volume "
             "needs one evenly spaced stack"
         )
+
+
+def _check_dicom_geometry(folder: Path, iop: np.ndarray, pos: np.ndarray,
+                          spacing: list[np.ndarray]) -> None:
+    """ImageOrientationPatient: two orthogonal unit vectors; ImagePositionPatient: one finite
+    (x, y, z) per file; PixelSpacing: two positive sizes within :data:`SPACING_RANGE`."""
+    if iop.shape != (6,) or not np.isfinite(iop).all():
+        raise DataError(f"DICOM folder {folder}: ImageOrientationPatient {iop.tolist()} must be "
+                        "6 finite numbers")
+    row, col = iop[:3], iop[3:]
+    if (abs(np.linalg.norm(row) - 1) > 1e-2 or abs(np.linalg.norm(col) - 1) > 1e-2
+            or abs(float(row @ col)) > 1e-2):
+        raise DataError(f"DICOM folder {folder}: ImageOrientationPatient {iop.tolist()} is not "
+                        "two orthogonal unit vectors (row and column directions)")
+    if pos.ndim != 2 or pos.shape[1] != 3 or not np.isfinite(pos).all():
+        raise DataError(f"DICOM folder {folder}: ImagePositionPatient must be 3 finite numbers "
+                        "in every file")
+    lo, hi = SPACING_RANGE
+    for i, ps in enumerate(spacing):
+        if ps.shape != (2,) or not np.isfinite(ps).all() or (ps < lo).any() or (ps > hi).any():
+            raise DataError(f"DICOM folder {folder}: PixelSpacing {ps.tolist()} of file {i + 1} "
+                            f"(by InstanceNumber) must be 2 sizes in [{lo:g}, {hi:g}] mm")
+
+
+def _check_affine(affine: np.ndarray, where: str) -> None:
+    """The voxel -> world affine must be finite with voxel sizes in :data:`SPACING_RANGE` and
+    non-collinear axes (a zero spacing or orientation in the header makes it singular)."""
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise DataError(f"{where}: the voxel-to-world affine is not finite "
+                        f"({np.round(affine, 4).tolist()})")
+    sizes = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    lo, hi = SPACING_RANGE
+    if (sizes < lo).any() or (sizes > hi).any():
+        raise DataError(f"{where}: voxel spacing {np.round(sizes, 6).tolist()} mm is outside "
+                        f"[{lo:g}, {hi:g}] mm (zero or corrupt spacing/orientation in the header)")
+    if np.abs(affine[:3, 3]).max() > _MAX_ORIGIN_MM:
+        raise DataError(f"{where}: the volume's origin {np.round(affine[:3, 3], 3).tolist()} mm "
+                        f"lies more than {_MAX_ORIGIN_MM:g} mm from the scanner centre: a "
+                        "corrupt header")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-3 * float(np.prod(sizes)):
+        raise DataError(f"{where}: the voxel axes of the affine are (nearly) collinear "
+                        f"({np.round(affine[:3, :3], 4).tolist()}): corrupt orientation")
 
 
 def _read_dicom_dir(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -236,12 +308,18 @@ def read_volume(path: str | Path, what: str = "image", case_id: str | None = Non
         case_id: named in error messages.
 
     Raises:
-        DataError: missing or unreadable file, not a 3D volume, inconsistent DICOM series.
+        DataError: missing or unreadable file, not a 3D volume, inconsistent DICOM series,
+            an affine with zero/corrupt spacing or orientation (voxel sizes outside
+            :data:`SPACING_RANGE`, collinear axes), DICOM tags that are not numbers.
     """
     _require_medical()
     path = Path(path)
     who = f"case {case_id!r}: " if case_id is not None else ""
-    if not path.exists():
+    try:
+        found = path.exists()
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte
+        raise DataError(f"{who}cannot access {what} {str(path)[:200]}: {err}") from None
+    if not found:
         raise DataError(f"{who}{what} not found: {path}")
     if not (is_nifti(path) or path.is_dir()):
         raise DataError(
@@ -260,6 +338,9 @@ def read_volume(path: str | Path, what: str = "image", case_id: str | None = Non
         array = array[..., 0]
     if array.ndim != 3 or min(array.shape) < 1:
         raise DataError(f"{who}{what} {path} is not a 3D volume (array shape {array.shape})")
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{who}{what} {path} holds {array.dtype} voxels, not numbers")
+    _check_affine(np.asarray(affine, dtype=np.float64), f"{who}{what} {path}")
     file_shape = tuple(int(s) for s in array.shape)
     data = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
     ras, affine_ras = _orient(data, affine, "RAS")

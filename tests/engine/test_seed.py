@@ -15,7 +15,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "helmet_yolo_p2.py"
 TINY = [
     "data.train.num_samples=8", "data.val.num_samples=4", "data.train.image_size=64",
     "data.train.img_size=64", "data.val.image_size=64", "data.val.img_size=64",
-    "data.predict.img_size=64", "data.batch_size=4", "data.num_workers=0",
+    "data.batch_size=4", "data.num_workers=0",
     "train.max_epochs=2", "train.progress_bar=false", "train.diagnostics=false",
     "train.num_threads=1", "data.multi_scale=(0.5,1.0)", "train.seed=3",
 ]

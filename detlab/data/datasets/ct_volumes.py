@@ -23,12 +23,16 @@ from ...registry import DATASETS
 from ..ct_cases import CaseFiles, list_cases, msd_labels, split_cases
 from ..medical_io import read_volume
 from ..transforms import build_transforms
+from ..validation import DataReport, check_bad_fraction
 
 __all__ = ["CTVolumeSlices", "parse_windows", "apply_windows", "slice_stack", "load_case"]
 
 log = logging.getLogger("detlab.data")
 
 DEFAULT_WINDOWS: tuple[dict[str, float], ...] = (dict(min=-250.0, max=1250.0),)
+#: Largest |value| (HU) a CT image may hold; beyond it the file's scaling is corrupt (CT values
+#: lie in about [-1024, 3071] HU, extended scales reach a few 10^4).
+MAX_ABS_HU = 1e5
 
 
 def parse_windows(windows: Any) -> list[tuple[float, float]]:
@@ -84,8 +88,8 @@ def load_case(
 
     Raises:
         DataError: unreadable file, image/mask shape or affine (after RAS reorientation) that
-            disagree, NaN/inf voxels, mask labels outside ``mask_labels``. Each names the case
-            and the file.
+            disagree, NaN/inf voxels or |HU| > :data:`MAX_ABS_HU`, mask labels outside
+            ``mask_labels``. Each names the case and the file.
     """
     image = read_volume(case.image, "image", case.case_id)
     mask = read_volume(case.mask, "mask", case.case_id)
@@ -105,6 +109,11 @@ def load_case(
     bad = int(np.count_nonzero(~np.isfinite(image.slices)))
     if bad:
         raise DataError(f"{who}: image {case.image} has {bad} NaN/inf voxel(s)")
+    peak = float(np.abs(image.slices).max()) if image.slices.size else 0.0
+    if peak > MAX_ABS_HU:
+        n = int(np.count_nonzero(np.abs(image.slices) > MAX_ABS_HU))
+        raise DataError(f"{who}: image {case.image} has {n} voxel(s) with |value| > "
+                        f"{MAX_ABS_HU:g} HU (up to {peak:.3g}); a corrupt file or rescale slope")
     values = np.unique(mask.slices)
     unexpected = [int(v) if float(v).is_integer() else v
                   for v in values.tolist() if v not in set(mask_labels)]
@@ -170,6 +179,10 @@ class CTVolumeSlices(Dataset):
             Decathlon ``dataset.json``); every non-zero label is the one foreground class.
         skip_bad_cases: skip a case whose files fail the checks (warning + final count)
             instead of raising :class:`~detlab.errors.DataError`.
+        max_bad_fraction: with ``skip_bad_cases``, building fails when more than this fraction
+            of the split's cases is skipped (default 1.0: only when every case is bad).
+        allow_outside_root: accept case-list paths (absolute, ``..``, symlinks) leading out of
+            the list file's folder.
         cache_size: decoded volumes kept per process (``None``: all of the split).
         affine_tolerance: largest image/mask affine difference accepted, in mm.
     """
@@ -188,7 +201,10 @@ class CTVolumeSlices(Dataset):
         skip_bad_cases: bool = False,
         cache_size: int | None = 4,
         affine_tolerance: float = 1e-3,
+        max_bad_fraction: float = 1.0,
+        allow_outside_root: bool = False,
     ) -> None:
+        max_bad_fraction = check_bad_fraction(max_bad_fraction, "CTVolumeSlices")
         if root is None:
             raise ConfigError(
                 "CTVolumeSlices needs root= (a Decathlon folder or a .csv/.json case list); "
@@ -210,11 +226,13 @@ class CTVolumeSlices(Dataset):
         self.mask_labels = tuple(int(v) for v in labels)
         self.affine_tolerance = float(affine_tolerance)
         self.skip_bad_cases = bool(skip_bad_cases)
-        all_cases = {c.case_id: c for c in list_cases(root)}
+        all_cases = {c.case_id: c for c in list_cases(root, allow_outside_root)}
         ids = split_cases(list(all_cases), split, val_fraction, seed, val_cases)
         if not ids:
             raise ConfigError(f"CTVolumeSlices(split={split!r}): no case in this split of {root}")
         self._cache = _LRU(cache_size)
+        self._report = DataReport(f"CTVolumeSlices ({root}, split={split})", "cases",
+                                  samples=len(ids))
         self.cases: list[CaseFiles] = []
         self.skipped: list[tuple[str, str]] = []
         slice_index, flags = [], []
@@ -227,6 +245,7 @@ class CTVolumeSlices(Dataset):
                     raise
                 log.warning("skipping bad case: %s", err)
                 self.skipped.append((case_id, str(err)))
+                self._report.count("skipped", "bad case files", str(err).splitlines()[0])
                 continue
             n = len(self.cases)
             self.cases.append(case)
@@ -238,8 +257,14 @@ class CTVolumeSlices(Dataset):
                         split, len(self.skipped), len(ids), [c for c, _ in self.skipped])
         if not self.cases:
             raise DataError(f"CTVolumeSlices(split={split!r}): every case of {root} was bad")
+        self._report.log()
+        self._report.enforce(max_bad_fraction)
         self._slices = np.asarray(slice_index, dtype=np.int64).reshape(-1, 2)
         self._flags = np.concatenate(flags)
+
+    def data_report(self) -> DataReport:
+        """Cases read and skipped (with the reason) when the dataset was built."""
+        return self._report
 
     @property
     def in_channels(self) -> int:

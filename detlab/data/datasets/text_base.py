@@ -240,13 +240,31 @@ class TextDataset(Dataset):
 
 
 def check_points(points: Any, where: str) -> np.ndarray:
-    """``points`` as float32 ``(K, 2)`` with K >= 3 finite vertices, else DataError at ``where``."""
+    """``points`` as float32 ``(K, 2)`` with K >= 3 finite vertices, else DataError at ``where``.
+
+    A list (parsed JSON) must hold ``[x, y]`` pairs of real numbers: strings and booleans,
+    which numpy would silently turn into numbers, are refused."""
+    if isinstance(points, (list, tuple)):
+        for i, point in enumerate(points):
+            if not isinstance(point, (list, tuple)) or not all(
+                    isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+                    for v in point):
+                shown = repr(point) if len(repr(point)) <= 40 else repr(point)[:37] + "..."
+                raise DataError(f"{where}: point {i} = {shown}: expected [x, y] numbers")
     try:
         arr = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise DataError(f"{where}: points must be numbers [[x, y], ...]: {err}") from err
     if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) < 3:
         raise DataError(f"{where}: a word needs >= 3 (x, y) points, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise DataError(f"{where}: non-finite coordinates")
+    far = np.abs(arr).max(1) > _MAX_COORD
+    if far.any():  # float32 would make it inf, and no image is that large
+        i = int(np.flatnonzero(far)[0])
+        raise DataError(f"{where}: point {i} = ({arr[i, 0]:.6g}, {arr[i, 1]:.6g}) is far outside "
+                        f"any image (|coordinate| > {_MAX_COORD:g})")
     return arr.astype(np.float32)
+
+
+_MAX_COORD = 1e9

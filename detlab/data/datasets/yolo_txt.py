@@ -11,13 +11,23 @@ import numpy as np
 
 from ...errors import ConfigError, DataError
 from ...registry import DATASETS
+from ..file_checks import check_image_files
+from ..validation import (
+    DEFAULT_MAX_BAD_FRACTION,
+    DataReport,
+    check_bad_fraction,
+    clip_boxes,
+    parse_number,
+    read_text,
+    require_inside,
+    resolve_inside,
+)
 from .detection_base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Annotations,
     DetectionDataset,
 )
-from ..file_checks import check_image_files
 
 __all__ = ["YoloDetection", "read_names_file", "label_path_for"]
 
@@ -37,6 +47,12 @@ class YoloDetection(DetectionDataset):
     ``a.txt`` beside the image when no folder is called ``images``. ``image_id`` is the image
     path relative to its image folder (or list file), without suffix.
 
+    Every label file is read and checked when the dataset is built (rules in
+    :mod:`detlab.data.validation`): a malformed or non-UTF-8 line, or an image or label path
+    that leaves the data root (``root``, else the list file's folder), raises
+    :class:`~detlab.errors.DataError` naming ``file:line``. Boxes that overshoot the image are
+    clipped to it and boxes without area dropped, both counted in :meth:`data_report`.
+
     Args:
         root: dataset folder (holds ``images/`` and ``labels/``); also resolves a relative
             ``list_file``.
@@ -45,6 +61,10 @@ class YoloDetection(DetectionDataset):
         class_names: name per class id; or ``names_file``: a ``data.yaml`` with ``names``
             (a list, or a mapping id -> name).
         check_files: check every image exists now (otherwise when it is loaded).
+        allow_outside_root: accept list-file entries (absolute, ``..``, symlinks) that lead
+            outside the data root.
+        max_bad_fraction: largest fraction of boxes that may be dropped (zero area) before
+            building fails.
         transforms, img_size, stride, scale_up, pad_value, mean, std: see
             :class:`~detlab.data.datasets.detection_base.DetectionDataset`.
     """
@@ -64,8 +84,11 @@ class YoloDetection(DetectionDataset):
         pad_value: float = 114,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        allow_outside_root: bool = False,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
         super().__init__(transforms, img_size, stride, scale_up, pad_value, mean, std)
+        max_bad_fraction = check_bad_fraction(max_bad_fraction, "YoloDetection")
         if (class_names is None) == (names_file is None):
             raise ConfigError(
                 "YoloDetection needs exactly one of class_names (a list) and names_file "
@@ -86,16 +109,43 @@ class YoloDetection(DetectionDataset):
             list_path = Path(list_file)
             if not list_path.is_absolute() and root is not None:
                 list_path = Path(root) / list_path
-            self.images, base = _read_list(list_path), list_path.parent
+            data_root = Path(root) if root is not None else list_path.parent
+            self.images = _read_list(list_path, data_root, allow_outside_root)
+            base = list_path.parent
         else:
-            base = Path(root) / "images" / split
+            data_root = Path(root)
+            base = data_root / "images" / split
             if not base.is_dir():
                 raise DataError(f"YOLO image folder not found: {base}")
             self.images = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            for p in self.images:  # a symlinked image may point out of the dataset
+                require_inside(p, data_root, f"{base}", allow_outside_root)
         if not self.images:
             raise DataError(f"no images found in {list_file or base}")
         self._ids = [_image_id(p, base) for p in self.images]
+        first: dict[str, int] = {}
+        for i, image_id in enumerate(self._ids):  # image ids key the evaluation: one each
+            if image_id in first:
+                j = first[image_id]
+                raise DataError(
+                    f"{list_file or base}: images {j + 1} and {i + 1} ({str(self.images[j])!r}, "
+                    f"{str(self.images[i])!r}) share the id {image_id!r} and the label file "
+                    f"{label_path_for(self.images[i])}; list each image once")
+            first[image_id] = i
+        self._report = DataReport(f"YoloDetection ({list_file or base})", "boxes")
+        self._labels = []
+        for image in self.images:
+            label = label_path_for(image)
+            require_inside(label, data_root, f"label of {image}", allow_outside_root)
+            self._labels.append(_parse_label_file(label, len(self.class_names), self._report))
+        self._report.samples = len(self.images)
+        self._report.log()
+        self._report.enforce(max_bad_fraction)
         check_image_files(self.images, str(list_file or base), check_all=check_files)
+
+    def data_report(self) -> DataReport:
+        """What was read, clipped and dropped when the label files were parsed."""
+        return self._report
 
     def __len__(self) -> int:
         return len(self.images)
@@ -103,7 +153,7 @@ class YoloDetection(DetectionDataset):
     def annotations(self, index: int) -> Annotations:
         image = self.images[index]
         label_file = label_path_for(image)
-        boxes, labels = _parse_label_file(label_file, len(self.class_names))
+        boxes, labels = self._labels[index]
         return Annotations(
             image_id=self._ids[index], path=str(image), boxes=boxes, labels=labels,
             ignore=np.zeros(len(labels), bool), normalized=True, source=str(label_file),
@@ -128,14 +178,14 @@ def read_names_file(path: str | Path) -> list[str]:
     import yaml  # PyYAML ships with albumentations, a detlab dependency
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(path, "names file"))
     except yaml.YAMLError as err:
         raise DataError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(data, dict) or "names" not in data:
         raise DataError(f"{path}: has no key 'names' (expected e.g. names: [helmet, head])")
     names = data["names"]
     if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
+        if set(names) != set(range(len(names))):
             raise DataError(f"{path}: key 'names' must map ids 0..K-1 to names, got {names!r}")
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
@@ -143,15 +193,20 @@ def read_names_file(path: str | Path) -> list[str]:
     return [str(n) for n in names]
 
 
-def _read_list(path: Path) -> list[Path]:
+def _read_list(path: Path, data_root: Path, allow_outside_root: bool) -> list[Path]:
     if not path.is_file():
         raise DataError(f"YOLO list file not found: {path}")
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for lineno, line in enumerate(read_text(path, "YOLO list file").splitlines(), start=1):
         line = line.strip()
         if line:
-            p = Path(line)
-            out.append(p if p.is_absolute() else path.parent / p)
+            where = f"{path}:{lineno}"
+            if Path(line).is_absolute():
+                p = require_inside(Path(line), data_root, where, allow_outside_root)
+            else:
+                p = resolve_inside(path.parent, line, where, True)
+                require_inside(p, data_root, where, allow_outside_root, shown=line)
+            out.append(p)
     return out
 
 
@@ -163,19 +218,20 @@ def _image_id(image: Path, base: Path) -> str:
     return rel.with_suffix("").as_posix()
 
 
-def _parse_label_file(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _parse_label_file(path: Path, num_classes: int, report: DataReport
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """``(N, 4)`` normalized xyxy boxes clipped to [0, 1] (float64, so that pixel boxes are
-    exact to float32) and ``(N,)`` labels of one file."""
+    exact to float32) and ``(N,)`` labels of one file; clipping and dropping counted."""
     if not path.is_file():
         return np.zeros((0, 4), np.float64), np.zeros(0, np.int64)
-    boxes, labels = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    boxes, labels, places, seen = [], [], [], set()
+    for lineno, line in enumerate(read_text(path, "YOLO label file").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
         where = f"{path}:{lineno}"
         try:
-            values = [float(v) for v in fields]
+            values = [parse_number(v) for v in fields]
         except ValueError:
             raise DataError(f"{where}: non-numeric value in {line.strip()!r}") from None
         cls = values[0]
@@ -199,7 +255,13 @@ def _parse_label_file(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndar
         else:
             raise DataError(f"{where}: expected 'class cx cy w h' (or a polygon 'class x1 y1 "
                             f"x2 y2 x3 y3 ...'), got {len(fields)} fields")
+        report.objects += 1
+        if (cls, *box) in seen:  # as Ultralytics: a repeated row is one object, not two
+            report.count("dropped", "duplicate line", where)
+            continue
+        seen.add((cls, *box))
         boxes.append(box)
         labels.append(int(cls))
-    arr = np.clip(np.asarray(boxes, np.float64).reshape(-1, 4), 0.0, 1.0)
-    return arr, np.asarray(labels, np.int64)
+        places.append(where)
+    arr, keep = clip_boxes(np.asarray(boxes, np.float64).reshape(-1, 4), 1.0, 1.0, report, places)
+    return arr, np.asarray(labels, np.int64)[keep]
