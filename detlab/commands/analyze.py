@@ -181,6 +181,15 @@ def _size_section(task: Any, split: str, out: Path) -> list[str]:
     return lines
 
 
+def _check(noise_px: float, seeds: int, gallery: int) -> None:
+    bad = [f"{name} must be {rule}, got {value:g}" for name, value, ok, rule in (
+        ("--noise-px", noise_px, noise_px >= 0 and np.isfinite(noise_px), ">= 0 (px)"),
+        ("--seeds", seeds, seeds >= 1, ">= 1"), ("--gallery", gallery, gallery >= 0, ">= 0"))
+        if not ok]
+    if bad:
+        raise ConfigError("detlab analyze: " + "; ".join(bad))
+
+
 def _fmt(v: float) -> str:
     return "-" if v is None or v < 0 or not np.isfinite(v) else f"{v:.3f}"
 
@@ -233,9 +242,7 @@ def _report(ckpt: str, split: str, records: list, pairs: MatchedPairs, ap: dict,
 def analyze(task: Any, checkpoint: str, out_dir: str | Path, split: str = "val",
             noise_px: float = 2.0, seeds: int = 5, gallery: int = 24) -> tuple[str, dict]:
     """Write the report (module docstring) to ``out_dir``; returns its Markdown and numbers."""
-    if noise_px < 0 or seeds < 1 or gallery < 0:
-        raise ConfigError(f"detlab analyze: --noise-px must be >= 0 (got {noise_px}), --seeds"
-                          f" >= 1 (got {seeds}) and --gallery >= 0 (got {gallery})")
+    _check(noise_px, seeds, gallery)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records, dataset = collect_records(task, split)
@@ -276,6 +283,7 @@ def analyze(task: Any, checkpoint: str, out_dir: str | Path, split: str = "val",
 def _cmd(args: argparse.Namespace) -> int:
     from ..engine.trainer import load_task
 
+    _check(args.noise_px, args.seeds, args.gallery)  # before the checkpoint is read
     task = load_task(args.checkpoint, args.overrides)
     out = Path(args.out) if args.out else default_out_dir(args.checkpoint)
     _, numbers = analyze(task, args.checkpoint, out, args.split, args.noise_px, args.seeds,
