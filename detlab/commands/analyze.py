@@ -79,7 +79,7 @@ def collect_records(task: Any, split: str) -> tuple[list[dict[str, Any]], Any]:
     with torch.inference_mode():
         for preds, batch in _predictions(task, loader, device):
             recorder.update(preds, batch)
-    return list(recorder._records), data.dataset(split if split == "val" else "test")
+    return list(recorder._records), data.dataset(split)
 
 
 def _max_dets(task: Any) -> int:
