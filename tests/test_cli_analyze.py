@@ -66,6 +66,7 @@ def test_analyze_without_noise_gives_a_ceiling_of_one(ckpt, tmp_path):
                  "--noise-px", "0"]) == 0
     numbers = json.loads((out / "analysis.json").read_text())
     assert numbers["ceiling_map"]["all"] == [pytest.approx(1.0), 0.0]
+    assert numbers["localisation"]["large"]["offset_median"] is None  # no match: null, not NaN
     assert not (out / "gallery.png").exists()
 
 

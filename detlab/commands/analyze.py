@@ -273,10 +273,12 @@ def analyze(task: Any, checkpoint: str, out_dir: str | Path, split: str = "val",
         "ceiling_map": {b: list(v) for b, v in ceiling.maps.items()},
         "ceiling_per_iou": {b: [float(x) for x in v] for b, v in ceiling.mean.items()},
         "oracle_map": {b: mean_valid(v) for b, v in ceiling.oracle.items()},
-        "localisation": errors,
+        # NaN (a bucket without matches) is not JSON: null instead
+        "localisation": {b: {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                             for k, v in e.items()} for b, e in errors.items()},
     }
     (out / "analysis.md").write_text(report, encoding="utf-8")
-    (out / "analysis.json").write_text(json.dumps(numbers, indent=1, allow_nan=True))
+    (out / "analysis.json").write_text(json.dumps(numbers, indent=1, allow_nan=False))
     return report, numbers
 
 
