@@ -257,6 +257,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "detlab.engine.show_data",
     "detlab.engine.anchors_cmd",
     "detlab.commands.check_data",
+    "detlab.commands.analyze",
 )
 
 

@@ -35,7 +35,9 @@ class PAN(nn.Module):
     Args:
         in_channels: channels of each backbone map, finest first (given by ``Model``).
         strides: stride of each backbone map in pixels, powers of two (given by ``Model``).
-        out_channels: channels of every output level, or one entry per level of ``levels``.
+        out_channels: channels of every output level, or one entry per level of ``levels``,
+            or one entry per backbone map (finest first) when ``levels`` is a sub-range of the
+            backbone's levels: the entries of the chosen maps are used.
         levels: output pyramid levels ``P_k`` (stride ``2**k``), contiguous and ascending, e.g.
             ``(3, 4, 5)`` or ``(2, 3, 4, 5)`` for small objects; at least two must be backbone
             levels. Default: the backbone's levels.
@@ -67,6 +69,11 @@ class PAN(nn.Module):
         plan = plan_levels("PAN", in_channels, strides, levels)
         n_levels = len(plan.levels)
         outs = [out_channels] * n_levels if isinstance(out_channels, int) else list(out_channels)
+        if len(outs) == len(in_channels) != n_levels and plan.num_extra == 0:
+            # One entry per backbone map: `levels` chose a sub-range of them, so the channels
+            # of the chosen maps are used (the recipe's 'model.neck.levels=(3,4,5)' override
+            # of a P2..P5 neck must not need out_channels rewritten as well).
+            outs = [outs[i] for i in plan.input_indices]
         if len(outs) != n_levels or any(
             not isinstance(c, int) or isinstance(c, bool) or c <= 0 for c in outs
         ):
