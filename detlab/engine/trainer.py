@@ -38,6 +38,7 @@ from .callbacks import (
     MetricsPrinter,
 )
 from .diagnostics import DiagnosticsCallback
+from .positives_check import PositivesCheck
 from .task import RECIPE_KEY, DetlabTask
 
 __all__ = [
@@ -127,6 +128,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
         ),
         MetricsPrinter(run_dir),
         DatasetEpochSetter(),
+        PositivesCheck(cfg["positives"], run_dir),  # on even without diagnostics
     ]
     if cfg["diagnostics"]:
         callbacks.append(DiagnosticsCallback(run_dir))
