@@ -159,7 +159,8 @@ def assignment_collapse_check(stats: Mapping[str, float], family: str = "detecti
 def score_collapse_check(summary: Mapping[str, float], prior: float | None = None,
                          factor: float = 2.0, family: str = "detection",
                          stride: float | None = None, ema_decay: float | None = None,
-                         step: int | None = None) -> str | None:
+                         step: int | None = None, train: Mapping[str, float] | None = None
+                         ) -> str | None:
     """A warning when validation scores look like an untrained or collapsed model, else None.
 
     Fires (validation with ground truth only) when there is no prediction at all (every score
@@ -171,6 +172,8 @@ def score_collapse_check(summary: Mapping[str, float], prior: float | None = Non
         summary: ``num_gt``, ``num_pred``, ``max_score``, ``min_score`` over the validation set.
         prior: initial score of every anchor (``head.score_prior``), if the head has one.
         factor, family, stride, ema_decay, step: see above / :func:`assignment_collapse_check`.
+        train: the training epoch's ``last_stats`` sums (``num_gt``, ``num_gt_below_stride``),
+            to say how many boxes are below the stride.
     """
     num_gt, num_pred = int(summary.get("num_gt", 0)), int(summary.get("num_pred", 0))
     if num_gt <= 0:
@@ -188,7 +191,9 @@ def score_collapse_check(summary: Mapping[str, float], prior: float | None = Non
                   "do not rank objects above background")
     else:
         return None
-    return f"model looks collapsed: {reason}; " + _causes(stride, 0, 0, ema_decay, step)
+    train = train or {}
+    small, total = int(train.get("num_gt_below_stride", 0)), int(train.get("num_gt", 0))
+    return f"model looks collapsed: {reason}; " + _causes(stride, small, total, ema_decay, step)
 
 
 class DiagnosticsCallback(Callback):
@@ -329,7 +334,8 @@ class DiagnosticsCallback(Callback):
             warning = score_collapse_check(
                 self._scores, getattr(head, "score_prior", None), self.factor,
                 self._scores.get("family", "detection"), _finest_stride(head),
-                _ema_decay(trainer), _step(trainer))
+                _ema_decay(trainer), _step(trainer),
+                {k: float(v) for k, v in self._train.items()})
             if warning:
                 self._warn(epoch, warning)
         slices = (self._picked + self._fallback)[: self.num_attention_slices]

@@ -115,7 +115,7 @@ def check_training_positives(datamodule: Any, cfg: Mapping[str, Any] | None,
         stats = count_positives(datamodule.dataset(split), split, cfg["max_samples"],
                                 min_size=cfg["min_size"])
         results.append(stats)
-        rank_zero_info(f"positives {stats.summary()}")
+        rank_zero_info(f"positives in data.{stats.summary()}")
         empty = _empty_reason(stats, float(cfg["min_fraction"]))
         if empty and split == "train":
             message = (f"data.train gives the model nothing to learn: {empty} "
