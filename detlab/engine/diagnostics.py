@@ -104,9 +104,14 @@ def collapse_check(metrics: Mapping[str, float], min_threshold: float = 1e-4,
 
 
 def _causes(stride: float | None = None, small: int = 0, total: int = 0,
-            ema_decay: float | None = None, step: int | None = None) -> str:
-    """The likely causes of a detection collapse, most specific first."""
+            ema_decay: float | None = None, step: int | None = None,
+            family: str = "detection") -> str:
+    """The likely causes of a detection (or text) collapse, most specific first."""
     causes = []
+    if family == "text":
+        causes.append("words below min_text_size after the resize, which the targets do not "
+                      "learn (see the `positives in data.train` line at the start: raise "
+                      "img_size or lower min_text_size)")
     if ema_decay is not None:
         steps = f" after {step} steps" if step is not None else ""
         causes.append(f"EMA is on (decay {ema_decay:g}){steps}: without a warm-up the evaluated "
@@ -117,14 +122,18 @@ def _causes(stride: float | None = None, small: int = 0, total: int = 0,
                       "weights near the initialisation")
     causes.append("a learning rate too low to move or so high it diverges "
                   "(train.optimizer.lr, train.scheduler warm-up)")
-    if stride:
+    if family == "text":
+        causes.append("post-processing thresholds above what a briefly trained model reaches "
+                      "(model.head.postprocess.binarize_threshold / box_threshold)")
+    elif stride:
         share = f" ({small} of {total} boxes are)" if total else ""
         causes.append(f"objects smaller than the finest stride {stride:g} px{share}: no anchor "
                       "falls inside them (raise img_size or add a finer level, e.g. P2)")
     else:
         causes.append("objects smaller than the smallest stride (raise img_size)")
-    causes.append("a class mapping that does not match the data (model.head.num_classes, "
-                  "classes=, labels outside 0..num_classes-1)")
+    if family != "text":
+        causes.append("a class mapping that does not match the data (model.head.num_classes, "
+                      "classes=, labels outside 0..num_classes-1)")
     return "likely causes: " + "; ".join(causes) + (
         ". Check a training batch: `detlab show-data RECIPE --out DIR`")
 
@@ -193,7 +202,8 @@ def score_collapse_check(summary: Mapping[str, float], prior: float | None = Non
         return None
     train = train or {}
     small, total = int(train.get("num_gt_below_stride", 0)), int(train.get("num_gt", 0))
-    return f"model looks collapsed: {reason}; " + _causes(stride, small, total, ema_decay, step)
+    return f"model looks collapsed: {reason}; " + _causes(stride, small, total, ema_decay, step,
+                                                          family)
 
 
 class DiagnosticsCallback(Callback):

@@ -1,14 +1,15 @@
 """Before the first step: does the data give the model anything to learn?
 
-``train.positives`` (recipe, default ``dict(min_fraction=0.0, on_empty="error", max_samples=64,
-max_lost=0.5, min_size=None)``; ``None``/``False`` turns the check off):
+``train.positives`` (recipe, default ``dict(min_fraction=0.0, min_kept=0.1, on_empty="error",
+max_samples=64, max_lost=0.5, min_size=None)``; ``None``/``False`` turns the check off):
 
 * every split of ``data`` (train, val) is counted with
   :func:`~detlab.data.positives.count_positives` on ``max_samples`` evenly spread images and
   one line per split is printed;
-* **train** has no positive pixel, no kept object, or ``fraction < min_fraction`` -> a
-  :class:`~detlab.errors.DataError` naming the knob to change (``on_empty="warn"``: a warning,
-  and training goes on);
+* **train** is (near) empty -> a :class:`~detlab.errors.DataError` naming the knob to change
+  (``on_empty="warn"``: a warning, and training goes on). Empty: no positive pixel, fewer than
+  ``min_kept`` of its words / boxes survive the pipeline (ICDAR words 16-20 px tall at 1280 px
+  keep 9 of 268 at ``img_size=480``, ``min_text_size=8``), or ``fraction < min_fraction``;
 * a split that loses more than ``max_lost`` of its objects in the pipeline (text words below
   ``min_text_size``, boxes clipped away or below ``min_size`` px) -> a warning with the numbers;
 * **val** without a positive -> a warning (its metrics cannot be judged).
@@ -38,6 +39,7 @@ log = logging.getLogger("detlab.diagnostics")
 
 POSITIVES_DEFAULTS: dict[str, Any] = {
     "min_fraction": 0.0,    # train positive pixels / input pixels below this is "empty"
+    "min_kept": 0.1,        # train keeping fewer than this share of its objects is "empty"
     "on_empty": "error",    # or "warn"
     "max_samples": 64,      # images counted per split (evenly spread)
     "max_lost": 0.5,        # warn when a split loses more than this share of its objects
@@ -62,7 +64,8 @@ def positives_config(value: Any) -> dict[str, Any] | None:
     if cfg["on_empty"] not in ("error", "warn"):
         raise ConfigError(f"train.positives.on_empty must be 'error' or 'warn', got "
                           f"{cfg['on_empty']!r}")
-    for key, low, high in (("min_fraction", 0.0, 1.0), ("max_lost", 0.0, 1.0)):
+    for key, low, high in (("min_fraction", 0.0, 1.0), ("min_kept", 0.0, 1.0),
+                           ("max_lost", 0.0, 1.0)):
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
             raise ConfigError(f"train.positives.{key} must be a number in [{low:g}, {high:g}], "
@@ -76,13 +79,16 @@ def positives_config(value: Any) -> dict[str, Any] | None:
     return cfg
 
 
-def _empty_reason(stats: PositiveStats, min_fraction: float) -> str | None:
+def _empty_reason(stats: PositiveStats, min_fraction: float, min_kept: float) -> str | None:
     if stats.images == 0:
         return None
     if stats.objects == 0 and stats.positive_pixels == 0:
         return "its annotations hold no object at all"
     if stats.positive_pixels == 0 or (stats.kind != "masks" and stats.objects_kept == 0):
         return "no object survives the pipeline"
+    if stats.kind != "masks" and stats.objects_kept < min_kept * stats.objects:
+        return (f"only {stats.objects_kept} of {stats.objects} objects survive the pipeline "
+                f"(< train.positives.min_kept={min_kept:g})")
     if stats.fraction < min_fraction:
         return (f"positive pixels are {stats.fraction:.3g} of the input, below "
                 f"train.positives.min_fraction={min_fraction:g}")
@@ -116,7 +122,7 @@ def check_training_positives(datamodule: Any, cfg: Mapping[str, Any] | None,
                                 min_size=cfg["min_size"])
         results.append(stats)
         rank_zero_info(f"positives in data.{stats.summary()}")
-        empty = _empty_reason(stats, float(cfg["min_fraction"]))
+        empty = _empty_reason(stats, float(cfg["min_fraction"]), float(cfg["min_kept"]))
         if empty and split == "train":
             message = (f"data.train gives the model nothing to learn: {empty} "
                        f"({stats.summary()}). {_knob(stats)}. Set "

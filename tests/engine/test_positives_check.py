@@ -8,10 +8,12 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from detlab.cli import main
 from detlab.data.datasets.synthetic_receipts import SyntheticReceipts
+from detlab.data.datasets.text_base import TextDataset, TextSample
 from detlab.engine.positives_check import check_training_positives, positives_config
 from detlab.errors import ConfigError, DataError
 
@@ -74,3 +76,35 @@ def test_check_counts_both_splits():
 def test_bad_config(bad):
     with pytest.raises(ConfigError, match="train.positives"):
         positives_config(bad)
+
+
+class _FewSurvive(TextDataset):
+    """100 x 200 image: one 50 x 20 word and ``small`` 30 x 5 words (below min_text_size)."""
+
+    def __init__(self, small):
+        super().__init__()
+        self.small = small
+
+    def __len__(self):
+        return 1
+
+    def load(self, index):
+        quad = lambda x0, y0, x1, y1: np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]],
+                                               np.float32)
+        words = [quad(10, 10, 60, 30)] + [quad(5 + 35 * (i % 5), 40 + 10 * (i // 5),
+                                                35 + 35 * (i % 5), 45 + 10 * (i // 5))
+                                          for i in range(self.small)]
+        return TextSample(np.zeros((100, 200, 3), np.float32), words,
+                          np.zeros(len(words), bool), "f", "mem://f")
+
+
+def test_near_zero_kept_words_stop_training():
+    def dm(small):
+        return SimpleNamespace(cfg={"train": {}}, dataset=lambda split: _FewSurvive(small))
+
+    # 1 of 11 words kept (< 10 %): near zero; 1 of 10 is exactly 10 %: a warning only
+    with pytest.raises(DataError, match="only 1 of 11 objects survive the pipeline"):
+        check_training_positives(dm(10), {})
+    (stats,) = check_training_positives(dm(9), {})
+    assert (stats.objects, stats.objects_kept) == (10, 1)
+    check_training_positives(dm(10), {"min_kept": 0.05})
