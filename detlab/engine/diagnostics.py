@@ -32,6 +32,7 @@ smallest stride, class mapping). Before training, :class:`PositivesCheck` (on ev
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Mapping
@@ -294,8 +295,8 @@ class DiagnosticsCallback(Callback):
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Keep the first validation slices with a lesion (others as fallback) for the
-        attention picture."""
+        """Sum the validation scores (box and text heads) and keep the first validation slices
+        with a lesion (others as fallback) for the attention picture."""
         if trainer.sanity_checking or not trainer.is_global_zero or not isinstance(outputs, list):
             return
         self._score_batch(outputs, batch)
@@ -405,9 +406,16 @@ def _finest_stride(head: Any) -> float | None:
 
 
 def _ema_decay(trainer: Any) -> float | None:
-    """The decay of an EMA callback on ``trainer`` (any callback with a ``decay``), or None."""
+    """The decay of an EMA callback on ``trainer``, or None: a callback's ``decay`` attribute,
+    else the ``decay`` Lightning's ``EMAWeightAveraging`` keeps in its ``avg_fn`` closure."""
     for cb in getattr(trainer, "callbacks", None) or []:
         decay = getattr(cb, "decay", None)
+        if decay is None:
+            fn = (getattr(cb, "_kwargs", None) or {}).get("avg_fn")
+            fn = inspect.unwrap(fn) if callable(fn) else fn  # torch.no_grad wraps it
+            code = getattr(fn, "__code__", None)
+            if code is not None and "decay" in code.co_freevars and fn.__closure__:
+                decay = fn.__closure__[code.co_freevars.index("decay")].cell_contents
         if isinstance(decay, (int, float)) and not isinstance(decay, bool):
             return float(decay)
     return None

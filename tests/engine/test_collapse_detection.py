@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from detlab.engine.diagnostics import (
     DiagnosticsCallback,
@@ -65,13 +66,13 @@ def test_yolo_counts_positive_assignments():
 
 def test_zero_assignments_warn_with_causes(tmp_path, caplog):
     head, cb = _yolo(), DiagnosticsCallback(tmp_path)
-    ema = SimpleNamespace(decay=0.9999)
+    ema = EMAWeightAveraging(decay=0.9999)  # the trainer's train.ema callback
     with caplog.at_level(logging.WARNING, logger="detlab.diagnostics"):
         _epoch(cb, head, [_batch([[[1, 1, 3, 3]], [[17, 17, 19, 19]]])] * 3, _trainer([ema]))
     text = caplog.text
     assert "no positive anchor assignment in 3 training steps" in text
     assert "6 ground-truth boxes" in text and "6 of 6 boxes are" in text
-    assert "finest stride 8 px" in text and "decay 0.9999" in text
+    assert "finest stride 8 px" in text and "EMA is on (decay 0.9999) after 60 steps" in text
     assert "learning rate" in text and "class mapping" in text
     assert "epoch 0: no positive anchor" in (tmp_path / "diagnostics" / "warnings.log").read_text()
 
