@@ -113,7 +113,9 @@ def _causes(stride: float | None = None, small: int = 0, total: int = 0,
         causes.append("words below min_text_size after the resize, which the targets do not "
                       "learn (see the `positives in data.train` line at the start: raise "
                       "img_size or lower min_text_size)")
-    if ema_decay is not None:
+    if ema_decay == 0:
+        pass  # the trainer runs no EMA: not a cause
+    elif ema_decay is not None:
         steps = f" after {step} steps" if step is not None else ""
         causes.append(f"EMA is on (decay {ema_decay:g}){steps}: without a warm-up the evaluated "
                       "weights stay close to the initial ones for ~1 / (1 - decay) steps "
@@ -149,7 +151,8 @@ def assignment_collapse_check(stats: Mapping[str, float], family: str = "detecti
             ``num_gt_below_stride``) and ``steps``.
         family: ``"detection"`` (anchors), ``"text"`` or ``"segmentation"`` (pixels).
         stride: the finest stride of the head in px (box heads).
-        ema_decay, step: EMA decay when EMA is on, and the global step, for the causes.
+        ema_decay, step: EMA decay (0: no EMA; None: unknown) and the global step, for the
+            causes.
     """
     num_gt, num_pos = float(stats.get("num_gt", 0)), float(stats.get("num_pos", -1))
     if not stats.get("steps") or num_gt <= 0 or num_pos != 0:
@@ -406,9 +409,13 @@ def _finest_stride(head: Any) -> float | None:
 
 
 def _ema_decay(trainer: Any) -> float | None:
-    """The decay of an EMA callback on ``trainer``, or None: a callback's ``decay`` attribute,
-    else the ``decay`` Lightning's ``EMAWeightAveraging`` keeps in its ``avg_fn`` closure."""
-    for cb in getattr(trainer, "callbacks", None) or []:
+    """The decay of an EMA callback on ``trainer`` (0.0: none; None: no callback list): a
+    callback's ``decay`` attribute, else the ``decay`` Lightning's ``EMAWeightAveraging`` keeps
+    in its ``avg_fn`` closure."""
+    callbacks = getattr(trainer, "callbacks", None)
+    if callbacks is None:
+        return None
+    for cb in callbacks:
         decay = getattr(cb, "decay", None)
         if decay is None:
             fn = (getattr(cb, "_kwargs", None) or {}).get("avg_fn")
@@ -418,7 +425,7 @@ def _ema_decay(trainer: Any) -> float | None:
                 decay = fn.__closure__[code.co_freevars.index("decay")].cell_contents
         if isinstance(decay, (int, float)) and not isinstance(decay, bool):
             return float(decay)
-    return None
+    return 0.0
 
 
 def _step(trainer: Any) -> int | None:

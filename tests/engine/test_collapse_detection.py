@@ -113,9 +113,11 @@ def test_scores_at_the_prior_warn(tmp_path, caplog):
     flat = [Prediction(boxes=torch.rand(5, 4) * 30, scores=torch.full((5,), 0.0101),
                        labels=torch.zeros(5, dtype=torch.long)) for _ in range(2)]
     with caplog.at_level(logging.WARNING, logger="detlab.diagnostics"):
-        _val(DiagnosticsCallback(tmp_path), head, flat, batch, _trainer(epoch=1))
+        _val(DiagnosticsCallback(tmp_path), head, flat, batch,
+             _trainer([EMAWeightAveraging(decay=0.9999)], epoch=1))
     assert "every validation score is at the initial prior 0.01" in caplog.text
-    assert "EMA" in caplog.text and "learning rate" in caplog.text
+    assert "EMA is on (decay 0.9999) after 60 steps" in caplog.text
+    assert "learning rate" in caplog.text
     caplog.clear()
     learnt = [Prediction(boxes=torch.rand(3, 4) * 30, scores=torch.tensor([0.9, 0.3, 0.02]),
                          labels=torch.zeros(3, dtype=torch.long)) for _ in range(2)]
@@ -134,6 +136,12 @@ def test_scores_at_the_prior_warn(tmp_path, caplog):
 def test_score_collapse_table(summary, expected):
     message = score_collapse_check(summary, prior=0.01)
     assert message is None if expected is None else expected in message
+
+
+def test_ema_named_only_when_it_can_be_the_cause():
+    summary = dict(num_gt=4, num_pred=0)
+    assert "EMA" not in score_collapse_check(summary, ema_decay=0.0)  # trainer runs no EMA
+    assert "EMA with a high decay" in score_collapse_check(summary)  # unknown: a candidate
 
 
 def test_assignment_check_needs_ground_truth():
