@@ -39,7 +39,11 @@ import torch
 
 from ..errors import DataError
 
-__all__ = ["PositiveStats", "count_positives", "sample_indices"]
+__all__ = ["PositiveStats", "UnknownTargets", "count_positives", "sample_indices"]
+
+
+class UnknownTargets(DataError):
+    """A sample has none of the targets :func:`count_positives` can count."""
 
 
 @dataclass
@@ -156,7 +160,8 @@ def count_positives(dataset: Any, split: str, max_samples: int | None = 200,
             lost (``below_min_size``), e.g. the model's smallest stride.
 
     Raises:
-        DataError: a sample has none of the ``prob_map``, ``boxes`` or ``mask`` targets.
+        UnknownTargets: (a DataError) a sample has none of the ``prob_map``, ``boxes`` or
+            ``mask`` targets.
     """
     n = len(dataset)
     stats = PositiveStats(split=split, dataset_size=n, img_size=_attr(dataset, "img_size"))
@@ -182,8 +187,9 @@ def count_positives(dataset: Any, split: str, max_samples: int | None = 200,
         elif "mask" in target:
             kind, counts = "masks", _masks(target["mask"])
         else:
-            raise DataError(f"count_positives: sample {index} of split {split!r} has none of "
-                            f"the targets prob_map, boxes, mask (got {sorted(target)})")
+            raise UnknownTargets(
+                f"count_positives: sample {index} of split {split!r} has none of the targets "
+                f"prob_map, boxes, mask (got {sorted(target)})")
         stats.kind = kind
         objects, lost, positive, total = counts
         stats.images += 1

@@ -29,7 +29,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..data.positives import PositiveStats, count_positives
+from ..data.positives import PositiveStats, UnknownTargets, count_positives
 from ..errors import ConfigError, DataError
 
 __all__ = ["POSITIVES_DEFAULTS", "positives_config", "check_training_positives",
@@ -118,8 +118,12 @@ def check_training_positives(datamodule: Any, cfg: Mapping[str, Any] | None,
               if getattr(datamodule, "cfg", {}).get(s) is not None]
     results, warnings = [], []
     for split in splits:
-        stats = count_positives(datamodule.dataset(split), split, cfg["max_samples"],
-                                min_size=cfg["min_size"])
+        try:
+            stats = count_positives(datamodule.dataset(split), split, cfg["max_samples"],
+                                    min_size=cfg["min_size"])
+        except UnknownTargets as err:  # a custom dataset with other targets: nothing to judge
+            rank_zero_info(f"positives in data.{split}: not counted ({err})")
+            continue
         results.append(stats)
         rank_zero_info(f"positives in data.{stats.summary()}")
         empty = _empty_reason(stats, float(cfg["min_fraction"]), float(cfg["min_kept"]))

@@ -126,3 +126,17 @@ def test_even_deterministic_sampling():
     assert sample_indices(10, 4) == [0, 3, 6, 9]
     assert sample_indices(3, 200) == [0, 1, 2]
     assert sample_indices(1000, 5) == [0, 250, 500, 749, 999]
+
+
+def test_unknown_targets_are_named():
+    from detlab.data.positives import UnknownTargets
+
+    class _Points(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return {"image": torch.zeros(1, 4, 4), "target": {"points": torch.zeros(2, 2)}}
+
+    with pytest.raises(UnknownTargets, match=r"sample 0 of split 'train'.*\['points'\]"):
+        count_positives(_Points(), "train")
