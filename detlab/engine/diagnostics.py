@@ -128,6 +128,8 @@ def _causes(stride: float | None = None, small: int = 0, total: int = 0,
     if family == "text":
         causes.append("post-processing thresholds above what a briefly trained model reaches "
                       "(model.head.postprocess.binarize_threshold / box_threshold)")
+    elif stride and total and not small:
+        pass  # the epoch's boxes were all at least one stride wide: not a cause
     elif stride:
         share = f" ({small} of {total} boxes are)" if total else ""
         causes.append(f"objects smaller than the finest stride {stride:g} px{share}: no anchor "

@@ -138,6 +138,14 @@ def test_score_collapse_table(summary, expected):
     assert message is None if expected is None else expected in message
 
 
+def test_stride_named_only_when_boxes_are_below_it():
+    summary = dict(num_gt=4, num_pred=0)
+    big = score_collapse_check(summary, stride=8, train={"num_gt": 9, "num_gt_below_stride": 0})
+    assert "finest stride" not in big
+    small = score_collapse_check(summary, stride=8, train={"num_gt": 9, "num_gt_below_stride": 3})
+    assert "smaller than the finest stride 8 px (3 of 9 boxes are)" in small
+
+
 def test_ema_named_only_when_it_can_be_the_cause():
     summary = dict(num_gt=4, num_pred=0)
     assert "EMA" not in score_collapse_check(summary, ema_decay=0.0)  # trainer runs no EMA
