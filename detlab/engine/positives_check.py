@@ -12,7 +12,7 @@ max_samples=64, max_lost=0.5, min_size=None)``; ``None``/``False`` turns the che
   keep 9 of 268 at ``img_size=480``, ``min_text_size=8``), or ``fraction < min_fraction``;
 * a split that loses more than ``max_lost`` of its objects in the pipeline (text words below
   ``min_text_size``, boxes clipped away or below ``min_size`` px) -> a warning with the numbers;
-* **val** without a positive -> a warning (its metrics cannot be judged).
+* **val** (nearly) empty by the same rules -> a warning.
 
 It runs in :class:`PositivesCheck` (``on_fit_start``), which the trainer adds whether or not
 ``train.diagnostics`` is on: training on nothing is an error, not a picture.
@@ -135,8 +135,8 @@ def check_training_positives(datamodule: Any, cfg: Mapping[str, Any] | None,
                 raise DataError(message)
             warnings.append(message)
         elif empty:
-            warnings.append(f"data.{split} has no positive: {empty} ({stats.summary()}); its "
-                            f"metrics cannot be judged. {_knob(stats)}")
+            warnings.append(f"data.{split} is (nearly) empty after the pipeline: {empty} "
+                            f"({stats.summary()}). {_knob(stats)}")
         elif stats.objects and stats.objects_lost > cfg["max_lost"] * stats.objects:
             warnings.append(f"data.{split} loses {stats.objects_lost} of {stats.objects} "
                             f"objects in the pipeline ({stats.summary()}). {_knob(stats)}")
