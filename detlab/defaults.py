@@ -36,6 +36,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_sanity_val_steps": 0,
     "progress_bar": True,
     "diagnostics": True,            # probability histograms, collapse warning, attention maps
+    # before training: count what the data gives to learn, stop (or warn) when it is nothing
+    # (detlab.engine.positives_check); None turns it off
+    "positives": {"min_fraction": 0.0, "min_kept": 0.1, "on_empty": "error",
+                  "max_samples": 64, "max_lost": 0.5, "min_size": None},
 }
 
 DATA_DEFAULTS: dict[str, Any] = {

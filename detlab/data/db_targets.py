@@ -30,7 +30,13 @@ from numpy.typing import ArrayLike
 from ..errors import ConfigError, DataError
 from ..ops.polygons import as_polygon, offset_polygon, shrink_distance
 
-__all__ = ["make_db_targets", "DBTargetGenerator"]
+__all__ = ["make_db_targets", "region_reasons", "DBTargetGenerator", "REGION_REASONS"]
+
+#: Why a word does (``"kept"``) or does not become text in the probability map, in the order
+#: :func:`region_reasons` tests them: ``"degenerate"`` (< 3 vertices), ``"ignore"`` (``###``),
+#: ``"below_min_text_size"`` (shorter box side < ``min_text_size``), ``"shrunk_to_nothing"``
+#: (zero offset or the Vatti shrink consumes it).
+REGION_REASONS = ("kept", "degenerate", "ignore", "below_min_text_size", "shrunk_to_nothing")
 
 
 def _fill(canvas: np.ndarray, polygon: np.ndarray, value: float) -> None:
@@ -138,18 +144,14 @@ def make_db_targets(
     thresh_mask = np.zeros((height, width), dtype=np.float32)
 
     for raw, skip in zip(polygons, ignore_arr):
-        poly = as_polygon(raw)
-        if len(poly) < 3:
+        poly, reason, d, shrunk = _decide(raw, bool(skip), shrink_ratio, min_text_size)
+        if reason == "degenerate":
             continue  # nothing to fill or to mask
-        lo, hi = poly.min(axis=0), poly.max(axis=0)
-        size = min(hi[0] - lo[0], hi[1] - lo[1])
-        d = shrink_distance(poly, shrink_ratio)
-        shrunk = None if (skip or size < min_text_size or d <= 0) else offset_polygon(poly, -d)
         if shrunk is None:
             _fill(prob_mask, poly, 0.0)
             continue
         _fill(prob_map, shrunk, 1.0)
-        _draw_border(border, thresh_mask, poly, lo, hi, d)
+        _draw_border(border, thresh_mask, poly, poly.min(axis=0), poly.max(axis=0), d)
 
     # Band + kernels = dilated words (each kernel lies inside its own word's dilation).
     np.maximum(thresh_mask, prob_map, out=thresh_mask)
@@ -161,6 +163,43 @@ def make_db_targets(
         "thresh_map": border,
         "thresh_mask": thresh_mask,
     }
+
+
+def _decide(raw: ArrayLike, skip: bool, shrink_ratio: float, min_text_size: float
+            ) -> tuple[np.ndarray, str, float, np.ndarray | None]:
+    """One word's fate: ``(polygon, reason, offset D, shrunk kernel or None)``; the single
+    place where :func:`make_db_targets` and :func:`region_reasons` decide (REGION_REASONS)."""
+    poly = as_polygon(raw)
+    if len(poly) < 3:
+        return poly, "degenerate", 0.0, None
+    if skip:
+        return poly, "ignore", 0.0, None
+    lo, hi = poly.min(axis=0), poly.max(axis=0)
+    if min(hi[0] - lo[0], hi[1] - lo[1]) < min_text_size:
+        return poly, "below_min_text_size", 0.0, None
+    d = shrink_distance(poly, shrink_ratio)
+    shrunk = offset_polygon(poly, -d) if d > 0 else None
+    if shrunk is None:
+        return poly, "shrunk_to_nothing", d, None
+    return poly, "kept", d, shrunk
+
+
+def region_reasons(
+    polygons: Sequence[ArrayLike],
+    ignore: ArrayLike | None,
+    shrink_ratio: float = 0.4,
+    min_text_size: float = 8.0,
+) -> list[str]:
+    """Per word, why it is or is not learnt as text by :func:`make_db_targets` with the same
+    arguments: one of :data:`REGION_REASONS` (``"kept"`` = drawn into ``prob_map``).
+
+    ``polygons`` are in the target map's pixels (after resize), ``ignore`` ``(N,)`` bool.
+    """
+    n = len(polygons)
+    flags = np.zeros(n, dtype=bool) if ignore is None else _as_bool(ignore)
+    if len(flags) != n:
+        raise DataError(f"got {n} polygons but {len(flags)} ignore flags")
+    return [_decide(p, bool(f), shrink_ratio, min_text_size)[1] for p, f in zip(polygons, flags)]
 
 
 def _as_bool(values: Any) -> np.ndarray:
@@ -227,6 +266,11 @@ class DBTargetGenerator:
             thresh_max=self.thresh_max,
             min_text_size=self.min_text_size,
         )
+
+    def explain(self, polygons: Sequence[ArrayLike], ignore: ArrayLike | None) -> list[str]:
+        """Per word, why it is (``"kept"``) or is not text in the maps: :func:`region_reasons`
+        with this generator's ``shrink_ratio`` and ``min_text_size``."""
+        return region_reasons(polygons, ignore, self.shrink_ratio, self.min_text_size)
 
     def __repr__(self) -> str:
         return (

@@ -9,11 +9,30 @@ In ``<run dir>/diagnostics/``:
 * ``attention_epoch{N}.png``: for a few validation slices (those with lesions first), the
   image with its mask, the predicted probabilities and each attention gate of an Attention
   U-Net (``Prediction.extras["attention"]``);
-* ``warnings.log``: every collapse warning, also logged as a WARNING (:func:`collapse_check`).
+* ``warnings.log``: every collapse warning, also logged as a WARNING.
+
+One checker, three signals, every family (:class:`DiagnosticsCallback`):
+
+* **metrics** (segmentation): :func:`collapse_check` on the evaluator's metrics;
+* **assignments** (every head, during training): heads publish per-step counts in
+  ``head.last_stats`` (a dict of 0-d tensors, set by their loss code; never loss terms):
+  ``num_pos`` (positive anchors / RPN anchors / text or mask pixels), ``num_gt`` (ground-truth
+  objects or pixels) and, for box heads, ``num_gt_below_stride`` (boxes whose shorter side is
+  below the finest stride). A training epoch with ground truth but no positive assignment is
+  reported by :func:`assignment_collapse_check`;
+* **scores** (box and text heads, after validation): :func:`score_collapse_check` on the
+  validation predictions' scores (no prediction at all, every score at the head's initial
+  prior ``head.score_prior``, or all scores equal).
+
+The warnings list the likely causes (EMA without warm-up, learning rate, objects below the
+smallest stride, class mapping). Before training, :class:`PositivesCheck` (on even with
+``train.diagnostics=false``) counts what the data gives to learn
+(:func:`~detlab.data.positives.count_positives`) and stops or warns when it is (near) nothing.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Mapping
@@ -23,12 +42,17 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
 from . import render
+from .positives_check import PositivesCheck, check_training_positives
 from .show_data import batch_summary, render_batch
 
-__all__ = ["collapse_check", "DiagnosticsCallback"]
+__all__ = [
+    "collapse_check", "assignment_collapse_check", "score_collapse_check", "DiagnosticsCallback",
+    "PositivesCheck", "check_training_positives",
+]
 
 log = logging.getLogger("detlab.diagnostics")
 
@@ -80,6 +104,117 @@ def collapse_check(metrics: Mapping[str, float], min_threshold: float = 1e-4,
             "positive oversampling and the loss weights.")
 
 
+def _causes(stride: float | None = None, small: int = 0, total: int = 0,
+            ema_decay: float | None = None, step: int | None = None,
+            family: str = "detection") -> str:
+    """The likely causes of a detection (or text) collapse, most specific first."""
+    causes = []
+    if family == "text":
+        causes.append("words below min_text_size after the resize, which the targets do not "
+                      "learn (see the `positives in data.train` line at the start: raise "
+                      "img_size or lower min_text_size)")
+    if ema_decay == 0:
+        pass  # the trainer runs no EMA: not a cause
+    elif ema_decay is not None and step is not None and 1.0 / (1.0 - ema_decay) <= 0.5 * step:
+        pass  # the EMA averages a window well inside the run: the init no longer dominates it
+    elif ema_decay is not None:
+        steps = f" after {step} steps" if step is not None else ""
+        causes.append(f"EMA is on (effective decay {ema_decay:.4g}{steps}): the evaluated weights "
+                      "average the last ~1 / (1 - decay) steps, so a high decay without a "
+                      "warm-up keeps them near the initial ones (train.ema decay / tau, or "
+                      "validate='live')")
+    else:
+        causes.append("EMA with a high decay and no warm-up (train.ema) keeps the evaluated "
+                      "weights near the initialisation")
+    causes.append("a learning rate too low to move or so high it diverges "
+                  "(train.optimizer.lr, train.scheduler warm-up)")
+    if family == "text":
+        causes.append("post-processing thresholds above what a briefly trained model reaches "
+                      "(model.head.postprocess.binarize_threshold / box_threshold)")
+    elif stride and total and not small:
+        pass  # the epoch's boxes were all at least one stride wide: not a cause
+    elif stride:
+        share = f" ({small} of {total} boxes are)" if total else ""
+        causes.append(f"objects smaller than the finest stride {stride:g} px{share}: no anchor "
+                      "falls inside them (raise img_size or add a finer level, e.g. P2)")
+    else:
+        causes.append("objects smaller than the smallest stride (raise img_size)")
+    if family != "text":
+        causes.append("a class mapping that does not match the data (model.head.num_classes, "
+                      "classes=, labels outside 0..num_classes-1)")
+    return "likely causes: " + "; ".join(causes) + (
+        ". Check a training batch: `detlab show-data RECIPE --out DIR`")
+
+
+def assignment_collapse_check(stats: Mapping[str, float], family: str = "detection",
+                              stride: float | None = None, ema_decay: float | None = None,
+                              step: int | None = None) -> str | None:
+    """A warning when a training epoch had ground truth but not one positive assignment.
+
+    Args:
+        stats: the epoch's sums of ``head.last_stats`` (``num_pos``, ``num_gt``, optionally
+            ``num_gt_below_stride``) and ``steps``.
+        family: ``"detection"`` (anchors), ``"text"`` or ``"segmentation"`` (pixels).
+        stride: the finest stride of the head in px (box heads).
+        ema_decay, step: EMA decay (0: no EMA; None: unknown) and the global step, for the
+            causes.
+    """
+    num_gt, num_pos = float(stats.get("num_gt", 0)), float(stats.get("num_pos", -1))
+    if not stats.get("steps") or num_gt <= 0 or num_pos != 0:
+        return None
+    steps = int(stats["steps"])
+    if family == "detection":
+        small, total = int(stats.get("num_gt_below_stride", 0)), int(num_gt)
+        return (f"no positive anchor assignment in {steps} training steps although the batches "
+                f"held {total} ground-truth boxes: the classification loss only learns "
+                "background and every score drifts to 0; "
+                + _causes(stride, small, total, ema_decay, step))
+    return (f"no positive target pixel in {steps} training steps ({family}): the loss learns "
+            "background only; check min_text_size / img_size (text) or the masks "
+            "(`detlab show-data RECIPE --out DIR`)")
+
+
+def score_collapse_check(summary: Mapping[str, float], prior: float | None = None,
+                         factor: float = 2.0, family: str = "detection",
+                         stride: float | None = None, ema_decay: float | None = None,
+                         step: int | None = None, train: Mapping[str, float] | None = None
+                         ) -> str | None:
+    """A warning when validation scores look like an untrained or collapsed model, else None.
+
+    Fires (validation with ground truth only) when there is no prediction at all (every score
+    below the post-processing threshold), when the highest score is within ``factor`` of the
+    head's initial class prior ``prior`` (``max <= factor * prior``: nothing was learnt to
+    fire), or when every score is the same (``max - min <= 1 % of max``, >= 2 predictions).
+
+    Args:
+        summary: ``num_gt``, ``num_pred``, ``max_score``, ``min_score`` over the validation set.
+        prior: initial score of every anchor (``head.score_prior``), if the head has one.
+        factor, family, stride, ema_decay, step: see above / :func:`assignment_collapse_check`.
+        train: the training epoch's ``last_stats`` sums (``num_gt``, ``num_gt_below_stride``),
+            to say how many boxes are below the stride.
+    """
+    num_gt, num_pred = int(summary.get("num_gt", 0)), int(summary.get("num_pred", 0))
+    if num_gt <= 0:
+        return None
+    noun = "text region" if family == "text" else "box"
+    top, low = float(summary.get("max_score", 0.0)), float(summary.get("min_score", 0.0))
+    if num_pred == 0:
+        reason = (f"no {noun} predicted on the validation set (every score is below the "
+                  f"post-processing threshold) although it holds {num_gt} objects")
+    elif prior is not None and top <= factor * prior:
+        reason = (f"every validation score is at the initial prior {prior:.3g} (max "
+                  f"{top:.3g} <= {factor:g}x prior over {num_pred} predictions)")
+    elif num_pred >= 2 and top - low <= 0.01 * top:
+        reason = (f"all {num_pred} validation scores are equal ({low:.4g}..{top:.4g}): they "
+                  "do not rank objects above background")
+    else:
+        return None
+    train = train or {}
+    small, total = int(train.get("num_gt_below_stride", 0)), int(train.get("num_gt", 0))
+    return f"model looks collapsed: {reason}; " + _causes(stride, small, total, ema_decay, step,
+                                                          family)
+
+
 class DiagnosticsCallback(Callback):
     """Writes the pictures and warnings listed in the module docstring (rank 0 only).
 
@@ -97,6 +232,57 @@ class DiagnosticsCallback(Callback):
         self._batch_written = False
         self._picked: list[dict[str, Any]] = []
         self._fallback: list[dict[str, Any]] = []
+        self._train: dict[str, Any] = {}
+        self._scores: dict[str, Any] = {}
+
+    def _warn(self, epoch: int, message: str) -> None:
+        log.warning("[epoch %d] %s", epoch, message)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "warnings.log", "a", encoding="utf-8") as f:
+            f.write(f"epoch {epoch}: {message}\n")
+
+    # -- positive assignments (head.last_stats) -----------------------------------------------
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Start the epoch's sums of ``head.last_stats``."""
+        self._train = {"steps": 0}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        """Add the step's ``head.last_stats`` (kept as tensors: no device sync per step)."""
+        stats = getattr(_head(pl_module), "last_stats", None)
+        if not isinstance(stats, Mapping):
+            return
+        self._train["steps"] = self._train.get("steps", 0) + 1
+        for key, value in stats.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else value
+            self._train[key] = self._train.get(key, 0) + value
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Warn when the epoch had ground truth but no positive assignment."""
+        if not trainer.is_global_zero or not self._train.get("steps"):
+            return
+        stats = {k: float(v) for k, v in self._train.items()}
+        head = _head(pl_module)
+        warning = assignment_collapse_check(stats, _family(head), _finest_stride(head),
+                                            _ema_decay(trainer), _step(trainer))
+        if warning:
+            self._warn(trainer.current_epoch, warning)
+
+    # -- validation scores ----------------------------------------------------------------------
+    def _score_batch(self, outputs: list[Any], batch: Any) -> None:
+        acc = self._scores
+        for i, pred in enumerate(outputs):
+            if getattr(pred, "boxes", None) is None and getattr(pred, "polygons", None) is None:
+                continue
+            acc["family"] = "text" if getattr(pred, "polygons", None) is not None else "detection"
+            target = batch.targets[i] if i < len(batch.targets) else {}
+            acc["num_gt"] = acc.get("num_gt", 0) + _num_objects(target)
+            scores = getattr(pred, "scores", None)
+            if isinstance(scores, torch.Tensor) and scores.numel():
+                scores = scores.detach().float()
+                acc["num_pred"] = acc.get("num_pred", 0) + int(scores.numel())
+                acc["max_score"] = max(acc.get("max_score", -math.inf), float(scores.max()))
+                acc["min_score"] = min(acc.get("min_score", math.inf), float(scores.min()))
 
     # -- first training batch ---------------------------------------------------------------
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any,
@@ -111,15 +297,17 @@ class DiagnosticsCallback(Callback):
 
     # -- validation slices for the attention picture ----------------------------------------
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        """Forget the slices picked in the previous validation epoch."""
+        """Forget the slices and scores of the previous validation epoch."""
         self._picked, self._fallback = [], []
+        self._scores = {}
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Keep the first validation slices with a lesion (others as fallback) for the
-        attention picture."""
+        """Sum the validation scores (box and text heads) and keep the first validation slices
+        with a lesion (others as fallback) for the attention picture."""
         if trainer.sanity_checking or not trainer.is_global_zero or not isinstance(outputs, list):
             return
+        self._score_batch(outputs, batch)
         if len(self._picked) >= self.num_attention_slices:
             return
         for i, pred in enumerate(outputs):
@@ -159,9 +347,16 @@ class DiagnosticsCallback(Callback):
             self._histogram(evaluator, metrics, epoch)
         warning = collapse_check(metrics, getattr(evaluator, "min_threshold", 1e-4), self.factor)
         if warning:
-            log.warning("[epoch %d] %s", epoch, warning)
-            with open(self.out / "warnings.log", "a", encoding="utf-8") as f:
-                f.write(f"epoch {epoch}: {warning}\n")
+            self._warn(epoch, warning)
+        if self._scores:
+            head = _head(pl_module)
+            warning = score_collapse_check(
+                self._scores, getattr(head, "score_prior", None), self.factor,
+                self._scores.get("family", "detection"), _finest_stride(head),
+                _ema_decay(trainer), _step(trainer),
+                {k: float(v) for k, v in self._train.items()})
+            if warning:
+                self._warn(epoch, warning)
         slices = (self._picked + self._fallback)[: self.num_attention_slices]
         if slices:
             self._attention(slices, epoch)
@@ -198,3 +393,62 @@ class DiagnosticsCallback(Callback):
         title = f"epoch {epoch}: attention gates, coarse to fine (yellow = 1, passes the skip)"
         render.grid(tiles, columns, title=title).save(
             self.out / f"attention_epoch{epoch}.png")
+
+
+def _head(pl_module: Any) -> Any:
+    return getattr(getattr(pl_module, "model", None), "head", None)
+
+
+def _family(head: Any) -> str:
+    name = type(head).__name__
+    if name == "DBHead":
+        return "text"
+    if name == "AttentionUNetHead":
+        return "segmentation"
+    return "detection"
+
+
+def _finest_stride(head: Any) -> float | None:
+    strides = getattr(head, "strides", None)
+    return float(min(strides)) if strides else None
+
+
+def _ema_decay(trainer: Any) -> float | None:
+    """The decay of an EMA callback on ``trainer`` (0.0: none; None: no callback list): the
+    ramped decay of detlab's :class:`~detlab.engine.ema.ModelEMA` now, a callback's ``decay``
+    attribute, else the ``decay`` Lightning's ``EMAWeightAveraging`` keeps
+    in its ``avg_fn`` closure."""
+    callbacks = getattr(trainer, "callbacks", None)
+    if callbacks is None:
+        return None
+    for cb in callbacks:
+        current = getattr(cb, "current_decay", None)  # detlab's ModelEMA: the ramped decay
+        decay = current() if callable(current) else getattr(cb, "decay", None)
+        if decay is None:
+            fn = (getattr(cb, "_kwargs", None) or {}).get("avg_fn")
+            fn = inspect.unwrap(fn) if callable(fn) else fn  # torch.no_grad wraps it
+            code = getattr(fn, "__code__", None)
+            if code is not None and "decay" in code.co_freevars and fn.__closure__:
+                decay = fn.__closure__[code.co_freevars.index("decay")].cell_contents
+        if isinstance(decay, (int, float)) and not isinstance(decay, bool):
+            return float(decay)
+    return 0.0
+
+
+def _step(trainer: Any) -> int | None:
+    step = getattr(trainer, "global_step", None)
+    return int(step) if isinstance(step, int) else None
+
+
+def _num_objects(target: Mapping[str, Any]) -> int:
+    """Non-ignored ground-truth boxes (else polygons) of one validation target."""
+    items = target.get("boxes")
+    if items is None:
+        items = target.get("polygons")
+    if items is None:
+        return 0
+    n = len(items)
+    ignore = target.get("ignore")
+    if isinstance(ignore, torch.Tensor) and ignore.numel() == n:
+        n -= int(ignore.bool().sum())
+    return n

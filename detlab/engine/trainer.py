@@ -43,6 +43,7 @@ from .callbacks import (
 )
 from .diagnostics import DiagnosticsCallback
 from .ema import build_ema
+from .positives_check import PositivesCheck
 from .resume_check import check_resume
 from .task import RECIPE_KEY, DetlabTask
 
@@ -134,6 +135,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
         MetricsPrinter(run_dir),
         DatasetEpochSetter(),
         StepSeeder(int(cfg["seed"])),
+        PositivesCheck(cfg["positives"], run_dir),  # on even without diagnostics
     ]
     if cfg["diagnostics"]:
         callbacks.append(DiagnosticsCallback(run_dir))

@@ -72,6 +72,8 @@ class DBHead(Head):
     ``forward(feats)`` returns ``{"prob_logits", "thresh", "binary"}``, each ``(B, 1, H, W)``,
     always all three. Targets come from the data pipeline (``batch.targets[i]`` holds the four
     ``(H, W)`` maps of :func:`~detlab.data.db_targets.make_db_targets`, padded by collate).
+    Each loss call sets ``last_stats`` (``num_pos`` text pixels, ``num_gt`` words) for the
+    collapse check.
     """
 
     # Constructor arguments that only change post-processing: ``detlab sweep`` may vary
@@ -151,6 +153,11 @@ class DBHead(Head):
                               enumerate(batch.targets)]).to(device)
             for key in TARGET_KEYS
         }
+        # Per-step counts for the collapse check (DiagnosticsCallback), not loss terms.
+        self.last_stats = {
+            "num_pos": ((targets["prob_map"] > 0.5) & (targets["prob_mask"] > 0.5)).sum(),
+            "num_gt": torch.tensor(sum(_num_words(t) for t in batch.targets)),
+        }
         out = self.loss_fn(cropped, targets)
         if isinstance(out, Tensor):
             return {"loss_db": out}
@@ -187,6 +194,14 @@ class DBHead(Head):
                 extras={"prob_map": prob},
             ))
         return preds
+
+
+def _num_words(target: Mapping[str, Any]) -> int:
+    """Words of one target that are not marked ``###``."""
+    n = len(target.get("polygons") or [])
+    ignore = target.get("ignore")
+    return n - int(torch.as_tensor(ignore).bool().sum()) if ignore is not None and len(
+        ignore) == n else n
 
 
 def _target_map(target: Mapping[str, Any], key: str, index: int, size: tuple[int, int]

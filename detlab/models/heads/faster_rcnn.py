@@ -95,6 +95,8 @@ class FasterRCNNHead(Head):
 
     Losses: ``loss_rpn_objectness``, ``loss_rpn_box``, ``loss_roi_cls``, ``loss_roi_box``;
     boxes flagged ``ignore`` are left out of training (as torchvision does with no such flag).
+    Each ``loss`` call also sets ``last_stats`` (0-d tensors: ``num_pos`` positive RPN anchors,
+    ``roi_num_pos``, ``num_gt``, ``num_gt_below_stride``) for the collapse check.
     ``forward(feats)`` returns ``{"proposals": [(P_i, 4)], "cls_logits": (sum P, K + 1),
     "box_deltas": (sum P, (K + 1) * 4), "image_size": (H, W)}`` (test-mode proposals, xyxy px
     of the padded input). Predictions are in original image coordinates (``meta`` scale/pad),
@@ -324,6 +326,13 @@ class FasterRCNNHead(Head):
         ]
         cls_logits, box_deltas = self._box_branch(feats, proposals, image_size)
         terms = self.roi_loss(cls_logits, box_deltas, labels, proposals, matched_boxes, regression)
+        # Per-step counts for the collapse check (DiagnosticsCallback), not loss terms. RoI
+        # positives include the ground-truth boxes torchvision adds to the proposals.
+        gt = torch.cat([t["boxes"] for t in targets]).reshape(-1, 4)
+        sides = (gt[:, 2:] - gt[:, :2]).amin(dim=1)
+        self.last_stats = {"num_pos": self.rpn.last_num_pos, "num_gt": sides.new_tensor(len(gt)),
+                           "num_gt_below_stride": (sides < min(self.strides)).sum(),
+                           "roi_num_pos": sum((lab > 0).sum() for lab in labels)}
         return {"loss_rpn_objectness": loss_objectness, "loss_rpn_box": loss_rpn_box, **terms}
 
     # -- predictions -----------------------------------------------------------------------------

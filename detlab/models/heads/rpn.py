@@ -175,6 +175,8 @@ class RPN(nn.Module):
         (torchvision's loss); ``targets``: per image ``boxes`` ``(G, 4)`` xyxy px (G may be 0)."""
         anchor_list = [anchors] * objectness.shape[0]
         labels, matched = self.core.assign_targets_to_anchors(anchor_list, targets)
+        # positive anchors before sampling, for the collapse check (FasterRCNNHead.last_stats)
+        self.last_num_pos = sum((lab == 1).sum() for lab in labels)
         regression = self.core.box_coder.encode(matched, anchor_list)
         return self.core.compute_loss(
             objectness.reshape(-1, 1), deltas.reshape(-1, 4), labels, regression

@@ -48,7 +48,10 @@ class YOLOHead(Head):
     positives weighted by their target score, and all three are divided by the sum of target
     scores (at least 1), as YOLOv8 does. Anchors inside ``ignore`` boxes that are not positive
     get no classification loss. Keys: ``loss_cls``, ``loss_box``, ``loss_dfl`` (fixed, so runs
-    with different loss types log comparable columns).
+    with different loss types log comparable columns). Each loss call also sets
+    ``last_stats`` (0-d tensors: ``num_pos`` positive anchors, ``num_gt`` boxes,
+    ``num_gt_below_stride``) and ``score_prior`` is the initial class probability, both read by
+    :class:`~detlab.engine.diagnostics.DiagnosticsCallback`.
 
     Args:
         in_channels, strides: per level, given by ``Model`` from the neck (any levels, P2 too).
@@ -154,11 +157,13 @@ class YOLOHead(Head):
         self._init_biases(prior_prob, prior_image_size)
 
     def _init_biases(self, prior_prob: float | None, image_size: int) -> None:
+        self.score_prior = 0.0  # highest initial class probability: the collapse check's prior
         for cls_branch, reg_branch, s in zip(self.cls_branches, self.reg_branches, self.strides):
             if prior_prob is None:  # YOLOv8: ~5 objects per class on an image_size² image
                 bias = math.log(5 / self.num_classes / (image_size / s) ** 2)
             else:
                 bias = math.log(prior_prob / (1 - prior_prob))
+            self.score_prior = max(self.score_prior, 1.0 / (1.0 + math.exp(-bias)))
             nn.init.constant_(cls_branch[-1].bias, bias)
             nn.init.constant_(reg_branch[-1].bias, 1.0)  # equal bins: mid-range distances
 
@@ -209,6 +214,11 @@ class YOLOHead(Head):
         # how many anchors a box gets.
         norm = target_scores.sum().clamp(min=1.0)
         fg = assign.fg_mask
+        # Per-step counts for the collapse check (DiagnosticsCallback), not loss terms.
+        used = gt_valid & ~ignored
+        sides = (gt_boxes[..., 2:] - gt_boxes[..., :2]).amin(dim=-1)
+        self.last_stats = {"num_pos": fg.sum(), "num_gt": used.sum(),
+                           "num_gt_below_stride": (used & (sides < min(self.strides))).sum()}
 
         cls_weight = None
         if ignored.any():
