@@ -64,11 +64,12 @@ class SlicedDataset(Dataset):
         self.crop_input = self.geometry.img_size is None and self.geometry.pad == "none"
         if not self.crop_input and not any(
             all(callable(getattr(dataset, m, None)) for m in methods)
-            for methods in (("load_raw", "make_sample"), ("load", "prepare"), ("preprocess",))
+            for methods in (("load_raw", "make_sample"), ("load", "prepare"),
+                            ("_read", "sample_from"))
         ):
             raise ConfigError(f"inference.slicing: {name} resizes or pads its images but cannot "
                               "give the original pixels to cut tiles from (no load_raw / load "
-                              "/ preprocess); remove inference.slicing")
+                              "/ sample_from); remove inference.slicing")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -84,9 +85,8 @@ class SlicedDataset(Dataset):
         if callable(getattr(ds, "prepare", None)):  # text datasets
             raw = ds.load(index)
             return raw.image, ds.prepare(raw)
-        pixels = ds._read(ds.files[index])  # ImageFiles (predict on files)
-        sample = ds[index]
-        return pixels, sample
+        pixels = ds._read(ds.files[index])  # ImageFiles (predict on files): decode once
+        return pixels, ds.sample_from(index, pixels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pixels, sample = self._load(index)

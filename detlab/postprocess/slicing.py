@@ -234,6 +234,12 @@ def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, method: str 
     n = int(boxes.shape[0])
     if n == 0:
         return boxes.reshape(0, 4), scores.reshape(0), labels.reshape(0)
+    if not class_agnostic and len(classes := torch.unique(labels)) > 1:
+        # Classes never match each other: merge each on its own (N²/C pairs, not N²).
+        outs = [merge_detections(boxes[labels == c], scores[labels == c], labels[labels == c],
+                                 method, metric, threshold, True) for c in classes]
+        order = torch.cat([o[1] for o in outs]).argsort(descending=True, stable=True)
+        return tuple(torch.cat([o[k] for o in outs])[order] for k in range(3))  # type: ignore
     b = boxes.detach().double().cpu().numpy()
     s = scores.detach().double().cpu().numpy()
     lab = labels.detach().cpu().numpy()

@@ -133,8 +133,12 @@ class ImageFiles(Dataset):
         return preprocess_pixels(arr, self.geometry, self.pixels, self.mean, self.std)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.sample_from(index, self._read(self.files[index]))
+
+    def sample_from(self, index: int, arr: np.ndarray) -> dict[str, Any]:
+        """Sample ``index`` from its already decoded pixels ``arr`` (as :meth:`_read` gives)."""
         path = self.files[index]
-        image, meta = self.preprocess(self._read(path))
+        image, meta = self.preprocess(arr)
         return {
             "image": image,
             "target": {},
