@@ -80,8 +80,8 @@ def test_sweep_merge_knobs_reuse_tile_outputs(yolo, monkeypatch, tmp_path, capsy
             "inference.slicing.match_threshold": [0.3, 0.6]}
     result = run_sweep(task, grid)
     assert len(result) == 4 and result.network_passes == 1
-    # loader batches of 2 frames: 6 + 6 tiles + 2 frames, then 4 tiles + 1 frame; once in all
-    assert calls == [12, 2, 4, 1]
+    # 16 tiles (2 per forward on the CPU) + the 3 frames: the network ran once in all
+    assert sum(calls) == 16 + 3 and max(calls) == 2
     calls.clear()
     # each row equals `detlab eval` with that setting
     row = next(r for r in result if r["settings"] == {"inference.slicing.merge": "nms",

@@ -224,7 +224,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--score-threshold", type=float, default=0.001)
-    parser.add_argument("--batch-size", type=int, default=16, help="detlab tiles per forward")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="detlab tiles per forward (default: SlicedInference's, 2 on CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -263,7 +264,8 @@ def main() -> None:
     m_ours, m_sahi = statistics.median(t_ours), statistics.median(t_sahi)
     print(f"1920x1080, 640 px tiles, overlap 0.2, {len(parts)} tiles + full frame, "
           f"{args.threads} thread(s), median of {args.repeats}:")
-    print(f"  detlab (tiles batched by {args.batch_size}) {m_ours * 1000:8.1f} ms   "
+    per = settings.tiles_per_forward("cpu")
+    print(f"  detlab ({per} tiles per forward)      {m_ours * 1000:8.1f} ms   "
           f"runs {[round(t * 1000) for t in t_ours]}")
     print(f"  SAHI get_sliced_prediction   {m_sahi * 1000:8.1f} ms   "
           f"runs {[round(t * 1000) for t in t_sahi]}")

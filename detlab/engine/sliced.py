@@ -164,7 +164,7 @@ def run_tiles(model: Any, sliced: SlicedBatch, settings: SlicedInference, device
     """Forward the tiles ``settings.batch_size`` at a time (and the frames when
     ``full_image``, default ``settings.full_image``)."""
     full_image = settings.full_image if full_image is None else full_image
-    bs, chunks = settings.batch_size, []
+    bs, chunks = settings.tiles_per_forward(device), []
     # Tiles of one shape per forward: no tile is padded to another's size, so a tile's outputs
     # do not depend on the batch it lands in (sliced eval == sliced predict, any batch size).
     by_shape: dict[tuple[int, ...], list[int]] = {}
