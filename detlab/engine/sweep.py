@@ -7,7 +7,9 @@ the primary metric is printed.
 
 Only keys that cannot change the network's outputs may be swept: ``evaluator.…`` and
 ``model.head.<arg>…`` where ``<arg>`` is listed in the head's ``postprocess_args``
-(e.g. ``threshold`` for the Attention U-Net, ``postprocess`` for the DB head).
+(e.g. ``threshold`` for the Attention U-Net, ``postprocess`` for the DB head), and
+``inference.slicing.<knob>`` (sliced inference, :mod:`detlab.engine.sweep_sliced`: the network
+runs once per tile size / overlap, merge knobs reuse the per-tile predictions).
 """
 
 from __future__ import annotations
