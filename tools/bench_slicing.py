@@ -141,7 +141,8 @@ def sahi_run(sahi_model: Any, path: Path, settings: SlicedInference) -> list[Any
     result = get_sliced_prediction(
         str(path), sahi_model, slice_height=th, slice_width=tw,
         overlap_height_ratio=settings.overlap, overlap_width_ratio=settings.overlap,
-        perform_standard_pred=settings.full_image, postprocess_type=settings.merge.upper().replace("_", ""),
+        perform_standard_pred=settings.full_image,
+        postprocess_type=settings.merge.upper().replace("_", ""),
         postprocess_match_metric=settings.match_metric.upper(),
         postprocess_match_threshold=settings.match_threshold,
         postprocess_class_agnostic=settings.class_agnostic, verbose=0,

@@ -14,7 +14,9 @@ tile pixels (:mod:`detlab.ops.coords`), which are shifted to the frame and then
 * segmentation (``probs``) and DB text (``prob_map``): blended probability maps (weighted
   mean over overlapping tiles), then the head's threshold / polygon extraction on the frame.
 
-The frame's ground truth and meta are the dataset's own, so evaluators are unchanged.
+The frame's ground truth and meta are the dataset's own, so evaluators are unchanged. Sliced
+predictions carry no other head extras (the U-Net's attention maps are per tile, not per
+frame). Validation during ``detlab train`` is not sliced.
 """
 
 from __future__ import annotations
