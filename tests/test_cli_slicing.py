@@ -101,3 +101,27 @@ def test_bad_slicing_setting_is_one_error_line(yolo, capsys):
     assert main(["eval", str(ckpt), "+inference.slicing.overlap=1.0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: inference.slicing.overlap=1.0: expected a number in [0, 1)"]
+
+
+def test_sweep_head_and_merge_knobs_together(yolo, monkeypatch, tmp_path):
+    # A head post-processing key too: the raw tile outputs are cached, the head re-runs.
+    ckpt, _, _ = yolo
+    from detlab.engine.sweep import run_sweep
+    from detlab.engine.trainer import load_task
+    from detlab.models.model import Model
+
+    calls = []
+    forward = Model.forward
+    monkeypatch.setattr(Model, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
+    grid = {"model.head.postprocess.score_threshold": [0.0, 0.02],
+            "inference.slicing.merge": ["nms", "greedy_nmm"]}
+    result = run_sweep(load_task(ckpt, SLICED), grid)
+    assert len(result) == 4 and sum(calls) == 16 + 3
+    row = next(r for r in result if r["settings"] == {
+        "model.head.postprocess.score_threshold": 0.02, "inference.slicing.merge": "nms"})
+    js = tmp_path / "m.json"
+    assert main(["eval", str(ckpt), *SLICED, "model.head.postprocess.score_threshold=0.02",
+                 "+inference.slicing.merge='nms'", "--quiet", "--json", str(js)]) == 0
+    assert json.loads(js.read_text()) == pytest.approx(row["metrics"], abs=1e-12)
+    with pytest.raises(Exception, match="cannot sweep 'inference.slicing.tile'"):
+        run_sweep(load_task(ckpt, SLICED), {"inference.slicing.tile": [1, 2]})

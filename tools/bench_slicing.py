@@ -35,7 +35,7 @@ import torch
 from detlab.data.datasets.detection_base import IMAGENET_MEAN, IMAGENET_STD, read_rgb
 from detlab.data.datasets.image_files import ImageFiles, preprocess_pixels
 from detlab.data.geometry import InputGeometry
-from detlab.engine.sliced import (SlicedCollate, SlicedDataset, combine, run_tiles,
+from detlab.engine.sliced import (SlicedCollate, SlicedDataset, run_tiles,
                                   sliced_predictions, tile_predictions)
 from detlab.ops.slicing import shift_boxes
 from detlab.postprocess.slicing import SlicedInference, merge_detections
