@@ -36,6 +36,7 @@ from ..data.datasets.image_files import _per_channel, preprocess_pixels
 from ..data.geometry import InputGeometry
 from ..data.predict_spec import input_spec_of
 from ..errors import ConfigError
+from ..ops.coords import maps_to_original
 from ..ops.slicing import blend_weights, shift_boxes, tile_grid
 from ..postprocess.slicing import SlicedInference
 from ..structures import Batch, Prediction, to_device
@@ -211,12 +212,10 @@ def _blend(maps: list[tuple[Tensor, Any]], size: tuple[int, int], mode: str) -> 
 
 
 def _resized(prob: Tensor, size: tuple[int, int]) -> Tensor:
-    """``(h, w)`` or ``(C, h, w)`` map → ``(C, *size)`` (bilinear, pixel-edge convention)."""
+    """A content-cropped ``(h, w)`` or ``(C, h, w)`` map → ``(C, *size)``
+    (:func:`detlab.ops.coords.maps_to_original`: bilinear, pixel-edge convention)."""
     prob = prob.float()
-    prob = prob[None] if prob.ndim == 2 else prob
-    if tuple(prob.shape[-2:]) == tuple(size):
-        return prob
-    return F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]
+    return maps_to_original(prob[None] if prob.ndim == 2 else prob, {"orig_size": size})
 
 
 def combine(head: Any, parts: list[list[tuple[Prediction, Any]]],
