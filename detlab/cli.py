@@ -62,10 +62,20 @@ def _device() -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _predictions(task: Any, loader: Any, device: Any, limit: int | None = None) -> Any:
+def _predictions(task: Any, loader: Any, device: Any, limit: int | None = None,
+                 data: Any = None) -> Any:
     """``(predictions, batch)`` per batch of ``loader``: the one inference loop of ``eval``
-    and ``predict`` (same stage, same post-processing, predictions in original pixels).
+    and ``predict`` (same stage, same post-processing, predictions in original pixels);
+    sliced when the recipe sets ``inference.slicing`` (:mod:`detlab.engine.sliced`).
     Callers hold ``torch.inference_mode()`` around the loop."""
+    from .postprocess.slicing import SlicedInference
+
+    settings = SlicedInference.from_recipe(task.recipe)
+    if settings is not None:
+        from .engine.sliced import sliced_predictions
+
+        yield from sliced_predictions(task, data, loader, settings, device, limit)
+        return
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
@@ -86,7 +96,7 @@ def _evaluate(task: Any, split: str, limit: int | None = None) -> dict[str, floa
     import torch
 
     with torch.inference_mode():
-        for preds, batch in _predictions(task, loader, device, limit):
+        for preds, batch in _predictions(task, loader, device, limit, data):
             task.evaluator.update(preds, batch)
     return task.evaluator.compute()
 
@@ -178,7 +188,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for loader, ids in loaders:
         cat_ids = ids if ids is not None else cat_ids
         with torch.inference_mode():
-            for preds, batch in _predictions(task, loader, device):
+            for preds, batch in _predictions(task, loader, device, data=data):
                 for pred, meta in zip(preds, batch.meta):
                     coco.extend(_write_one(args, task, pred, meta, names, ids))
                     count += 1

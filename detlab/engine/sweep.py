@@ -7,7 +7,9 @@ the primary metric is printed.
 
 Only keys that cannot change the network's outputs may be swept: ``evaluator.…`` and
 ``model.head.<arg>…`` where ``<arg>`` is listed in the head's ``postprocess_args``
-(e.g. ``threshold`` for the Attention U-Net, ``postprocess`` for the DB head).
+(e.g. ``threshold`` for the Attention U-Net, ``postprocess`` for the DB head), and
+``inference.slicing.<knob>`` (sliced inference, :mod:`detlab.engine.sweep_sliced`: the network
+runs once per tile size / overlap, merge knobs reuse the per-tile predictions).
 """
 
 from __future__ import annotations
@@ -67,17 +69,20 @@ def parse_sweep(items: Iterable[str]) -> dict[str, list[Any]]:
 
 
 def _check_keys(grid: dict[str, list[Any]], head: torch.nn.Module) -> None:
+    from .sweep_sliced import is_slicing_key
+
     allowed = tuple(getattr(head, "postprocess_args", ()))
     for key in grid:
         parts = key.split(".")
-        if parts[0] == "evaluator":
+        if parts[0] == "evaluator" or is_slicing_key(key):
             continue
         if parts[:2] == ["model", "head"] and len(parts) >= 3 and parts[2] in allowed:
             continue
         raise ConfigError(
-            f"cannot sweep {key!r}: only evaluator.* and model.head.<arg>.* for post-processing "
-            f"arguments of {type(head).__name__} ({', '.join(allowed) or 'none'}) reuse the "
-            "network outputs; other keys need `detlab eval CKPT key=value` per value"
+            f"cannot sweep {key!r}: only evaluator.*, inference.slicing.<knob> and "
+            f"model.head.<arg>.* for post-processing arguments of {type(head).__name__} "
+            f"({', '.join(allowed) or 'none'}) reuse the network outputs; other keys need "
+            "`detlab eval CKPT key=value` per value"
         )
 
 
@@ -87,6 +92,7 @@ class SweepResult(list):
     inference_s: float = 0.0
     postprocess_s: float = 0.0
     primary: str = ""
+    network_passes: int = 1  # sliced sweeps: one per distinct tile size / overlap
 
 
 @torch.inference_mode()
@@ -104,6 +110,11 @@ def run_sweep(task: Any, grid: dict[str, list[Any]], split: str = "val",
     loader = data.val_dataloader() if split == "val" else data.test_dataloader()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
+    from ..postprocess.slicing import SlicedInference
+    from .sweep_sliced import is_slicing_key, run_sliced_sweep
+
+    if any(is_slicing_key(k) for k in grid) or SlicedInference.from_recipe(task.recipe):
+        return run_sliced_sweep(task, grid, data, loader, device, limit, SweepResult())
 
     t0 = time.perf_counter()
     cached = []
@@ -190,9 +201,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(format_table(result))
     n = len(result)
     per_combo = result.postprocess_s / max(n, 1)
-    naive = n * (result.inference_s + per_combo)
+    passes = result.network_passes
+    naive = n * (result.inference_s / passes + per_combo)
+    once = "once" if passes == 1 else f"{passes}x (one per tile size/overlap)"
     print(
-        f"\n{n} combination(s): inference once {result.inference_s:.2f} s, post-processing + "
+        f"\n{n} combination(s): inference {once} {result.inference_s:.2f} s, post-processing + "
         f"evaluation {per_combo:.2f} s each; re-running inference per combination would take "
         f"~{naive:.1f} s ({naive / max(result.inference_s + result.postprocess_s, 1e-9):.1f}x)"
     )

@@ -17,7 +17,7 @@ from ...registry import DATASETS
 from ..geometry import InputGeometry
 from .detection_base import read_rgb
 
-__all__ = ["ImageFiles", "read_image"]
+__all__ = ["ImageFiles", "read_image", "preprocess_pixels"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -127,25 +127,42 @@ class ImageFiles(Dataset):
         arr = np.rint(read_image(path, 1) * 255.0)
         return arr.clip(0, 255).astype(np.uint8)
 
+    def preprocess(self, arr: np.ndarray) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Pixels as :meth:`_read` returns them → network input and meta
+        (:func:`preprocess_pixels` with this dataset's settings)."""
+        return preprocess_pixels(arr, self.geometry, self.pixels, self.mean, self.std)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.sample_from(index, self._read(self.files[index]))
+
+    def sample_from(self, index: int, arr: np.ndarray) -> dict[str, Any]:
+        """Sample ``index`` from its already decoded pixels ``arr`` (as :meth:`_read` gives)."""
         path = self.files[index]
-        arr = self._read(path)
-        geometry = self.geometry
-        if arr.dtype != np.uint8 and geometry.pad != "none":
-            geometry = replace(geometry, pad_value=geometry.pad_value / 255.0)
-        arr, _, meta = geometry.apply(arr)
-        arr = arr.astype(np.float32)
-        if self.pixels == "uint8":
-            arr /= 255.0
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        arr = (arr - self.mean) / self.std
+        image, meta = self.preprocess(arr)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))),
+            "image": image,
             "target": {},
             "meta": {"image_id": self.names[index], "file_name": self.names[index],
                      "path": str(path), **meta},
         }
+
+
+def preprocess_pixels(arr: np.ndarray, geometry: InputGeometry, pixels: str, mean: np.ndarray,
+                      std: np.ndarray) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``(H, W, C)`` pixels (uint8 for ``pixels="uint8"``, else [0, 1] floats) → the normalized
+    ``(C, H', W')`` float32 network input and its geometry meta: ``geometry`` (resize, pad), then
+    ``x / 255`` for uint8, then ``(x - mean) / std``. ImageFiles and the tiles of sliced
+    inference share it, so a tile is preprocessed exactly like a whole val image."""
+    if arr.dtype != np.uint8 and geometry.pad != "none":
+        geometry = replace(geometry, pad_value=geometry.pad_value / 255.0)
+    arr, _, meta = geometry.apply(arr)
+    arr = arr.astype(np.float32)
+    if pixels == "uint8":
+        arr /= 255.0
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    arr = (arr - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), meta
 
 
 def _per_channel(values: Sequence[float], channels: int, arg: str) -> np.ndarray:
