@@ -131,7 +131,12 @@ def _annotated(dataset: Any) -> Any:
             break
         if callable(getattr(current, "annotations", None)):
             return current
-        current = getattr(current, "dataset", None)
+        inner = getattr(current, "dataset", None)
+        # only wrappers that keep the indices (same length): a Subset's image i is not its
+        # dataset's image i
+        if inner is not None and len(inner) != len(current):
+            break
+        current = inner
     raise ConfigError(
         f"{type(dataset).__name__} has no annotations(i) method, which class-aware sampling "
         "needs (detlab detection datasets and their wrappers provide it)"

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from torch.utils.data import Subset
 
 from detlab.data.datasets.synthetic_helmets import SyntheticHelmets
 from detlab.data.mosaic import MosaicDataset
@@ -121,5 +122,7 @@ def test_bad_arguments(cls, kwargs, match):
         cls(DATA, **kwargs)
     with pytest.raises(ConfigError, match="annotations"):
         ClassAwareSampler([1, 2])
+    with pytest.raises(ConfigError, match="annotations"):  # a Subset renumbers the images
+        ClassAwareSampler(Subset(SyntheticHelmets(num_samples=4), [2, 3]))
     with pytest.raises(ConfigError, match="nothing to sample"):
         ClassAwareSampler(Labeled([([], [], [])]), empty_weight=0.0)
