@@ -255,7 +255,8 @@ def _free_spot(rng: np.random.Generator, content: tuple[int, int, int, int],
     area = (occupied[:, 2] - occupied[:, 0]) * (occupied[:, 3] - occupied[:, 1])
     own = (box[2] - box[0]) * (box[3] - box[1])
     for _ in range(tries):
-        y, x = int(rng.integers(top, top + ih - ph + 1)), int(rng.integers(left, left + iw - pw + 1))
+        y = int(rng.integers(top, top + ih - ph + 1))
+        x = int(rng.integers(left, left + iw - pw + 1))
         ix = (np.minimum(occupied[:, 2], x + pw) - np.maximum(occupied[:, 0], x)).clip(0)
         iy = (np.minimum(occupied[:, 3], y + ph) - np.maximum(occupied[:, 1], y)).clip(0)
         inter = ix * iy
