@@ -110,6 +110,13 @@ def test_every_crop_holds_a_whole_object(tmp_path, fmt):
             whole = [b for b in frame.boxes
                      if b[0] >= x0 and b[1] >= y0 and b[2] <= x1 and b[3] <= y1]
             assert whole, (seed, index, meta["crop"])
+            # the boxes the window cuts (overlap, not inside) are the counted clipped ones
+            b = frame.boxes
+            overlap = ((np.minimum(b[:, 2], x1) > np.maximum(b[:, 0], x0))
+                       & (np.minimum(b[:, 3], y1) > np.maximum(b[:, 1], y0)))
+            inside = (b[:, 0] >= x0) & (b[:, 1] >= y0) & (b[:, 2] <= x1) & (b[:, 3] <= y1)
+            assert meta["crop"]["clipped"] == int((overlap & ~inside).sum())
+            assert meta["crop"]["dropped"] == 0 and len(boxes) == int(overlap.sum())
 
 
 def test_synthetic_helmets_and_registry():
