@@ -80,7 +80,7 @@ data = dict(
             # Crop-based training (full-resolution crops around objects instead of shrinking
             # 1920x1080 frames): data["train"] = dict(type="ObjectCrops", dataset=data["train"],
             # size=640, ratio=0.7), each crop holding a whole object (docs/guides/tiny_data.md);
-            # albumentations random crops can leave batches without a box.
+            # a plain albumentations RandomCrop can leave samples without a box.
         ],
     ),
     val=dict(_synthetic, split="val", num_samples=96),
