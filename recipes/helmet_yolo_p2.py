@@ -10,7 +10,7 @@ all recipe keys here, so each experiment is an override, not a fork:
   * assigner ................... model.head.assigner=ATSSAssigner
   * multi-scale training ....... 'data.multi_scale=(0.5,1.5)'
   * tiny-object oversampling ... data.sampler.weight=8.0  (data.sampler=None turns it off)
-  * crop-based training ........ see the commented crop transform in data.train.transforms
+  * crop-based training ........ ObjectCrops around data.train (see the comment there)
   * mosaic ..................... see the commented MosaicDataset below
 
 Default data: the built-in SyntheticHelmets (CCTV-like frames of 192 px with up to 10 heads,
@@ -78,9 +78,9 @@ data = dict(
             dict(type="RandomBrightnessContrast", brightness_limit=0.2, contrast_limit=0.2,
                  p=0.5),
             # Crop-based training (full-resolution crops around objects instead of shrinking
-            # 1920x1080 frames): set data.train.img_size=None and add e.g.
-            #   dict(type="AtLeastOneBBoxRandomCrop", height=640, width=640, p=1.0),
-            # or dict(type="RandomSizedBBoxSafeCrop", height=640, width=640, p=1.0).
+            # 1920x1080 frames): data["train"] = dict(type="ObjectCrops", dataset=data["train"],
+            # size=640, ratio=0.7), each crop holding a whole object (docs/guides/tiny_data.md);
+            # a plain albumentations RandomCrop can leave samples without a box.
         ],
     ),
     val=dict(_synthetic, split="val", num_samples=96),

@@ -13,7 +13,9 @@ Keys of ``data``::
                          ``root`` argument and sets none (``data.root=/data/Task`` on the CLI)
     multi_scale          optional (low, high): each training batch is resized to a random
                          multiple of size_divisor in [low, high] x the train dataset's img_size
-                         (:class:`~detlab.data.multiscale.MultiScaleCollate`)
+                         (:class:`~detlab.data.multiscale.MultiScaleCollate`); with high > 1
+                         the train dataset letterboxes at the largest size
+                         (:func:`~detlab.data.multiscale.train_multi_scale`)
 
 Same seed, same run: the data module gets ``train.seed`` (``seed``); the training dataset is
 wrapped in :class:`~detlab.data.seeding.SeededDataset` (augmentation seeded per sample from
@@ -41,7 +43,7 @@ from ..defaults import DATA_DEFAULTS
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS, SAMPLERS
 from .collate import Collate
-from .multiscale import MultiScaleCollate
+from .multiscale import train_multi_scale
 from .samplers import EpochShuffleSampler, NoSingletonBatchSampler
 from .seeding import SeededDataset
 
@@ -220,13 +222,8 @@ class DataModule(pl.LightningDataModule):
         scale_range = self.cfg.get("multi_scale")
         if scale_range is None:
             return self.collate
-        img_size = getattr(dataset, "img_size", None)
-        if img_size is None:
-            raise ConfigError(
-                f"data.multi_scale={scale_range!r} scales the train dataset's img_size, but "
-                f"{type(dataset).__name__} has img_size=None; set data.train.img_size"
-            )
-        return MultiScaleCollate.from_range(int(img_size), scale_range, self.size_divisor)
+        # sizes above img_size: the train dataset letterboxes at the largest one (multiscale)
+        return train_multi_scale(dataset, scale_range, self.size_divisor)
 
     def val_dataloader(self) -> DataLoader:
         """Loader over ``data.val`` in dataset order (batch size ``val_batch_size``)."""

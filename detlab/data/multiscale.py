@@ -15,6 +15,18 @@ of ``align_corners=False``; equal up to rounding) every target and meta entry fo
 the rescaled unpadded size, so ``input = orig * scale + pad`` still holds. ``orig_boxes`` are
 original-image coordinates and do not change.
 
+Sizes above the base size (``multi_scale=(1.0, 1.2)`` with ``img_size=1280`` draws up to
+1536): upsampling a 1280 tensor to 1536 adds pixels but no detail, which is not what training
+at 1536 means for tiny objects. So :func:`train_multi_scale` (the data module's entry point)
+makes the training dataset letterbox at the LARGEST size (``InputGeometry.img_size`` of every
+dataset in its ``.dataset`` chain, and a ``MosaicDataset`` canvas, set to it) and every batch
+is resized DOWN (antialiased) to its drawn size: a 1536 batch is the frame letterboxed at
+1536, a 1280 batch that frame shrunk to 1280. Ranges with ``high <= 1`` are unchanged (the
+dataset letterboxes at ``img_size``). Validation keeps ``img_size``. Cost: each training sample
+is decoded/augmented at the largest size (CPU and worker memory ``(top / img_size)²``), and
+the network's activation memory grows with the batch's pixel count, ``(size / img_size)²``
+(x1.44 at 1536 over 1280): plan the batch size for the largest size.
+
 Randomness: in the training loader every sample carries ``sample_seed`` (a function of
 ``train.seed``, epoch and index: :mod:`detlab.data.seeding`) and the size is drawn from the
 first sample's, so it does not depend on workers or on a ``--resume``. Without it, ``seed`` gives
@@ -24,6 +36,8 @@ otherwise torch's global generator is used.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import random
 from collections.abc import Sequence
@@ -37,7 +51,10 @@ from ..errors import ConfigError
 from ..structures import Batch
 from .collate import collate, pad_to
 
-__all__ = ["MultiScaleCollate", "multi_scale_sizes", "rescale_batch"]
+__all__ = ["MultiScaleCollate", "multi_scale_sizes", "rescale_batch", "train_multi_scale",
+           "letterbox_at"]
+
+log = logging.getLogger(__name__)
 
 
 def multi_scale_sizes(
@@ -139,6 +156,50 @@ class MultiScaleCollate:
         batch = collate(samples, self.size_divisor)
         seed = samples[0].get("sample_seed") if samples else None
         return rescale_batch(batch, self.draw_size(seed), self.size_divisor)
+
+
+def letterbox_at(dataset: Any, size: int) -> int:
+    """Make ``dataset`` and every dataset in its ``.dataset`` chain produce samples at long
+    side ``size``: an :class:`~detlab.data.geometry.InputGeometry` gets ``img_size=size``, a
+    plain ``img_size`` attribute (``MosaicDataset``'s canvas) is set; delegating properties
+    (sample wrappers) are left alone. Returns how many datasets were changed."""
+    from .geometry import InputGeometry
+
+    changed, current = 0, dataset
+    for _ in range(8):
+        if current is None:
+            break
+        geometry = getattr(current, "geometry", None)
+        if isinstance(geometry, InputGeometry) and geometry.img_size is not None:
+            current.geometry = dataclasses.replace(geometry, img_size=int(size))
+        own = not isinstance(getattr(type(current), "img_size", None), property)
+        if own and isinstance(getattr(current, "img_size", None), int):
+            current.img_size = int(size)
+            changed += 1
+        current = getattr(current, "dataset", None)
+    return changed
+
+
+def train_multi_scale(dataset: Any, scale_range: Sequence[float],
+                      size_divisor: int = 32) -> MultiScaleCollate:
+    """The training collate of ``data.multi_scale=scale_range`` over ``dataset``'s
+    ``img_size``; when the largest size is above it, ``dataset`` is set to letterbox at the
+    largest size (:func:`letterbox_at`, module docstring). Idempotent: the base size is
+    remembered on the dataset, so calling it again (another ``size_divisor``) starts from
+    the recipe's ``img_size``."""
+    base = getattr(dataset, "_multi_scale_base", None) or getattr(dataset, "img_size", None)
+    if base is None:
+        raise ConfigError(
+            f"data.multi_scale={scale_range!r} scales the train dataset's img_size, but "
+            f"{type(dataset).__name__} has img_size=None; set data.train.img_size")
+    collate = MultiScaleCollate.from_range(int(base), scale_range, size_divisor)
+    top = max(collate.sizes)
+    if top > base or getattr(dataset, "_multi_scale_base", None) is not None:
+        if not letterbox_at(dataset, max(top, int(base))):
+            log.warning("data.multi_scale: %s exposes no img_size to enlarge; batches above "
+                        "%d px are upsampled from it", type(dataset).__name__, base)
+        dataset._multi_scale_base = int(base)
+    return collate
 
 
 def _rescale_target(target: dict[str, Any], fy: float, fx: float, new_size: tuple[int, int],
