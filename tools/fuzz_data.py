@@ -1,11 +1,11 @@
 """Fuzz detlab's annotation readers with seeded mutations of small valid datasets.
 
 For each format (COCO JSON, YOLO txt, Pascal VOC XML, ICDAR txt, receipt JSON, NIfTI, DICOM)
-a tiny valid
-dataset is written to a temporary folder, one mutation is applied (numbers made huge, NaN,
-negative or strings; keys removed or added; types swapped; ids duplicated; bytes flipped;
-files truncated; non-UTF-8 bytes; paths leading out of the data root; broken headers and
-tags; XML tags removed, DOCTYPE/ENTITY declarations, odd encodings), then the dataset is built and every sample read. Each try ends as one of:
+a tiny valid dataset is written to a temporary folder, one mutation is applied (numbers made
+huge, NaN, negative or strings; keys removed or added; types swapped; ids duplicated; bytes
+flipped; files truncated; non-UTF-8 bytes; paths leading out of the data root; broken headers
+and tags; XML tags removed, DOCTYPE/ENTITY declarations, odd encodings), then the dataset is
+built and every sample read. Each try ends as one of:
 
 * ``error``     a :class:`~detlab.errors.DetlabError` (the message names file and place);
 * ``repaired``  built and read, with clipped/dropped/skipped/ignored counts in ``data_report()``;

@@ -14,9 +14,9 @@ Rules every dataset follows (``CocoDetection``, ``YoloDetection``, ``IcdarTxt``,
   clipped to it, boxes/words left with no area are dropped;
 * print the counters once per split (logger ``detlab.data``: INFO when nothing was repaired,
   WARNING otherwise; a dataset built by the data module inside :func:`recipe_key` is named
-  after its recipe key: ``data.train (CocoDetection instances.json): …``) and fail when more than ``max_bad_fraction`` of the objects were dropped
-  or of the samples skipped (:meth:`DataReport.enforce`; default
-  :data:`DEFAULT_MAX_BAD_FRACTION`).
+  after its recipe key: ``data.train (CocoDetection instances.json): …``) and fail when more
+  than ``max_bad_fraction`` of the objects were dropped or of the samples skipped
+  (:meth:`DataReport.enforce`; default :data:`DEFAULT_MAX_BAD_FRACTION`).
 
 The four counter kinds: ``skipped`` (a whole image or case left out), ``clipped`` (an object
 cut to the image), ``dropped`` (an object removed as unusable), ``ignored`` (annotations left

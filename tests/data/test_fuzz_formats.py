@@ -1,9 +1,9 @@
 """Seeded fuzzing of every annotation reader (``tools/fuzz_data.py``): hundreds of mutated files
 per format (numbers made huge/NaN/negative/strings, keys removed or added, types swapped, ids
 duplicated, bytes flipped, truncation, non-UTF-8, paths out of the data root, VOC XML tags
-removed and DOCTYPE/ENTITY declarations, broken NIfTI headers and DICOM tags). Building the dataset and reading every sample may only raise a
-DetlabError; no sample may come from outside the data root, no file of the dataset may change,
-and no try may hang."""
+removed and DOCTYPE/ENTITY declarations, broken NIfTI headers and DICOM tags). Building the
+dataset and reading every sample may only raise a DetlabError; no sample may come from outside
+the data root, no file of the dataset may change, and no try may hang."""
 
 from __future__ import annotations
 
