@@ -49,17 +49,31 @@ def coco(tmp_path):
 
 
 def test_coco_recipe_counts_buckets_warning_and_png(coco, tmp_path, capsys):
+    recipe = str(ROOT / "recipes" / "helmet_yolo_p2_coco.py")
+    # 1 of the 5 train boxes has no area inside its image: 20 % > the default 5 %
+    assert main(["check-data", recipe, *coco]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: data.train (CocoDetection train.json): dropped 1 of 5 boxes (20.0%), more than "
+        "max_bad_fraction=0.05: 1 outside image (e.g. train.json: annotations[4]). Fix the "
+        "annotations, or raise max_bad_fraction in the dataset's recipe entry")
+    coco = [*coco, "data.train.max_bad_fraction=0.25"]
     out = tmp_path / "report"
-    rc = main(["check-data", str(ROOT / "recipes" / "helmet_yolo_p2_coco.py"), *coco,
-               "--out", str(out)])
+    rc = main(["check-data", recipe, *coco, "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
     train, val = text.split("== val")[0], text.split("== val")[1]
     assert "== train: CocoDetection, 2 images ==" in train
     assert "images without objects: 1 of 2" in train
-    assert "objects: 3 in 2 classes; ignored: 1" in train
+    # boxes 1-3 (box 3 clipped when parsed to 95..100: 5 x 5 px), the crowd box an ignore region
+    assert "objects: 3 in 2 classes; ignore regions: 1" in train
     assert "  helmet_on         2       1" in train and "  helmet_off        1       1" in train
-    assert "clipped when loaded): 1; without area inside it (dropped): 1" in train
+    # the dataset's parse-time counters, each once, with its first place; nothing recomputed
+    assert ("repairs (counted when the files were parsed, of 2 images, 5 boxes):\n"
+            "  kind     reason         count  first place\n"
+            "  clipped  outside image      1  train.json: annotations[2]\n"
+            "  dropped  outside image      1  train.json: annotations[4]\n") in train
+    assert "repairs: none (of 1 images, 2 boxes read)" in val
+    assert "still outside" not in text
     assert "area % of image: median 0.25 %" in train
     for line in ("tiny (< 0.1 %)              1  33.3 %", "small (0.1-0.5 %)           2  66.7 %",
                  "medium (0.5-5 %)            0  0 %"):
@@ -88,10 +102,16 @@ def test_text_recipe_on_receipt_json_files(tmp_path, capsys, monkeypatch):
     assert main(["check-data", str(ROOT / "recipes" / "receipt_dbnet_hrnet.py"), *files]) == 0
     text = capsys.readouterr().out
     assert "== train: ReceiptJson, 1 images ==" in text
-    assert "objects: 2 in 1 class; ignored: 1" in text
-    assert "width px:  min 10 / p10 13 / median 25 / p90 37 / max 40" in text
-    assert "area % of image: median 1.25 %" in text  # 400 and 100 (clipped) px² of 20000
-    assert "clipped when loaded): 1;" in text
+    assert "objects: 2 in 1 class; ignore regions: 1" in text
+    # text points are pixel indices: word 2 is clipped when parsed to the last column, x 199
+    # (text_base.clip_polygons' frame [0, W - 1]), so 9 x 10 px; word 0 is 40 x 10 px
+    assert "width px:  min 9 / p10 12.1 / median 24.5 / p90 36.9 / max 40" in text
+    assert "area % of image: median 1.23 %" in text  # 400 and 90 px² of 20000: 2 %, 0.45 %
+    train = text.split("== val")[0]
+    assert ("repairs (counted when the files were parsed, of 1 images, 3 words):\n"
+            "  kind     reason         count  first place\n"
+            f"  clipped  outside image      1  {ann}: images['r.png'].words['2']\n") in train
+    assert train.count("clipped") == 1  # counted once, not again from the clipped polygon
     assert "text regions lost to min_text_size: n/a (needs detlab.data.positives)" in text
 
 
@@ -112,6 +132,8 @@ def test_synthetic_text_recipe_uses_count_positives(capsys, monkeypatch):
     assert "== train: SyntheticReceipts, 3 images ==" in text
     assert "scanned 2 of 3 images (--max-samples)" in text
     assert "text regions lost to min_text_size: train: 7 of 9 words kept" in text
+    assert text.count("repairs: none counted (the dataset keeps no data report: generated "
+                      "data)") == 2
     assert calls == [("SyntheticReceipts", "train", 2), ("SyntheticReceipts", "val", 2)]
 
 

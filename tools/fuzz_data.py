@@ -1,10 +1,11 @@
 """Fuzz detlab's annotation readers with seeded mutations of small valid datasets.
 
-For each format (COCO JSON, YOLO txt, ICDAR txt, receipt JSON, NIfTI, DICOM) a tiny valid
-dataset is written to a temporary folder, one mutation is applied (numbers made huge, NaN,
-negative or strings; keys removed or added; types swapped; ids duplicated; bytes flipped;
-files truncated; non-UTF-8 bytes; paths leading out of the data root; broken headers and
-tags), then the dataset is built and every sample read. Each try ends as one of:
+For each format (COCO JSON, YOLO txt, Pascal VOC XML, ICDAR txt, receipt JSON, NIfTI, DICOM)
+a tiny valid dataset is written to a temporary folder, one mutation is applied (numbers made
+huge, NaN, negative or strings; keys removed or added; types swapped; ids duplicated; bytes
+flipped; files truncated; non-UTF-8 bytes; paths leading out of the data root; broken headers
+and tags; XML tags removed, DOCTYPE/ENTITY declarations, odd encodings), then the dataset is
+built and every sample read. Each try ends as one of:
 
 * ``error``     a :class:`~detlab.errors.DetlabError` (the message names file and place);
 * ``repaired``  built and read, with clipped/dropped/skipped/ignored counts in ``data_report()``;
@@ -128,6 +129,32 @@ def make_yolo(d: Path) -> Case:
                 [lst, root / "labels" / "a.txt", root / "labels" / "b.txt"], "lines")
 
 
+def make_voc(d: Path) -> Case:
+    from detlab.data.datasets.voc import VocDetection
+
+    root = d / "VOC"
+    _png(root / "JPEGImages" / "a.png"), _png(root / "JPEGImages" / "b.png", 20, 20)
+    (root / "Annotations").mkdir(parents=True)
+    objects = {"a": [("a", (7, 5, 20, 12), 0), ("b", (2, 2, 5, 6), 1)],
+               "b": [("a", (3, 3, 12, 12), 0)]}
+    sizes = {"a": (32, 24), "b": (20, 20)}
+    for stem, objs in objects.items():
+        w, h = sizes[stem]
+        body = "".join(
+            f"<object><name>{n}</name><difficult>{hard}</difficult><bndbox><xmin>{x1}</xmin>"
+            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            for n, (x1, y1, x2, y2), hard in objs)
+        (root / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><folder>VOC</folder><filename>{stem}.png</filename><size><width>{w}"
+            f"</width><height>{h}</height><depth>3</depth></size>{body}</annotation>\n")
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    lst = root / "ImageSets" / "Main" / "train.txt"
+    lst.write_text("a\nb\n")
+    return Case(lambda: VocDetection(root, split="train", classes=["a", "b"], img_size=32),
+                root / "JPEGImages",
+                [root / "Annotations" / "a.xml", root / "Annotations" / "b.xml", lst], "xml")
+
+
 def make_icdar(d: Path) -> Case:
     from detlab.data.datasets.icdar import IcdarTxt
 
@@ -234,7 +261,8 @@ def make_dicom(d: Path) -> Case:
 
 
 FORMATS: dict[str, Callable[[Path], Case]] = {
-    "coco": make_coco, "yolo": make_yolo, "icdar": make_icdar, "receipt": make_receipt,
+    "coco": make_coco, "yolo": make_yolo, "voc": make_voc, "icdar": make_icdar,
+    "receipt": make_receipt,
     "nifti": make_nifti, "dicom": make_dicom,
 }
 
@@ -381,6 +409,75 @@ def mutate_lines(path: Path, case: Case, rng: np.random.Generator) -> str:
     return f"{kind} line {i + 1} token {j}: {token!r:.20}"
 
 
+def mutate_xml(path: Path, case: Case, rng: np.random.Generator) -> str:
+    """Apply one random element, text, declaration or byte mutation to a VOC XML file."""
+    import xml.etree.ElementTree as ET
+
+    kind = str(rng.choice(["number", "number", "number", "nudge", "delete", "delete", "text",
+                           "dupobj", "traverse", "traverse", "doctype", "encoding", "bytes",
+                           "truncate", "nonutf8", "rename"]))
+    if kind in ("bytes", "truncate", "nonutf8"):
+        return mutate_bytes(path, rng, kind)
+    if kind == "doctype":
+        decl = str(rng.choice([
+            '<!DOCTYPE annotation [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>',
+            '<!DOCTYPE annotation SYSTEM "file:///etc/passwd">',
+            '<!DOCTYPE annotation [<!ENTITY x SYSTEM "../outside.png">]>',
+            '<! doctype annotation>']))
+        text = path.read_text()
+        path.write_text(decl + "\n" + text.replace("<filename>", "<filename>&b;", 1)
+                        if "ENTITY a" in decl else decl + "\n" + text)
+        return f"declaration {decl[:30]!r}"
+    if kind == "encoding":
+        enc = str(rng.choice(["latin-1", "utf-16", "x-no-such", "ascii"]))
+        body = path.read_bytes().replace(b"VOC", b"V\xe9C")
+        path.write_bytes(f'<?xml version="1.0" encoding="{enc}"?>\n'.encode() + body)
+        return f"encoding={enc}"
+    tree = ET.parse(path)
+    elements = list(tree.getroot().iter())
+    leaves = [e for e in elements if len(e) == 0]
+    numeric = [e for e in leaves if e.tag in ("xmin", "ymin", "xmax", "ymax", "width", "height",
+                                              "depth", "difficult")]
+    if kind == "number" and numeric:
+        node = numeric[int(rng.integers(len(numeric)))]
+        node.text = WEIRD_TOKENS[int(rng.integers(len(WEIRD_TOKENS)))]
+        desc = f"<{node.tag}> = {node.text!r:.20}"
+    elif kind == "nudge" and numeric:
+        node = numeric[int(rng.integers(len(numeric)))]
+        node.text = f"{float(node.text) + float(np.round(rng.normal(0, 15), 1)):g}"
+        desc = f"nudge <{node.tag}> -> {node.text}"
+    elif kind == "delete":
+        parents = [(p, c) for p in elements for c in p]
+        parent, child = parents[int(rng.integers(len(parents)))]
+        parent.remove(child)
+        desc = f"delete <{child.tag}>"
+    elif kind == "text":
+        node = leaves[int(rng.integers(len(leaves)))]
+        node.text = str(rng.choice(["", " ", "\t", "a" * 5000, "1 2", "<", "\u00e9"]))
+        desc = f"<{node.tag}> text {node.text[:10]!r}"
+    elif kind == "dupobj":
+        objs = tree.getroot().findall("object")
+        if not objs:
+            return "dupobj: nothing"
+        for _ in range(int(rng.integers(1, 200))):
+            tree.getroot().append(copy.deepcopy(objs[int(rng.integers(len(objs)))]))
+        desc = "objects duplicated"
+    elif kind == "rename":
+        node = elements[int(rng.integers(len(elements)))]
+        node.tag = str(rng.choice(["annotations", "objekt", "bbox", "Name", "size"]))
+        desc = f"tag renamed to <{node.tag}>"
+    else:  # traverse: <filename> out of JPEGImages/
+        name = _traversal(case, rng)
+        _symlink(case)
+        node = tree.getroot().find("filename")
+        if node is None:
+            node = ET.SubElement(tree.getroot(), "filename")
+        node.text = name.replace("\x00", "")  # XML cannot hold NUL
+        desc = f"<filename> -> {node.text!r}"
+    tree.write(path, encoding="utf-8")
+    return desc
+
+
 def mutate_bytes(path: Path, rng: np.random.Generator, kind: str) -> str:
     """Flip bytes, truncate, or insert invalid UTF-8 into ``path``."""
     data = bytearray(path.read_bytes())
@@ -481,8 +578,8 @@ def mutate_dicom(path: Path, case: Case, rng: np.random.Generator) -> str:
     return f"{kind} {name} = {value!r:.30} in {len(files)} file(s)"
 
 
-MUTATORS = {"json": mutate_json, "lines": mutate_lines, "nifti": mutate_nifti,
-            "dicom": mutate_dicom}
+MUTATORS = {"json": mutate_json, "lines": mutate_lines, "xml": mutate_xml,
+            "nifti": mutate_nifti, "dicom": mutate_dicom}
 
 
 # -- running ------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """``detlab check-data RECIPE [overrides] [--out DIR]``: what the recipe's data hold, per split.
 
-For train, val and test: images, objects per class, object sizes in pixels and in % of the
-image area (the relative buckets of :mod:`detlab.evaluation.coco`: tiny < 0.1 %, small
-0.1-0.5 %, medium 0.5-5 %, large > 5 %), images without objects, objects reaching outside the
-image (clipped when loaded) or without area inside it (dropped), ignored objects and the
-datasets' own repair counters; text regions lost to ``min_text_size``
+For train, val and test: images, objects per class, ignore regions, object sizes in pixels
+and in % of the image area (the relative buckets of :mod:`detlab.evaluation.coco`: tiny
+< 0.1 %, small 0.1-0.5 %, medium 0.5-5 %, large > 5 %) of the boxes as the dataset loads them,
+images without objects; one ``repairs:`` section with the dataset's own parse-time counters
+(:class:`~detlab.data.validation.DataReport`: kind, reason, count, first place of each
+clipped, dropped, ignored or skipped object or sample; the one source of those numbers);
+text regions lost to ``min_text_size``
 (:func:`detlab.data.positives.count_positives`); for segmentation, slices with lesions and the
 foreground pixel share. A WARNING when train's and val's median object areas differ by more
 than ``--size-ratio`` (default 4x). With ``--out``, a PNG of both size histograms and the
@@ -67,7 +69,7 @@ def format_stats(s: SplitStats, positives: str | None = None) -> str:
     total = len(s.rel_areas)
     lines.append(f"images without objects: {s.empty_images} of {s.scanned}")
     classes = f"{len(s.per_class)} class" + ("" if len(s.per_class) == 1 else "es")
-    lines.append(f"objects: {total} in {classes}; ignored: {s.ignored}")
+    lines.append(f"objects: {total} in {classes}; ignore regions: {s.ignored}")
     width = max([len(n) for n in s.per_class] + [5])
     lines.append(f"  {'class'.ljust(width)}  objects  images")
     for name, (objects, images) in s.per_class.items():
@@ -78,8 +80,9 @@ def format_stats(s: SplitStats, positives: str | None = None) -> str:
         lines.append(f"area % of image: median {_pct(float(np.median(s.rel_areas)))}")
         for name, count in s.bucket_counts().items():
             lines.append(f"  {_bucket_label(name).ljust(22)} {count:6d}  {_pct(count / total)}")
-    lines.append(f"objects outside the image (clipped when loaded): {s.outside}; without area "
-                 f"inside it (dropped): {s.no_area}")
+    if s.outside or s.no_area:  # only datasets without parse-time repairs can get here
+        lines.append(f"loaded objects still outside the image: {s.outside} (clipped for these "
+                     f"statistics), without area inside it: {s.no_area} (left out of them)")
     if s.kind == "text":
         lines.append("text regions lost to min_text_size: "
                      + (positives or "n/a (needs detlab.data.positives)"))
@@ -87,9 +90,24 @@ def format_stats(s: SplitStats, positives: str | None = None) -> str:
 
 
 def _counter_lines(s: SplitStats) -> list[str]:
-    if not s.counters:
-        return []
-    return ["dataset counters: " + ", ".join(f"{k}={v}" for k, v in s.counters.items())]
+    """The ``repairs:`` section: the dataset's DataReport rows (kind, reason, count, first
+    place), or why there are none."""
+    report = s.report
+    if report is None:
+        return ["repairs: none counted (the dataset keeps no data report: generated data)"]
+    rows = report.as_dict()["counts"]
+    read = f"{report.samples} {'cases' if report.unit == 'cases' else 'images'}"
+    if report.unit != "cases":
+        read += f", {report.objects} {report.unit}"
+    if not rows:
+        return [f"repairs: none (of {read} read)"]
+    reason_w = max(len(r["reason"]) for r in rows + [{"reason": "reason"}])
+    lines = [f"repairs (counted when the files were parsed, of {read}):",
+             f"  {'kind':8} {'reason'.ljust(reason_w)}  {'count':>5}  first place"]
+    for r in rows:
+        place = r["examples"][0] if r["examples"] else "-"
+        lines.append(f"  {r['kind']:8} {r['reason'].ljust(reason_w)}  {r['count']:5d}  {place}")
+    return lines
 
 
 def _positives(dataset: Any, split: str, max_samples: int) -> str | None:
@@ -228,7 +246,8 @@ def add_command(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "check-data", help="statistics of a recipe's data, before training",
         description="Per split: images, objects per class, object sizes (px and % of the "
-                    "image), images without objects, clipped/dropped/ignored objects, text "
+                    "image), images without objects, the datasets' clipped/dropped/ignored/"
+                    "skipped counts (one repairs: section), text "
                     "regions lost to min_text_size, lesion slices and pixels; warns when train "
                     "and val object sizes differ. Reads annotations; builds no model.")
     p.add_argument("recipe")

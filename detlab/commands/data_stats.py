@@ -1,5 +1,8 @@
 """What a dataset holds, from its annotations: images, objects per class, object sizes, images
-without objects, boxes outside the image; for segmentation, lesion slices and pixels.
+without objects; for segmentation, lesion slices and pixels. What was clipped, dropped,
+ignored or skipped is not recomputed here: the datasets repair their annotations when they
+parse them and count it in their ``data_report()`` (:mod:`detlab.data.validation`), which is
+passed on as :attr:`SplitStats.report`; the sizes are those of the repaired boxes.
 
 Box datasets (:class:`~detlab.data.datasets.detection_base.DetectionDataset`, the synthetic
 ones too) are read through ``annotations(i)``, which decodes no image; YOLO's normalized boxes
@@ -19,9 +22,11 @@ import numpy as np
 from ..data.datasets.detection_base import DetectionDataset
 from ..data.datasets.text_base import TextDataset
 from ..data.file_checks import image_size
+from ..data.validation import DataReport
 from ..evaluation.coco import HELMET_RELATIVE_AREAS
 
-__all__ = ["SplitStats", "collect_stats", "dataset_counters", "unwrap", "BUCKETS"]
+__all__ = ["SplitStats", "collect_stats", "data_report", "dataset_counters", "unwrap",
+           "BUCKETS"]
 
 #: relative-area buckets (fraction of the image area) of :mod:`detlab.evaluation.coco`
 BUCKETS: dict[str, tuple[float, float]] = HELMET_RELATIVE_AREAS
@@ -40,10 +45,14 @@ class SplitStats:
         widths, heights: object extents in original-image pixels; ``rel_areas``: object area /
             image area.
         empty_images: scanned images without a (non-ignored) object.
-        ignored: ignore/crowd/difficult/``###`` objects (not in the arrays).
-        outside: objects reaching outside the image (clipped when loaded); ``no_area``: objects
-            with no area inside it (dropped when loaded).
-        counters: the dataset's own repair counters (:func:`dataset_counters`).
+        ignored: ignore regions (crowd/difficult/``###`` objects the dataset keeps with the
+            ignore flag; not in the arrays).
+        report: the dataset's :class:`~detlab.data.validation.DataReport` (what was clipped,
+            dropped, ignored or skipped when its files were parsed), None for a dataset that
+            keeps none (generated data). The one source of the repair counts.
+        outside, no_area: loaded objects still reaching outside the image / with no area
+            inside it (0 for every dataset that repairs at parse time); they are clipped for,
+            or left out of, the size statistics.
         lesion_slices: slices with a foreground pixel (of ``images``), masks only.
         pixel_fraction: foreground share of the scanned slices' pixels; ``pixel_fraction_pos``:
             the same within slices that have a lesion.
@@ -63,7 +72,7 @@ class SplitStats:
     ignored: int = 0
     outside: int = 0
     no_area: int = 0
-    counters: dict[str, int] = field(default_factory=dict)
+    report: DataReport | None = None
     lesion_slices: int | None = None
     pixel_fraction: float | None = None
     pixel_fraction_pos: float | None = None
@@ -99,22 +108,21 @@ def unwrap(dataset: Any) -> tuple[Any, str]:
     return dataset, " > ".join(names)
 
 
+def data_report(dataset: Any) -> DataReport | None:
+    """The dataset's parse-time :class:`~detlab.data.validation.DataReport`
+    (``dataset.data_report()``), or None when it keeps none."""
+    report = getattr(dataset, "data_report", None)
+    return report() if callable(report) else None
+
+
 def dataset_counters(dataset: Any) -> dict[str, int]:
     """The dataset's repair counters (boxes/words clipped, dropped, ignored; samples skipped)
-    as ``{"<kind> (<reason>)": count}``: from its ``data_report()``
-    (:class:`~detlab.data.validation.DataReport`) when it has one, and its ``stats`` /
-    ``counters`` dict (``VocDetection.stats``)."""
-    counters: dict[str, int] = {}
-    report = getattr(dataset, "data_report", None)
-    if callable(report):
-        for row in report().as_dict()["counts"]:
-            counters[f"{row['kind']} ({row['reason']})"] = int(row["count"])
-    for attr in ("stats", "counters"):
-        value = getattr(dataset, attr, None)
-        if isinstance(value, dict):
-            counters.update({str(k): int(v) for k, v in value.items()
-                             if isinstance(v, (int, np.integer))})
-    return counters
+    as ``{"<kind> (<reason>)": count}``, from its :func:`data_report` (empty without one)."""
+    report = data_report(dataset)
+    if report is None:
+        return {}
+    return {f"{row['kind']} ({row['reason']})": int(row["count"])
+            for row in report.as_dict()["counts"]}
 
 
 def collect_stats(dataset: Any, split: str, max_samples: int = 200) -> SplitStats:
@@ -132,14 +140,15 @@ def collect_stats(dataset: Any, split: str, max_samples: int = 200) -> SplitStat
         _masks(base, stats, max_samples)
     else:
         stats = SplitStats(split, description, "images", len(base), scanned=0)
-    stats.counters = dataset_counters(base)
+    stats.report = data_report(base)
     stats._finish()
     return stats
 
 
 def _add_objects(stats: SplitStats, boxes: np.ndarray, ignore: np.ndarray, h: int, w: int,
                  areas: np.ndarray | None = None) -> np.ndarray:
-    """Count ``boxes`` (N, 4) xyxy px of one image; returns the kept (non-ignored) mask."""
+    """Count ``boxes`` (N, 4) xyxy px of one image (already repaired by the dataset; what still
+    reaches outside is counted in ``outside``/``no_area``); returns the kept mask."""
     stats.scanned += 1
     stats.ignored += int(ignore.sum())
     keep = ~ignore

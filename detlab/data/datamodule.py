@@ -46,6 +46,7 @@ from .collate import Collate
 from .multiscale import train_multi_scale
 from .samplers import EpochShuffleSampler, NoSingletonBatchSampler
 from .seeding import SeededDataset
+from .validation import recipe_key
 
 __all__ = ["DataModule", "build_dataset", "set_dataset_epoch"]
 
@@ -132,7 +133,9 @@ class DataModule(pl.LightningDataModule):
             if split == "test" and cfg is None:
                 return self.dataset("val")
             cfg = self._with_root(cfg, split)
-            self._datasets[split] = build_dataset(cfg, key=f"data.{split}")
+            # the dataset's one DataReport log line names the split: "data.train (Coco… )"
+            with recipe_key(f"data.{split}"):
+                self._datasets[split] = build_dataset(cfg, key=f"data.{split}")
             self._check_disjoint_cases()
         return self._datasets[split]
 

@@ -13,9 +13,10 @@ Rules every dataset follows (``CocoDetection``, ``YoloDetection``, ``IcdarTxt``,
   parsed, and **count** it in a :class:`DataReport`: boxes/words partly outside the image are
   clipped to it, boxes/words left with no area are dropped;
 * print the counters once per split (logger ``detlab.data``: INFO when nothing was repaired,
-  WARNING otherwise) and fail when more than ``max_bad_fraction`` of the objects were dropped
-  or of the samples skipped (:meth:`DataReport.enforce`; default
-  :data:`DEFAULT_MAX_BAD_FRACTION`).
+  WARNING otherwise; a dataset built by the data module inside :func:`recipe_key` is named
+  after its recipe key: ``data.train (CocoDetection instances.json): …``) and fail when more
+  than ``max_bad_fraction`` of the objects were dropped or of the samples skipped
+  (:meth:`DataReport.enforce`; default :data:`DEFAULT_MAX_BAD_FRACTION`).
 
 The four counter kinds: ``skipped`` (a whole image or case left out), ``clipped`` (an object
 cut to the image), ``dropped`` (an object removed as unusable), ``ignored`` (annotations left
@@ -24,11 +25,13 @@ out on purpose, e.g. categories not in ``classes``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ __all__ = [
     "is_number",
     "parse_number",
     "read_text",
+    "recipe_key",
     "require_inside",
     "resolve_inside",
 ]
@@ -65,6 +69,27 @@ FAR_FACTOR = 10.0
 MAX_IMAGE_SIDE = 1 << 20
 KINDS = ("skipped", "clipped", "dropped", "ignored")
 _EXAMPLES = 3  # places remembered per (kind, reason) for the messages
+# recipe key ("data.train") of the dataset being built, set by the data module: a dataset
+# logs its report in its constructor and does not know which split it is
+_RECIPE_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "detlab_data_recipe_key", default=None)
+
+
+@contextlib.contextmanager
+def recipe_key(key: str) -> Iterator[None]:
+    """Reports created inside (by datasets being built) are named after ``key``:
+    ``"CocoDetection (instances.json)"`` becomes ``"data.train (CocoDetection instances.json)"``
+    in their log line and errors. Used by :meth:`detlab.data.datamodule.DataModule.dataset`."""
+    token = _RECIPE_KEY.set(key)
+    try:
+        yield
+    finally:
+        _RECIPE_KEY.reset(token)
+
+
+def _keyed_name(key: str, name: str) -> str:
+    match = re.fullmatch(r"(\S+) \((.*)\)", name)
+    return f"{key} ({match[1]} {match[2]})" if match else f"{key} ({name})"
 
 
 @dataclass
@@ -73,7 +98,9 @@ class DataReport:
     ignored, with the reason and the first few places (``file:line`` / ``file: entry``).
 
     Attributes:
-        name: the dataset and its source, e.g. ``"CocoDetection (instances.json)"``.
+        name: the dataset and its source, e.g. ``"CocoDetection (instances.json)"``; created
+            inside :func:`recipe_key` (the data module), ``"data.train (CocoDetection
+            instances.json)"``.
         unit: what ``objects`` counts (``"boxes"``, ``"words"``, ``"cases"``).
         samples: images (or cases) read.
         objects: objects (boxes, words) read before any repair.
@@ -87,6 +114,11 @@ class DataReport:
     objects: int = 0
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     examples: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        key = _RECIPE_KEY.get()
+        if key and not self.name.startswith(f"{key} ("):
+            self.name = _keyed_name(key, self.name)
 
     def count(self, kind: str, reason: str, where: str = "", n: int = 1) -> None:
         """Add ``n`` to the ``kind`` counter for ``reason``; ``where`` names the place."""

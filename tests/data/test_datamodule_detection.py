@@ -101,3 +101,34 @@ def test_image_files_img_size_records_scale(tmp_path):
     assert ImageFiles([path])[0]["image"].shape == (3, 60, 90)
     with pytest.raises(ConfigError, match="img_size"):
         ImageFiles([path], img_size=0)
+
+
+def test_data_report_log_line_names_the_split(tmp_path, caplog):
+    """One DataReport line per split, named after its recipe key; a dataset built alone keeps
+    its own name and still has its report."""
+    import logging
+
+    from det_files import coco_dict, write_json, write_png
+
+    from detlab.data.datasets.coco_json import CocoDetection
+
+    write_png(tmp_path / "img" / "a.png", 40, 50)
+    cats = [{"id": 1, "name": "a"}]
+    ann = write_json(tmp_path / "instances.json", coco_dict(
+        [{"id": 1, "file_name": "a.png", "width": 50, "height": 40}],
+        [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [45, 5, 10, 10]}], cats))
+    coco = dict(type="CocoDetection", ann_file=str(ann), img_dir=str(tmp_path / "img"),
+                img_size=64)
+    data = _data(train=coco, val={**coco, "transforms": None})
+    with caplog.at_level(logging.INFO, logger="detlab.data"):
+        data.dataset("train"), data.dataset("val"), data.dataset("train")
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "detlab.data" and not r.getMessage().startswith(" ")]
+    assert lines == [
+        f"data.{s} (CocoDetection instances.json): 1 images, 1 boxes, clipped 1 (outside image)"
+        for s in ("train", "val")]
+    report = data.dataset("val").data_report()
+    assert report.name == "data.val (CocoDetection instances.json)"
+    alone = CocoDetection(ann, tmp_path / "img")
+    assert alone.data_report().name == "CocoDetection (instances.json)"
+    assert alone.data_report().counts == {("clipped", "outside image"): 1}

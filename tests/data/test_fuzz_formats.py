@@ -1,9 +1,9 @@
 """Seeded fuzzing of every annotation reader (``tools/fuzz_data.py``): hundreds of mutated files
 per format (numbers made huge/NaN/negative/strings, keys removed or added, types swapped, ids
-duplicated, bytes flipped, truncation, non-UTF-8, paths out of the data root, broken NIfTI
-headers and DICOM tags). Building the dataset and reading every sample may only raise a
-DetlabError; no sample may come from outside the data root, no file of the dataset may change,
-and no try may hang."""
+duplicated, bytes flipped, truncation, non-UTF-8, paths out of the data root, VOC XML tags
+removed and DOCTYPE/ENTITY declarations, broken NIfTI headers and DICOM tags). Building the
+dataset and reading every sample may only raise a DetlabError; no sample may come from outside
+the data root, no file of the dataset may change, and no try may hang."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ TOOL = Path(__file__).resolve().parents[2] / "tools" / "fuzz_data.py"
 
 # tries per format: the light text/JSON formats get hundreds, the volume formats (each try
 # reads volumes through MONAI, ~0.1 s) fewer, to keep the file at a few seconds per format.
-COUNTS = {"coco": 200, "yolo": 200, "icdar": 200, "receipt": 200, "nifti": 40, "dicom": 80}
+COUNTS = {"coco": 200, "yolo": 200, "voc": 150, "icdar": 200, "receipt": 200, "nifti": 40,
+          "dicom": 80}
 
 
 @pytest.fixture(scope="module")
@@ -80,4 +81,14 @@ def test_the_fuzzer_finds_an_escape(fuzz, tmp_path, monkeypatch):
     monkeypatch.setattr(coco_json, "resolve_inside", lambda root, name, where, allow=False:
                         Path(root) / name)
     outcomes = [fuzz.try_one("coco", seed, tmp_path / str(seed))[0] for seed in range(80)]
+    assert "escaped" in outcomes
+
+
+def test_the_fuzzer_finds_a_voc_filename_escape(fuzz, tmp_path, monkeypatch):
+    """The harness itself: VOC's <filename> mutations reach the root check."""
+    from detlab.data.datasets import voc
+
+    monkeypatch.setattr(voc, "resolve_inside", lambda root, name, where, allow=False:
+                        Path(root) / name)
+    outcomes = [fuzz.try_one("voc", seed, tmp_path / str(seed))[0] for seed in range(120)]
     assert "escaped" in outcomes

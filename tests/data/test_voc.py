@@ -57,28 +57,46 @@ def test_split_lists_classes_and_registry(voc):
     assert val.annotations(0).labels.tolist() == [0] and val.annotations(0).image_id == "b"
     only_dog = VocDetection(voc, classes=["dog"], img_size=64)
     assert only_dog.annotations(0).labels.tolist() == [0]
-    assert only_dog.stats["other_class"] == 2  # the cat and the person are dropped, counted
+    # the cat and the person are left out, counted with the first places
+    assert only_dog.data_report().counts == {("ignored", "category not in classes"): 2}
+    assert only_dog.data_report().examples[("ignored", "category not in classes")] == [
+        "a.xml: object[1] ('cat')", "b.xml: object[0] ('person')"]
+    assert only_dog.data_report().objects == 1
 
 
 def test_difficult_drop_and_keep(voc):
     drop = VocDetection(voc, split="train", difficult="drop", **RAW)
     assert drop.annotations(0).labels.tolist() == [1]
-    assert drop.stats["difficult"] == 1 and drop.stats["dropped_difficult"] == 1
+    assert drop.data_report().counts == {("ignored", "difficult (difficult='drop')"): 1}
     keep = VocDetection(voc, split="train", difficult="keep", **RAW)
     assert keep.annotations(0).ignore.tolist() == [False, False]
     with pytest.raises(ConfigError, match="difficult"):
         VocDetection(voc, difficult="yes")
 
 
-def test_box_one_pixel_outside_is_clipped_and_counted_more_is_an_error(tmp_path):
+def test_boxes_outside_are_clipped_or_dropped_and_counted_far_ones_are_errors(tmp_path, caplog):
     root = write_voc(tmp_path, {"x": dict(size=(50, 40), objects=[
         dict(name="a", box=(0, 1, 51, 40))])})  # 0-based tool output: xmin=0, xmax=W+1
     ds = VocDetection(root, **RAW)
+    # (0 - 1, 1 - 1, 51, 40) clipped to the 50 x 40 image, in original pixels
     assert ds.annotations(0).boxes.tolist() == [[0, 0, 50, 40]]
-    assert ds.stats["clipped"] == 1
+    assert ds.data_report().counts == {("clipped", "outside image"): 1}
+    assert ds.data_report().examples[("clipped", "outside image")] == ["x.xml: object[0] ('a')"]
+    objects = [dict(name="a", box=(1, 1, 10, 10)), dict(name="a", box=(41, 1, 60, 10)),
+               dict(name="a", box=(55, 1, 60, 10))]  # 40..60 -> 40..50; 54..60: nothing inside
+    (root / "Annotations" / "x.xml").write_text(voc_xml("x.png", (50, 40), objects))
+    ds = VocDetection(root, max_bad_fraction=0.5, **RAW)
+    assert ds.annotations(0).boxes.tolist() == [[0, 0, 10, 10], [40, 0, 50, 10]]
+    assert ds.data_report().counts == {("clipped", "outside image"): 1,
+                                       ("dropped", "outside image"): 1}
+    assert f"VocDetection ({tmp_path.name}/Annotations): 1 images, 3 boxes, clipped 1" \
+        in caplog.text
+    with pytest.raises(DataError, match=r"VocDetection .*dropped 1 of 3 boxes .*max_bad_frac"):
+        VocDetection(root, **RAW)  # 1 of 3 dropped > 5 %
     (root / "Annotations" / "x.xml").write_text(voc_xml("x.png", (50, 40), [
-        dict(name="a", box=(1, 1, 10, 10)), dict(name="a", box=(1, 1, 60, 10))]))
-    with pytest.raises(DataError, match=r"x\.xml: object\[1\] \('a'\) box .*outside the 50x40"):
+        dict(name="a", box=(1, 1, 10, 10)), dict(name="a", box=(1, 1, 600, 10))]))
+    with pytest.raises(DataError, match=r"x\.xml: object\[1\] \('a'\): point \(600, 10\) "
+                                        r"lies more than 10 image sizes outside the 50 x 40"):
         VocDetection(root, **RAW)
 
 
@@ -87,6 +105,7 @@ def test_size_checked_against_the_image_and_read_from_the_header_when_absent(tmp
         dict(name="a", box=(1, 1, 10, 10))], write_size=False)})
     ds = VocDetection(root, **RAW)
     assert ds.annotations(0).size == (40, 50)  # from the PNG header
+    assert ds.data_report().counts == {}
     (root / "Annotations" / "x.xml").write_text(voc_xml("x.png", (51, 40), []))
     with pytest.raises(DataError, match=r"x\.png is 40x50 \(h x w\) but .*x\.xml <size> says "
                                         r"40x51"):
@@ -164,5 +183,42 @@ def test_same_scenes_as_coco_give_the_same_boxes(tmp_path):
             np.testing.assert_array_equal(a.boxes, b.boxes)
             assert a.labels.tolist() == b.labels.tolist()
             assert a.ignore.tolist() == b.ignore.tolist() and a.size == b.size
-    assert voc.stats["objects"] == 7 and VocDetection(folders["voc"], "train").stats[
-        "difficult"] == 1
+    train = VocDetection(folders["voc"], "train")
+    assert voc.data_report().objects == 7 and voc.data_report().samples == len(voc)
+    assert sum(int(train.annotations(i).ignore.sum()) for i in range(len(train))) == 1
+    assert train.data_report().counts == {} and voc.data_report().counts == {}
+
+
+def test_filenames_and_split_ids_stay_inside_their_folders(voc, tmp_path):
+    (tmp_path / "secret.png").write_bytes((voc / "JPEGImages" / "a.png").read_bytes())
+    (voc / "Annotations" / "a.xml").write_text(voc_xml("../../secret.png", (100, 60), []))
+    with pytest.raises(DataError, match=r"a\.xml: <filename>: file '\.\./\.\./secret\.png' "
+                                        r"resolves to .*secret\.png, outside the data root"):
+        VocDetection(voc, classes=["dog"])
+    ds = VocDetection(voc, classes=["dog"], allow_outside_root=True)  # the recipe's opt-out
+    assert ds.annotations(0).path.endswith("JPEGImages/../../secret.png")
+    (tmp_path / "x.xml").write_text(voc_xml("b.png", (40, 80), []))
+    (voc / "ImageSets" / "Main" / "evil.txt").write_text("../../x\n")
+    with pytest.raises(DataError, match=r"VOC id '\.\./\.\./x': file '\.\./\.\./x\.xml' "
+                                        r"resolves to .*outside the data root"):
+        VocDetection(voc, split="evil", classes=["dog"])
+
+
+@pytest.mark.parametrize("size, objects, message", [
+    ((0, 20), [], r"<size>: width = 0: expected an int in \[1, 1048576\]"),
+    (("1e308", 20), [], r"<size>: width = .*expected an int"),
+    (("20.5", 20), [], r"<size> width=20.5, height=20: expected whole pixels"),
+    (("nan", 20), [], r"<size> <width> = nan is not finite"),
+    ((20, 20), [dict(name="a", box=(1, 1, "1e400", 5))],
+     r"object\[0\] \('a'\) <xmax> = inf is not finite"),
+    ((20, 20), [dict(name="a", box=(1, 1, "1_0", 5))],
+     r"object\[0\] \('a'\) <xmax> = '1_0' is not a number"),
+])
+def test_sizes_and_numbers_are_checked(tmp_path, size, objects, message):
+    path = tmp_path / "bad.xml"
+    path.write_text(voc_xml("bad.png", size, objects))
+    with pytest.raises(DataError, match=r"bad\.xml: " + message):
+        parse_voc_xml(path)
+    path.write_bytes(b"<annotation><filename>\xff\xfe.png</filename></annotation>")
+    with pytest.raises(DataError, match=r"bad\.xml: not valid XML"):
+        parse_voc_xml(path)

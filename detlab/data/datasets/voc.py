@@ -10,8 +10,14 @@ Coordinates: VOC's ``<bndbox>`` holds 1-based, inclusive pixel indices (``xmin=1
 covers the whole image). detlab boxes are continuous pixel-edge coordinates (the whole image
 is ``[0, W] x [0, H]``), so, as Detectron2's ``load_voc_instances`` does, 1 is subtracted from
 ``xmin`` and ``ymin`` and ``xmax``/``ymax`` are kept: ``(xmin - 1, ymin - 1, xmax, ymax)``.
-A box that leaves the image by at most 1 px (a common 0-based off-by-one of labelling tools)
-is clipped to it and counted in ``stats["clipped"]``; more than that is a :class:`DataError`.
+
+The files are checked when the dataset is built (rules in :mod:`detlab.data.validation`): a
+malformed file or number, NaN/inf, ``xmax < xmin``, a ``<size>`` that is not a whole number of
+pixels in ``[1, MAX_IMAGE_SIDE]``, a coordinate more than ``FAR_FACTOR`` image sizes outside
+the image, or a ``<filename>`` / split id leading out of its folder raises
+:class:`~detlab.errors.DataError` naming the file and the object. Boxes partly outside the
+image (e.g. a 0-based ``xmax = W + 1`` of a labelling tool) are clipped to it and boxes left
+without area dropped, both counted in :meth:`VocDetection.data_report` and logged once.
 
 XML from users is untrusted: files with a ``<!DOCTYPE`` or ``<!ENTITY`` declaration are
 refused (no entity expansion, so no "billion laughs"); ``defusedxml`` parses when installed.
@@ -30,6 +36,18 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...registry import DATASETS
 from ..file_checks import check_image_files, image_size
+from ..validation import (
+    DEFAULT_MAX_BAD_FRACTION,
+    DataReport,
+    check_bad_fraction,
+    check_far_coordinates,
+    check_image_size,
+    clip_boxes,
+    parse_number,
+    read_text,
+    require_inside,
+    resolve_inside,
+)
 from .detection_base import IMAGENET_MEAN, IMAGENET_STD, Annotations, DetectionDataset
 
 __all__ = ["VocDetection", "VOC_CLASSES", "parse_voc_xml", "VocObject"]
@@ -40,7 +58,6 @@ VOC_CLASSES = (
     "train", "tvmonitor",
 )
 _DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
-_CLIP_TOLERANCE = 1.0  # px a box may leave the image before it is an error
 
 
 class VocObject(NamedTuple):
@@ -61,9 +78,9 @@ def _parse_xml_bytes(data: bytes, path: Path) -> ET.Element:
         except ImportError:
             fromstring = ET.fromstring
         return fromstring(data)
-    except ET.ParseError as err:
+    except ET.ParseError as err:  # also malformed or non-UTF-8 bytes
         raise DataError(f"{path}: not valid XML ({err})") from err
-    except Exception as err:  # defusedxml's own refusals
+    except Exception as err:  # defusedxml's own refusals, encodings Python does not know
         raise DataError(f"{path}: refused XML ({type(err).__name__}: {err})") from err
 
 
@@ -72,13 +89,28 @@ def _number(obj: ET.Element, tag: str, path: Path, where: str) -> float:
     if node is None or node.text is None or not node.text.strip():
         raise DataError(f"{path}: {where} has no <{tag}>")
     try:
-        value = float(node.text.strip())
+        value = parse_number(node.text)
     except ValueError:
-        raise DataError(f"{path}: {where} <{tag}> = {node.text.strip()!r} is not a number") \
-            from None
+        raise DataError(f"{path}: {where} <{tag}> = {node.text.strip()[:40]!r} is not a "
+                        "number") from None
     if not np.isfinite(value):
         raise DataError(f"{path}: {where} <{tag}> = {value} is not finite")
     return value
+
+
+def _size(root: ET.Element, path: Path) -> tuple[int, int] | None:
+    """``(h, w)`` from ``<size>``; None when absent or ``0 x 0`` (some tools write that)."""
+    node = root.find("size")
+    if node is None:
+        return None
+    w = _number(node, "width", path, "<size>")
+    h = _number(node, "height", path, "<size>")
+    if w == 0 and h == 0:
+        return None
+    if not (w.is_integer() and h.is_integer()):
+        raise DataError(f"{path}: <size> width={w:g}, height={h:g}: expected whole pixels")
+    width, height = check_image_size(int(w), int(h), f"{path}: <size>")
+    return height, width
 
 
 def parse_voc_xml(path: str | Path) -> tuple[str | None, tuple[int, int] | None, list[VocObject]]:
@@ -86,8 +118,8 @@ def parse_voc_xml(path: str | Path) -> tuple[str | None, tuple[int, int] | None,
 
     Returns:
         ``(filename, size, objects)``: ``<filename>`` (or None), ``(h, w)`` from ``<size>``
-        (or None when absent or 0), and each ``<object>`` with its box converted to
-        continuous xyxy pixels (module docstring) and its ``difficult`` flag.
+        (or None when absent or 0 x 0), and each ``<object>`` with its box converted to
+        continuous xyxy pixels (module docstring; not clipped) and its ``difficult`` flag.
 
     Raises:
         DataError: unreadable or malformed file, naming the file and the object index.
@@ -96,18 +128,11 @@ def parse_voc_xml(path: str | Path) -> tuple[str | None, tuple[int, int] | None,
     try:
         root = _parse_xml_bytes(path.read_bytes(), path)
     except OSError as err:
-        raise DataError(f"cannot read annotation file {path}: {err}") from err
+        raise DataError(f"cannot read annotation file {path}: {err.strerror or err}") from err
     if root.tag != "annotation":
         raise DataError(f"{path}: root element is <{root.tag}>, expected <annotation>")
     filename = (root.findtext("filename") or "").strip() or None
-    size = None
-    size_node = root.find("size")
-    if size_node is not None:
-        w = _number(size_node, "width", path, "<size>")
-        h = _number(size_node, "height", path, "<size>")
-        if w < 0 or h < 0 or not w.is_integer() or not h.is_integer():
-            raise DataError(f"{path}: <size> width={w}, height={h}: expected whole numbers >= 0")
-        size = (int(h), int(w)) if w > 0 and h > 0 else None  # 0 x 0: some tools omit it so
+    size = _size(root, path)
     objects = []
     for i, obj in enumerate(root.findall("object")):
         where = f"object[{i}]"
@@ -121,11 +146,11 @@ def parse_voc_xml(path: str | Path) -> tuple[str | None, tuple[int, int] | None,
         x1, y1, x2, y2 = (_number(box_node, t, path, where)
                           for t in ("xmin", "ymin", "xmax", "ymax"))
         if x2 < x1 or y2 < y1:
-            raise DataError(f"{path}: {where} has xmin={x1}, ymin={y1}, xmax={x2}, ymax={y2}: "
-                            "expected xmin <= xmax and ymin <= ymax")
+            raise DataError(f"{path}: {where} has xmin={x1:g}, ymin={y1:g}, xmax={x2:g}, "
+                            f"ymax={y2:g}: expected xmin <= xmax and ymin <= ymax")
         difficult = (obj.findtext("difficult") or "0").strip()
         if difficult not in ("0", "1"):
-            raise DataError(f"{path}: {where} <difficult> = {difficult!r}: expected 0 or 1")
+            raise DataError(f"{path}: {where} <difficult> = {difficult[:20]!r}: expected 0 or 1")
         objects.append(VocObject(name, (x1 - 1.0, y1 - 1.0, x2, y2), difficult == "1"))
     return filename, size, objects
 
@@ -135,8 +160,10 @@ class VocDetection(DetectionDataset):
     """A Pascal VOC folder: ``Annotations/*.xml`` + ``JPEGImages/`` (module docstring).
 
     Labels follow ``classes``: ``class_names[label]`` is the object ``<name>``. Objects whose
-    name is not in ``classes`` are dropped and counted (``stats["other_class"]``), as
-    ``CocoDetection.classes`` selects categories. Images without objects are valid samples.
+    name is not in ``classes`` are left out and counted (``ignored``, "category not in
+    classes"), as ``CocoDetection.classes`` selects categories. Images without objects are
+    valid samples. An XML without ``<size>`` gets it from the image header when built (the
+    boxes are clipped in original pixels then).
 
     Args:
         root: the VOC folder (``VOC2007/``, or your own with the same sub-folders).
@@ -144,16 +171,17 @@ class VocDetection(DetectionDataset):
         classes: names in label order; ``None`` = the sorted names found in the split's files;
             ``"voc"`` = the 20 Pascal VOC classes (:data:`VOC_CLASSES`).
         difficult: ``"ignore"`` (default; the object is an ignore region, as in VOC's own
-            evaluation), ``"drop"`` (removed, counted) or ``"keep"`` (a normal object).
+            evaluation), ``"drop"`` (left out, counted as ``ignored``) or ``"keep"`` (a normal
+            object).
         ann_dir, img_dir: sub-folders of ``root`` (or absolute paths).
         check_files: check now that every image exists and has the ``<size>`` of its XML
             (header reads, no decoding); the first image is always checked.
+        allow_outside_root: accept ``<filename>`` values (absolute, ``..``, symlinks) that lead
+            outside ``img_dir``.
+        max_bad_fraction: largest fraction of boxes that may be dropped (no area inside the
+            image) before building fails.
         transforms, img_size, stride, scale_up, pad_value, mean, std: see
             :class:`~detlab.data.datasets.detection_base.DetectionDataset`.
-
-    Attributes:
-        stats: counters over the split: ``objects`` read, ``difficult``, ``dropped_difficult``,
-            ``other_class`` (dropped), ``clipped`` (boxes moved by <= 1 px into the image).
     """
 
     def __init__(
@@ -172,8 +200,11 @@ class VocDetection(DetectionDataset):
         pad_value: float = 114,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        allow_outside_root: bool = False,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
         super().__init__(transforms, img_size, stride, scale_up, pad_value, mean, std)
+        max_bad_fraction = check_bad_fraction(max_bad_fraction, "VocDetection")
         if root is None or str(root) == "":
             raise DataError("VocDetection.root is not set: give the VOC folder holding "
                             "Annotations/ and JPEGImages/ (override <dataset key>.root=PATH)")
@@ -182,21 +213,30 @@ class VocDetection(DetectionDataset):
                               "'drop' or 'keep'")
         self.root = Path(root).expanduser()
         self.ann_dir, self.img_dir = self.root / ann_dir, self.root / img_dir
+        self.allow_outside_root = bool(allow_outside_root)
         if not self.ann_dir.is_dir():
             raise DataError(f"VOC annotation folder not found: {self.ann_dir}")
+        self._report = DataReport(
+            f"VocDetection ({self.ann_dir.parent.name}/{self.ann_dir.name})", "boxes")
         ids = self._ids(split)
-        parsed = [(i, *parse_voc_xml(self.ann_dir / f"{i}.xml")) for i in ids]
+        parsed = [(i, *parse_voc_xml(self._xml(i))) for i in ids]
         self.class_names = self._classes(classes, parsed)
-        self.stats = dict(objects=0, difficult=0, dropped_difficult=0, other_class=0, clipped=0)
-        self._records = [self._record(rec, difficult) for rec in parsed]
+        self._records = self._parse(parsed, difficult)
+        self._report.samples = len(self._records)
+        self._report.log()
+        self._report.enforce(max_bad_fraction)
         check_image_files([r[1] for r in self._records], str(self.ann_dir),
                           check_all=check_files, folder=self.img_dir)
         for image_id, path, size, _, xml in self._records[:len(self._records) if check_files
                                                             else 1]:
             actual = image_size(path)  # header only
-            if size is not None and actual != size:
+            if actual != size:
                 raise DataError(f"image {path} is {actual[0]}x{actual[1]} (h x w) but {xml} "
                                 f"<size> says {size[0]}x{size[1]}")
+
+    def data_report(self) -> DataReport:
+        """What was read, clipped, dropped and ignored when the files were parsed."""
+        return self._report
 
     # -- DetectionDataset API -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -204,9 +244,6 @@ class VocDetection(DetectionDataset):
 
     def annotations(self, index: int) -> Annotations:
         image_id, path, size, table, source = self._records[index]
-        if size is None:  # no <size>: the image header (not the pixels) gives it
-            size = image_size(path)
-            self._records[index] = (image_id, path, size, table, source)
         return Annotations(
             image_id=image_id, path=str(path), boxes=table[:, :4].astype(np.float32),
             labels=table[:, 4].astype(np.int64), ignore=table[:, 5].astype(bool),
@@ -214,6 +251,12 @@ class VocDetection(DetectionDataset):
         )
 
     # -- parsing --------------------------------------------------------------------------------
+    def _xml(self, image_id: str) -> Path:
+        """``Annotations/<id>.xml``, required to stay in the annotation folder (ids come from
+        a split list the user wrote)."""
+        return require_inside(self.ann_dir / f"{image_id}.xml", self.ann_dir,
+                              f"VOC id {image_id[:60]!r}", shown=f"{image_id}.xml")
+
     def _ids(self, split: str | None) -> list[str]:
         if split is None:
             ids = sorted(p.stem for p in self.ann_dir.glob("*.xml"))
@@ -224,13 +267,14 @@ class VocDetection(DetectionDataset):
                 raise DataError(f"VOC split list not found: {list_file} (split={split!r}; "
                                 "split=None uses every file in Annotations/)")
             # Main/<class>_<split>.txt lines are "id  1"; the first field is the id either way.
-            ids = [line.split()[0] for line in list_file.read_text(encoding="utf-8").splitlines()
+            ids = [line.split()[0] for line in read_text(list_file, "split list").splitlines()
                    if line.strip()]
             where = str(list_file)
-            missing = [i for i in ids if not (self.ann_dir / f"{i}.xml").is_file()]
+            missing = [i for i in ids if not self._xml(i).is_file()]
             if missing:
                 raise DataError(f"{list_file}: {len(missing)} id(s) have no annotation file in "
-                                f"{self.ann_dir}, e.g. {missing[0]!r} -> {missing[0]}.xml")
+                                f"{self.ann_dir}, e.g. {missing[0][:60]!r} -> "
+                                f"{missing[0][:60]}.xml")
         if not ids:
             raise DataError(f"no VOC annotations found in {where}")
         return ids
@@ -252,39 +296,40 @@ class VocDetection(DetectionDataset):
             raise ConfigError(f"VocDetection.classes={list(classes)!r}: expected distinct names")
         return names
 
-    def _record(self, rec: tuple, difficult: str) -> tuple:
-        image_id, filename, size, objects = rec
-        xml = self.ann_dir / f"{image_id}.xml"
+    def _parse(self, parsed: list, difficult: str) -> list[tuple]:
+        """Records ``(id, image path, (h, w), table, xml)``; every box checked, clipped to its
+        image in original pixels and counted (``table`` rows: x1 y1 x2 y2 label ignore)."""
         label_of = {n: i for i, n in enumerate(self.class_names)}
-        rows = []
-        for i, (name, box, hard) in enumerate(objects):
-            self.stats["objects"] += 1
-            if name not in label_of:
-                self.stats["other_class"] += 1
-                continue
-            self.stats["difficult"] += int(hard)
-            if hard and difficult == "drop":
-                self.stats["dropped_difficult"] += 1
-                continue
-            box = self._clip(box, size, xml, i, name)
-            rows.append((*box, label_of[name], float(hard and difficult == "ignore")))
-        path = self.img_dir / (filename or f"{image_id}.jpg")
-        table = np.asarray(rows, np.float64).reshape(-1, 6)  # x1 y1 x2 y2 label ignore
-        return image_id, path, size, table, str(xml)
-
-    def _clip(self, box: tuple, size: tuple[int, int] | None, xml: Path, index: int,
-              name: str) -> tuple:
-        if size is None:
-            return box
-        h, w = size
-        x1, y1, x2, y2 = box
-        if (min(x1, y1) < -_CLIP_TOLERANCE or x2 > w + _CLIP_TOLERANCE
-                or y2 > h + _CLIP_TOLERANCE):
-            raise DataError(
-                f"{xml}: object[{index}] ({name!r}) box xmin={x1 + 1:g}, ymin={y1 + 1:g}, "
-                f"xmax={x2:g}, ymax={y2:g} (1-based) lies outside the {w}x{h} image of <size>"
-            )
-        clipped = (max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h)))
-        if clipped != tuple(box):
-            self.stats["clipped"] += 1
-        return clipped
+        records, rows, sizes, owner, places = [], [], [], [], []
+        for image_id, filename, size, objects in parsed:
+            xml = self.ann_dir / f"{image_id}.xml"
+            path = resolve_inside(self.img_dir, filename or f"{image_id}.jpg",
+                                  f"{xml}: <filename>", self.allow_outside_root)
+            if size is None:  # no <size>: the image header (not the pixels) gives it
+                size = image_size(path)
+            h, w = size
+            for i, (name, box, hard) in enumerate(objects):
+                where = f"object[{i}] ({name!r})"
+                if name not in label_of:
+                    self._report.count("ignored", "category not in classes",
+                                       f"{xml.name}: {where}")
+                    continue
+                if hard and difficult == "drop":
+                    self._report.count("ignored", "difficult (difficult='drop')",
+                                       f"{xml.name}: {where}")
+                    continue
+                check_far_coordinates(np.reshape(box, (2, 2)), w, h, f"{xml}: {where}")
+                rows.append((*box, label_of[name], float(hard and difficult == "ignore")))
+                sizes.append((w, h))
+                owner.append(len(records))
+                places.append(f"{xml.name}: {where}")
+            records.append((image_id, path, size, xml))
+        table = np.asarray(rows, np.float64).reshape(-1, 6)
+        wh = np.asarray(sizes, np.float64).reshape(-1, 2)
+        self._report.objects = len(table)
+        boxes, keep = clip_boxes(table[:, :4], wh[:, :1], wh[:, 1:], self._report, places)
+        table = np.concatenate([boxes, table[keep, 4:]], 1)
+        kept_owner = np.asarray(owner, np.int64).reshape(-1)[keep]  # ascending
+        bounds = np.searchsorted(kept_owner, np.arange(len(records) + 1))
+        return [(image_id, path, size, table[bounds[k]:bounds[k + 1]], str(xml))
+                for k, (image_id, path, size, xml) in enumerate(records)]
