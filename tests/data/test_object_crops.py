@@ -44,8 +44,9 @@ def _build(fmt, root, **kwargs):
         for i, (name, h, w, boxes) in enumerate(FRAMES):
             write_png(root / f"{name}.png", h, w, [b[:4] for b in boxes])
             images.append({"id": i, "file_name": f"{name}.png", "width": w, "height": h})
-            anns += [{"id": len(anns) + 1, "image_id": i, "category_id": c + 1,
-                      "bbox": [x1, y1, x2 - x1, y2 - y1]} for x1, y1, x2, y2, c in boxes]
+            anns += [{"id": len(anns) + k + 1, "image_id": i, "category_id": c + 1,
+                      "bbox": [x1, y1, x2 - x1, y2 - y1]}
+                     for k, (x1, y1, x2, y2, c) in enumerate(boxes)]
         cats = [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}]
         return CocoDetection(write_json(root / "ann.json", coco_dict(images, anns, cats)),
                              root, **kwargs)
