@@ -257,6 +257,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "detlab.engine.show_data",
     "detlab.engine.anchors_cmd",
     "detlab.commands.check_data",
+    "detlab.commands.tune",
+    "detlab.commands.lr_find",
 )
 
 
