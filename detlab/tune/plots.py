@@ -56,8 +56,10 @@ def _fmt(v: float) -> str:
 
 def _ticks(lo: float, hi: float, log: bool) -> list[float]:
     if log:
-        return [10.0 ** e for e in range(math.floor(lo), math.ceil(hi) + 1)
-                if lo - 1e-9 <= e <= hi + 1e-9] or [10.0 ** lo]
+        decades = [10.0 ** e for e in range(math.floor(lo), math.ceil(hi) + 1)
+                   if lo - 1e-9 <= e <= hi + 1e-9]
+        return decades if len(decades) >= 2 else [10.0 ** (lo + (hi - lo) * i / 4)
+                                                  for i in range(5)]
     return [lo + (hi - lo) * i / 4 for i in range(5)]
 
 

@@ -93,10 +93,12 @@ def write_variant(path: Path, recipe_path: Path, overrides: list[str], study_nam
     """A recipe file that loads ``recipe_path`` (``load_parent``) and applies the user's and
     the best trial's overrides: ``detlab train PATH`` trains the winner on the full budget."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        parent = os.path.relpath(Path(recipe_path).resolve(), path.parent.resolve())
+    source, here = Path(recipe_path).resolve(), path.parent.resolve()
+    try:  # relative inside one project tree (the variant moves with it), else absolute
+        shared = os.path.commonpath([source, here]) != source.anchor
+        parent = os.path.relpath(source, here) if shared else str(source)
     except ValueError:  # another drive (Windows)
-        parent = str(Path(recipe_path).resolve())
+        parent = str(source)
     edits = overrides + list(trial.user_attrs.get("overrides", []))
     lines = [
         f'"""Best trial {trial.number} of study {study_name!r}: {objective}={trial.value:.6g}.',

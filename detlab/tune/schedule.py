@@ -31,6 +31,7 @@ import math
 from typing import Any
 
 import lightning.pytorch as pl
+from torch import nn
 
 from ..errors import ConfigError
 from ..recipe import Recipe
@@ -174,8 +175,10 @@ def _attribute(model: Any, key: str) -> tuple[Any, str]:
             obj = obj[int(part)]
             continue
         for name in (part, f"{part}_fn"):
-            if hasattr(obj, name):
-                obj = getattr(obj, name)
+            found = getattr(obj, name, None)
+            # a head's ``loss`` is its loss method; the built loss is ``loss_fn``
+            if found is not None and (isinstance(found, nn.Module) or not callable(found)):
+                obj = found
                 break
         else:
             raise ConfigError(f"schedule {key}: the built model has no {part!r} at "
