@@ -47,7 +47,7 @@ def find_lr(recipe: Any, out_dir: Path, min_lr: float, max_lr: float,
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(recipe, out_dir, monitor=False,
                             extra_callbacks=[schedules] if schedules else None,
-                            num_sanity_val_steps=0, max_epochs=max(1, int(cfg["max_epochs"])))
+                            num_sanity_val_steps=0, max_epochs=-1, max_steps=steps)
     finder = Tuner(trainer).lr_find(task, datamodule=data, min_lr=min_lr, max_lr=max_lr,
                                     num_training=steps, update_attr=False)
     if finder is None:
@@ -55,7 +55,9 @@ def find_lr(recipe: Any, out_dir: Path, min_lr: float, max_lr: float,
     lrs = [float(v) for v in finder.results.get("lr", [])]
     losses = [float(v) for v in finder.results.get("loss", [])]
     try:
-        suggestion = finder.suggestion()
+        # Lightning skips the first 10 points by default: fewer for a short test
+        suggestion = finder.suggestion(skip_begin=max(1, min(10, len(losses) // 10)),
+                                       skip_end=1)
     except Exception:  # too few finite points for a gradient
         suggestion = None
     with open(out_dir / "lr_find.csv", "w", newline="") as f:
