@@ -9,7 +9,7 @@ from detlab.errors import ConfigError
 from detlab.recipe import load, parse_value
 from detlab.tune.space import format_value, parse_param, space_from_recipe
 
-from tune_utils import RECIPE, write_recipe
+from tune_utils import RECIPE, TINY, write_recipe
 
 
 def test_parse_each_distribution():
@@ -65,6 +65,10 @@ def test_recipe_tune_section(tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["tune"]["space"]["model.head.loss.terms.0.alpha"] == {
         "dist": "uniform", "low": 0.3, "high": 0.7}
+    # training ignores the section (it is kept in the run's recipe.json)
+    assert main(["train", str(path), *TINY, "--work-dir", str(tmp_path / "runs")]) == 0
+    run = json.loads((tmp_path / "runs/tiny_tune/version_0/recipe.json").read_text())
+    assert run["tune"]["trials"] == 3
     bad = write_recipe(tmp_path, "tune = dict(trails=3, space={})\n", "bad.py")
     with pytest.raises(ConfigError, match="unknown key 'trails' in recipe 'tune' \\(did you "
                                           "mean 'trials'\\?\\)"):
