@@ -32,7 +32,8 @@ class Series:
 @dataclass
 class Panel:
     """One chart: title, axis labels, ``log_x``, series, optional category names of x
-    (``x_names[i]`` is written at x = i) and vertical marker lines ``vlines``."""
+    (``x_names[i]`` is written at x = i, the axis spans all of them) and vertical marker
+    lines ``vlines``."""
 
     title: str
     xlabel: str
@@ -41,6 +42,7 @@ class Panel:
     log_x: bool = False
     x_names: list[str] | None = None
     vlines: list[float] = field(default_factory=list)
+    int_x: bool = False  # integer x ticks (trial numbers)
 
 
 def _font(size: int = 13) -> Any:
@@ -84,6 +86,8 @@ def _panel(draw: ImageDraw.ImageDraw, ox: int, oy: int, panel: Panel) -> None:
     pad_x = (x1 - x0) * 0.05 or 0.5
     pad_y = (y1 - y0) * 0.08 or (abs(y0) * 0.1 or 0.5)
     x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
+    if panel.x_names:
+        x0, x1 = -0.5, len(panel.x_names) - 0.5
 
     def px(x: float) -> float:
         return left + (tx(x) - x0) / (x1 - x0) * (right - left)
@@ -98,7 +102,10 @@ def _panel(draw: ImageDraw.ImageDraw, ox: int, oy: int, panel: Panel) -> None:
         for i, name in enumerate(panel.x_names):
             draw.text((px(i), bottom + 4), name[:14], fill=(0, 0, 0), font=small, anchor="mt")
     else:
-        for t in _ticks(x0, x1, panel.log_x):
+        ticks = _ticks(x0, x1, panel.log_x)
+        if panel.int_x:
+            ticks = sorted({float(round(t)) for t in ticks if x0 <= round(t) <= x1})
+        for t in ticks:
             draw.line((px(t), bottom, px(t), bottom + 4), fill=(0, 0, 0))
             draw.text((px(t), bottom + 6), _fmt(t), fill=(0, 0, 0), font=small, anchor="mt")
     for v in panel.vlines:

@@ -125,6 +125,14 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def _x_of(param: Param, value: Any) -> float | None:
+    """Where a trial's value of ``param`` goes on the x axis (a choice: its index)."""
+    if param.kind in ("choice", "grid"):
+        options = param.grid_values()
+        return float(options.index(value)) if value in options else None
+    return float(value) if _finite(value) else None
+
+
 def write_plots(study: Any, params: list[Param], out_dir: Path, objective: str) -> list[Path]:
     """``history.png``, ``importance.png`` (when Optuna can compute importances: 2+ complete
     trials) and ``slice.png`` in ``out_dir``; returns the written paths."""
@@ -140,7 +148,7 @@ def write_plots(study: Any, params: list[Param], out_dir: Path, objective: str) 
             best = t.value
         best_x.append(t.number)
         best_y.append(best)
-    history = Panel("optimisation history", "trial", objective, series=[
+    history = Panel("optimisation history", "trial", objective, int_x=True, series=[
         Series([t.number for t in done], [t.value for t in done], "dots", "blue", "complete"),
         Series([t.number for t in pruned],
                [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
@@ -150,21 +158,21 @@ def write_plots(study: Any, params: list[Param], out_dir: Path, objective: str) 
     written = [draw_panels([history], out_dir / "history.png", columns=1)]
     panels = []
     for p in params:
-        xs, ys, names = [], [], None
-        if p.kind in ("choice", "grid"):
-            names = [str(v) for v in p.values]
-            options = p.grid_values()
-            for t in done:
-                if p.key in t.params and t.params[p.key] in options:
-                    xs.append(float(options.index(t.params[p.key])))
-                    ys.append(t.value)
-        else:
-            for t in done:
-                if _finite(t.params.get(p.key)):
-                    xs.append(float(t.params[p.key]))
-                    ys.append(t.value)
+        series = []
+        for trials, style, color, label in ((done, "dots", "blue", "complete"),
+                                            (pruned, "cross", "grey", "pruned (last)")):
+            xs, ys = [], []
+            for t in trials:
+                value = t.value if t.state == states.COMPLETE else \
+                    t.intermediate_values[max(t.intermediate_values)]
+                x = _x_of(p, t.params.get(p.key))
+                if x is not None:
+                    xs.append(x)
+                    ys.append(value)
+            series.append(Series(xs, ys, style, color, label))
+        names = [str(v) for v in p.values] if p.kind in ("choice", "grid") else None
         panels.append(Panel(p.key, p.key.split(".")[-1], objective, log_x=p.kind == "log_uniform",
-                            x_names=names, series=[Series(xs, ys, "dots", "blue")]))
+                            x_names=names, series=series))
     if panels:
         written.append(draw_panels(panels, out_dir / "slice.png", columns=2))
     if len(done) >= 2:
