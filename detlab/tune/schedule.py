@@ -159,7 +159,8 @@ def resolve_schedules(recipe: Recipe) -> tuple[Recipe, ScheduleCallback | None]:
     for key, spec in found.items():
         _set_key(data, key, schedule_value(spec, 0))
     data["schedules"] = {key: dict(spec) for key, spec in found.items()}
-    resolved = Recipe(data, path=recipe.path, name=recipe.name, files=getattr(recipe, "files", None),
+    resolved = Recipe(data, path=recipe.path, name=recipe.name,
+                      files=getattr(recipe, "files", None),
                       overrides=getattr(recipe, "overrides", None))
     return resolved, ScheduleCallback(data["schedules"])
 

@@ -29,8 +29,7 @@ def test_train_fraction_is_a_seeded_subset():
 
 
 def test_sqlite_store_keeps_the_study(tmp_path):
-    import optuna
-
+    optuna = pytest.importorskip("optuna")
     url = f"sqlite:///{tmp_path / 'sub' / 'study.db'}"
     study = optuna.create_study(study_name="s", storage=make_storage(url, tmp_path / "x"))
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)

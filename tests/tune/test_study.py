@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 
-import optuna
 import pytest
 
 from detlab.cli import main
@@ -19,6 +18,8 @@ from detlab.tune.study import (
 )
 
 from tune_utils import ROOT, TINY, write_recipe
+
+optuna = pytest.importorskip("optuna")  # the [tune] extra (CI installs .[all])
 
 GRID = ("tune = dict(space={'model.head.loss.terms.0.gamma': grid(0.5, 0.75, -1.0)},\n"
         "            objective='train/loss', sampler='grid', trials=3)\n")
