@@ -37,3 +37,20 @@ def test_sqlite_store_keeps_the_study(tmp_path):
     assert [t.params for t in again.trials] == [t.params for t in study.trials]
     with pytest.raises(ConfigError, match="--storage 'nosuchdb://x'"):
         make_storage("nosuchdb://x", tmp_path / "x")
+
+
+def test_pruners_and_options():
+    optuna = pytest.importorskip("optuna")
+    from detlab.tune.study import TuneOptions, make_pruner
+
+    assert isinstance(make_pruner("hyperband"), optuna.pruners.HyperbandPruner)
+    median = make_pruner(dict(type="median", n_startup_trials=4))
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert median._n_startup_trials == 4 and median._n_warmup_steps == 1  # detlab's default
+    with pytest.raises(ConfigError, match="expected 'median', 'hyperband' or 'none'"):
+        make_pruner("mean")
+    with pytest.raises(ConfigError, match="tune at='first'"):
+        TuneOptions(at="first").check()
+    assert TuneOptions(objective="val/loss").resolved_direction(True) == "min"
+    assert TuneOptions().resolved_direction(False) == "min"
+    assert TuneOptions(objective="val/hmean").resolved_direction(True) == "max"
