@@ -268,6 +268,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "detlab.engine.anchors_cmd",
     "detlab.commands.check_data",
     "detlab.commands.analyze",
+    "detlab.commands.tune",
+    "detlab.commands.lr_find",
 )
 
 

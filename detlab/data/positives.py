@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .seeding import global_generators, seeding_sample
 
 __all__ = ["PositiveStats", "UnknownTargets", "count_positives", "sample_indices"]
 
@@ -170,12 +171,15 @@ def count_positives(dataset: Any, split: str, max_samples: int | None = 200,
     input_sizes: list[float] = []
     for index in sample_indices(n, max_samples):
         raw = None
-        if callable(getattr(dataset, "load", None)) and callable(getattr(dataset, "prepare",
-                                                                         None)):
-            raw = dataset.load(index)  # TextDataset: words as in the file, then its pipeline
-            sample = dataset.prepare(raw)
-        else:
-            sample = dataset[index]
+        # Seeded like epoch 0 of training with seed 0: augmented splits give the same counts on
+        # every call (check-data, the fit-start check, docs) instead of new random crops.
+        with seeding_sample(0, 0, index) as seed, global_generators(seed):
+            if callable(getattr(dataset, "load", None)) and callable(getattr(dataset, "prepare",
+                                                                             None)):
+                raw = dataset.load(index)  # TextDataset: words as in the file, then pipeline
+                sample = dataset.prepare(raw)
+            else:
+                sample = dataset[index]
         target = sample.get("target", {}) if isinstance(sample, dict) else {}
         if "prob_map" in target:
             kind, counts = "text", _text(dataset, raw, sample, reasons, orig_sizes, input_sizes)

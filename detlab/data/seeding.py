@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 __all__ = [
     "SeededDataset", "derive_seed", "seeding_sample", "next_transform_seed", "base_seed",
-    "seed_transform_tree",
+    "seed_transform_tree", "global_generators",
 ]
 
 
@@ -102,7 +102,7 @@ def seed_transform_tree(transform: Any, seed: int) -> None:
 
 
 @contextlib.contextmanager
-def _global_generators(seed: int) -> Iterator[None]:
+def global_generators(seed: int) -> Iterator[None]:
     """Seed Python's, NumPy's and torch's global generators; restore them afterwards in the
     main process (a worker's generators are its own)."""
     in_worker = get_worker_info() is not None
@@ -154,7 +154,7 @@ class SeededDataset(Dataset):
         return int(self._epoch[0])
 
     def __getitem__(self, index: int) -> Any:
-        with seeding_sample(self.seed, self.epoch, index) as seed, _global_generators(seed):
+        with seeding_sample(self.seed, self.epoch, index) as seed, global_generators(seed):
             item = self.dataset[index]
         if isinstance(item, dict):
             item = {**item, "sample_seed": seed}

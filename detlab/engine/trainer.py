@@ -118,8 +118,10 @@ def _write_run_files(run_dir: Path, recipe: Recipe) -> None:
 
 
 def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
-                  monitor: bool = True, **overrides: Any) -> pl.Trainer:
-    """A Lightning ``Trainer`` configured from the recipe's ``train`` section."""
+                  monitor: bool = True, extra_callbacks: list[Any] | None = None,
+                  **overrides: Any) -> pl.Trainer:
+    """A Lightning ``Trainer`` configured from the recipe's ``train`` section (plus
+    ``extra_callbacks``, e.g. a tuning trial's pruning callback)."""
     cfg = _train_cfg(recipe)
     callbacks: list[Any] = [
         AtomicModelCheckpoint(
@@ -144,6 +146,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
         callbacks.append(ema)
     if cfg["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
+    callbacks += list(extra_callbacks or [])
     loggers = [
         AppendingCSVLogger(save_dir=run_dir.parent.parent, name=run_dir.parent.name, version=run_dir.name),
         TensorBoardLogger(save_dir=run_dir.parent.parent, name=run_dir.parent.name,
@@ -173,7 +176,8 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
 
 
 def fit(recipe: Recipe, resume: str | Path | None = None,
-        work_dir: str | Path | None = None) -> tuple[Path, DetlabTask, pl.Trainer]:
+        work_dir: str | Path | None = None, run_dir: str | Path | None = None,
+        extra_callbacks: list[Any] | None = None) -> tuple[Path, DetlabTask, pl.Trainer]:
     """Train ``recipe``; returns the run directory, the task and the trainer.
 
     ``resume`` is a checkpoint path or ``"latest"`` (newest ``last.ckpt`` of this recipe). A
@@ -181,9 +185,15 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
     scheduler, EMA and epoch counter, after :func:`~detlab.engine.resume_check.check_resume`
     compared the recipes. The data is checked before the model is built, and the run folder is
     written only once every check passed (a ``DetlabError`` during training removes a new folder
-    that holds no checkpoint yet).
+    that holds no checkpoint yet). ``run_dir`` replaces ``<work_dir>/<name>/version_<N>`` for
+    a new run (``detlab tune`` trials); ``extra_callbacks`` go to the trainer. Per-epoch
+    schedules in the recipe (:mod:`detlab.tune.schedule`) are resolved here.
     """
     from ..data.datamodule import DataModule
+    from ..tune.schedule import resolve_schedules
+
+    recipe, schedule_cb = resolve_schedules(recipe)
+    extra_callbacks = list(extra_callbacks or []) + ([schedule_cb] if schedule_cb else [])
 
     cfg = _train_cfg(recipe)
     root = Path(work_dir or cfg["work_dir"])
@@ -212,12 +222,12 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
     if ckpt_path is not None:
         run_dir, created = ckpt_path.parent.parent, False
     else:
-        run_dir = new_run_dir(root, recipe.name)
+        run_dir = Path(run_dir) if run_dir is not None else new_run_dir(root, recipe.name)
         created = not run_dir.exists()
     trainer = build_trainer(
         recipe, run_dir,
         higher_is_better=getattr(evaluator, "higher_is_better", True),
-        monitor=evaluator is not None,
+        monitor=evaluator is not None, extra_callbacks=extra_callbacks,
     )
     try:
         _write_run_files(run_dir, recipe)
