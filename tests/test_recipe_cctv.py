@@ -104,3 +104,17 @@ def test_eval_is_sliced_and_equals_sliced_predict(run, monkeypatch, tmp_path):
             np.testing.assert_allclose([x, y, x + w, y + h], [x0, y0, x1, y1], atol=1e-2)
         # merged boxes are mapped to the 96x160 frame, not to a 64 px tile
         assert pred.boxes[:, 2].max() <= 160 and pred.boxes[:, 3].max() <= 96
+
+
+def test_analyze_uses_the_sliced_predictions(run, monkeypatch, tmp_path):
+    # Before: `detlab analyze` called the inference loop without the data module, so a recipe
+    # with inference.slicing crashed (AttributeError: 'NoneType' ... 'size_divisor').
+    from detlab.models.model import Model
+
+    inputs: list[int] = []
+    forward = Model.forward
+    monkeypatch.setattr(Model, "forward",
+                        lambda self, x: inputs.append(len(x)) or forward(self, x))
+    out = tmp_path / "analysis"
+    assert main(["analyze", str(run), "--seeds", "1", "--gallery", "2", "--out", str(out)]) == 0
+    assert sum(inputs) == 2 * 7 and (out / "analysis.md").is_file()
