@@ -18,6 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
     [
         ("helmet_yolo_p2.py", ["data.train.num_samples=4", "data.train.transforms=[]"]),
         ("helmet_yolo.py", ["data.train.num_samples=4", "data.train.transforms=[]"]),
+        # ObjectCrops of full-HD frames; small frames and crops keep the 12 steps fast.
+        ("helmet_cctv_fullhd.py", [
+            "data.train.dataset.num_samples=4", "data.train.dataset.transforms=[]",
+            "data.train.dataset.image_size=(120,200)", "data.train.dataset.img_size=96",
+            "data.train.size=96", "data.train.dataset.min_size=10",
+            "data.train.dataset.max_size=30"]),
     ],
 )
 def test_recipe_loss_decreases_on_a_fixed_batch(recipe, overrides):

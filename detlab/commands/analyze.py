@@ -77,7 +77,8 @@ def collect_records(task: Any, split: str) -> tuple[list[dict[str, Any]], Any]:
     device = _device()
     task.to(device)
     with torch.inference_mode():
-        for preds, batch in _predictions(task, loader, device):
+        # data=: a recipe with inference.slicing is analyzed on its sliced predictions
+        for preds, batch in _predictions(task, loader, device, data=data):
             recorder.update(preds, batch)
     return list(recorder._records), data.dataset(split)
 
