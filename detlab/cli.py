@@ -37,8 +37,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.trainer import fit
     from .recipe import load
 
-    recipe = load(args.recipe, args.overrides)
     resume = args.resume
+    if resume not in (None, "latest") and "=" in resume and not Path(resume).exists():
+        # `--resume train.max_epochs=3`: the override is not a checkpoint path
+        args.overrides, resume = [*args.overrides, resume], "latest"
+    recipe = load(args.recipe, args.overrides)
     run_dir, task, trainer = fit(recipe, resume=resume, work_dir=args.work_dir)
     if trainer.is_global_zero:
         ckpt_cb = trainer.checkpoint_callback
@@ -276,6 +279,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 # -- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``detlab`` command (also used to generate the CLI docs)."""
+    from .commands.cli_args import allow_intermixed
     from .engine.checkpoint import add_trust_arguments
 
     parser = argparse.ArgumentParser(
@@ -293,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
                    help="resume the latest run of this recipe, or from CKPT")
     p.add_argument("--work-dir", default=None, help="root of run directories (default: runs/)")
+    allow_intermixed(p)  # overrides may follow the options
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its recipe's data",
@@ -304,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="metrics line only")
     add_trust_arguments(p)
+    allow_intermixed(p)  # overrides may follow the options
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="run a checkpoint on images or CT volumes",
@@ -321,12 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probs", action="store_true", help="also save probability maps "
                    "(segmentation: <stem>_probs.npy; text: the DB map; not for box heads)")
     add_trust_arguments(p)
+    allow_intermixed(p)  # overrides may follow the options
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("show", help="print the resolved recipe",
                        description="Print RECIPE after overrides, as JSON.")
     p.add_argument("recipe", help="recipe file")
     p.add_argument("overrides", nargs="*", help="e.g. data.batch_size=4")
+    allow_intermixed(p)  # overrides may follow the options
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("list", help="list registered components",

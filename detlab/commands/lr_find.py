@@ -103,6 +103,6 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--out", default=None, help="default: runs/<recipe>/lr_find/")
     p.add_argument("--work-dir", default=None, help="root of run directories (default: runs/)")
     p.set_defaults(func=_cmd)
-    from .tune import allow_intermixed
+    from .cli_args import allow_intermixed
 
     allow_intermixed(p)

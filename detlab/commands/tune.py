@@ -9,28 +9,12 @@ trials table, the best overrides, a variant recipe and the plots are written nex
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 from typing import Any
 
+from .cli_args import allow_intermixed
+
 __all__ = ["add_command", "options_from", "allow_intermixed"]
-
-
-def allow_intermixed(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Let ``parser`` take its positional overrides after options too
-    (``detlab tune RECIPE --trials 3 data.batch_size=4``), as argparse's intermixed parsing
-    does; the subcommand's parse is what the top-level parser calls."""
-    cls_parse = functools.partial(type(parser).parse_known_args, parser)
-
-    def parse_known_args(args: Any = None, namespace: Any = None) -> Any:
-        parser.parse_known_args = cls_parse  # type: ignore[method-assign]  # used inside
-        try:
-            return parser.parse_known_intermixed_args(args, namespace)
-        finally:
-            parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-    return parser
 
 
 def options_from(section: dict[str, Any], args: argparse.Namespace) -> Any:
