@@ -32,6 +32,7 @@ from .checkpoint import add_trust_arguments
 
 __all__ = [
     "parse_sweep", "split_values", "run_sweep", "sort_rows", "add_command", "SweepResult",
+    "rebuild_head",
 ]
 
 
@@ -135,11 +136,7 @@ def run_sweep(task: Any, grid: dict[str, list[Any]], split: str = "val",
         overrides = [f"{k}={v!r}" for k, v in zip(keys, values)]
         recipe = copy.deepcopy(dict(task.recipe))
         apply_overrides(recipe, overrides)
-        head = HEADS.build(recipe["model"]["head"], key="model.head",
-                           in_channels=list(neck_or_backbone.channels),
-                           strides=list(neck_or_backbone.strides))
-        head.load_state_dict(head_state)
-        head.eval()
+        head = rebuild_head(recipe, neck_or_backbone, head_state)
         evaluator = EVALUATORS.build(recipe["evaluator"], key="evaluator")
         evaluator.reset()
         for outputs, batch in cached:
@@ -229,3 +226,14 @@ def add_command(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N batches")
     add_trust_arguments(p)
     p.set_defaults(func=cmd_sweep)
+
+
+def rebuild_head(recipe: dict[str, Any], features: Any, head_state: dict[str, Any]) -> Any:
+    """The head of ``recipe["model"]["head"]`` (with swept post-processing keys) built on
+    ``features`` (the neck, else the backbone: its ``channels``/``strides``), loaded with the
+    trained ``head_state`` and in eval mode."""
+    head = HEADS.build(recipe["model"]["head"], key="model.head",
+                       in_channels=list(features.channels), strides=list(features.strides))
+    head.load_state_dict(head_state)
+    head.eval()
+    return head

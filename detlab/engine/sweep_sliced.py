@@ -17,9 +17,10 @@ from dataclasses import fields
 from typing import Any
 
 from ..recipe import apply_overrides
-from ..registry import EVALUATORS, HEADS
+from ..registry import EVALUATORS
 from ..structures import Batch, to_device
 from .sliced import TileOutputs, combine, run_tiles, sliced_loader, tile_predictions
+from .sweep import rebuild_head
 
 __all__ = ["SLICING_PREFIX", "slicing_fields", "is_slicing_key", "run_sliced_sweep"]
 
@@ -88,11 +89,7 @@ def run_sliced_sweep(task: Any, grid: dict[str, list[Any]], data: Any, loader: A
         for values, recipe, settings in members:
             head = model.head
             if head_swept:
-                head = HEADS.build(recipe["model"]["head"], key="model.head",
-                                   in_channels=list(neck_or_backbone.channels),
-                                   strides=list(neck_or_backbone.strides))
-                head.load_state_dict(head_state)
-                head.eval()
+                head = rebuild_head(recipe, neck_or_backbone, head_state)
             evaluator = EVALUATORS.build(recipe["evaluator"], key="evaluator")
             evaluator.reset()
             for item, frames in cached:
