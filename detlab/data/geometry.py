@@ -2,7 +2,7 @@
 
 One component shared by the training, validation and test datasets and by ``detlab predict``
 (:class:`~detlab.data.datasets.image_files.ImageFiles` gets the val dataset's geometry from
-its :meth:`input_spec`), so a file predicted on is the tensor ``detlab eval`` scored.
+its ``input_spec()``), so a file predicted on is the tensor ``detlab eval`` scored.
 
 The meta it records follows the :class:`~detlab.structures.Batch` contract (continuous
 pixel-edge coordinates)::

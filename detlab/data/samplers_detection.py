@@ -186,7 +186,7 @@ def class_image_weights(counts: np.ndarray, power: float = 1.0, empty_weight: fl
 
 
 class _WeightedImages(Sampler[int]):
-    """Draws indices with probability proportional to :attr:`weights` (seed + epoch)."""
+    """Draws indices with probability proportional to ``weights`` (seed + epoch)."""
 
     def _setup(self, weights: np.ndarray, num_samples: int | None, replacement: bool,
                seed: int) -> None:

@@ -28,7 +28,7 @@ SLICING_PREFIX = "inference.slicing."
 
 
 def slicing_fields() -> tuple[str, ...]:
-    """The sweepable ``inference.slicing`` knobs (the :class:`SlicedInference` fields)."""
+    """The sweepable ``inference.slicing`` knobs (the :class:`~detlab.postprocess.slicing.SlicedInference` fields)."""
     from ..postprocess.slicing import SlicedInference
 
     return tuple(f.name for f in fields(SlicedInference))
