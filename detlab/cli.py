@@ -217,7 +217,8 @@ def _write_one(args: argparse.Namespace, task: Any, pred: Any, meta: dict[str, A
     if args.yolo_txt and pred.boxes is None:
         raise ConfigError(f"--yolo-txt writes boxes, but this checkpoint's head ({head}) "
                           "predicts none")
-    write_prediction(pred, meta, out_dir, names, save_probs=args.save_probs)
+    write_prediction(pred, meta, out_dir, names, save_probs=args.save_probs,
+                     overlay_threshold=args.overlay_threshold)
     if args.yolo_txt:
         write_yolo_txt(pred, meta, out_dir)
     return coco_results(pred, meta, names, ids)
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("val", "test"), default=None,
                    help="also predict a split of the recipe (COCO data: results.json with the "
                    "dataset's own image and category ids)")
+    p.add_argument("--overlay-threshold", type=float, default=0.25, metavar="SCORE",
+                   help="boxes drawn on the overlays score at least this (the JSON files "
+                   "keep every box; default 0.25)")
     p.add_argument("--yolo-txt", action="store_true",
                    help="also write labels/<stem>.txt: 'class cx cy w h score', normalized")
     p.add_argument("--save-probs", action="store_true", help="also save probability maps "

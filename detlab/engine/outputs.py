@@ -60,14 +60,25 @@ def overlay_mask(image: Image.Image, mask: np.ndarray, alpha: float = 0.5) -> Im
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
-def _draw_boxes(image: Image.Image, pred: Prediction, names: list[str] | None) -> Image.Image:
+def _draw_boxes(image: Image.Image, pred: Prediction, names: list[str] | None,
+                min_score: float = 0.0) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for box, score, label in zip(pred.boxes.tolist(), pred.scores.tolist(), pred.labels.tolist()):
+        if score < min_score:
+            continue
         color = _COLORS[int(label) % len(_COLORS)]
         draw.rectangle(box, outline=color, width=2)
         name = names[label] if names and label < len(names) else str(label)
         draw.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=color)
     return image
+
+
+def _stamp(image: Image.Image, text: str) -> None:
+    """``text`` in the top-left corner on a dark band (the overlay keeps the image size)."""
+    draw = ImageDraw.Draw(image)
+    x0, y0, x1, y1 = draw.textbbox((2, 1), text)
+    draw.rectangle((0, 0, x1 + 2, y1 + 1), fill=(0, 0, 0))
+    draw.text((2, 1), text, fill=(255, 255, 255))
 
 
 def _draw_polygons(image: Image.Image, pred: Prediction) -> Image.Image:
@@ -80,8 +91,13 @@ def _draw_polygons(image: Image.Image, pred: Prediction) -> Image.Image:
 
 
 def write_prediction(pred: Prediction, meta: dict[str, Any], out_dir: Path,
-                     class_names: list[str] | None = None, save_probs: bool = False) -> list[Path]:
+                     class_names: list[str] | None = None, save_probs: bool = False,
+                     overlay_threshold: float = 0.25) -> list[Path]:
     """Write one image's prediction; returns the files written.
+
+    The JSON files hold every box the post-processor kept (evaluation settings keep hundreds
+    at score 0.001); the overlay draws only boxes scoring at least ``overlay_threshold``, so
+    it stays readable.
 
     Segmentation: ``<stem>_mask.png`` (one per class when C > 1, values 0/255) and
     ``<stem>_overlay.png``; with ``save_probs`` also ``<stem>_probs.npy`` ``(C, H, W)`` float32.
@@ -117,7 +133,12 @@ def write_prediction(pred: Prediction, meta: dict[str, Any], out_dir: Path,
                 scores=pred.scores.detach().cpu().tolist(),
                 labels=pred.labels.detach().cpu().tolist(),
             )
-            overlay = _draw_boxes(image, pred, class_names)
+            overlay = _draw_boxes(image, pred, class_names, overlay_threshold)
+            scores = pred.scores.detach().cpu()
+            shown = int((scores >= overlay_threshold).sum())
+            top = f" (max {float(scores.max()):.2f})" if len(scores) else ""
+            _stamp(overlay, f"{shown} of {len(scores)} boxes with score >= "
+                            f"{overlay_threshold:g}{top}")
         if pred.polygons is not None:
             record["polygons"] = [np.asarray(p).tolist() for p in pred.polygons]
             record["scores"] = np.asarray(
