@@ -15,15 +15,17 @@ at most ``max_samples`` evenly spaced slices are. Wrappers (``MosaicDataset``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..data.datasets.detection_base import DetectionDataset
-from ..data.datasets.text_base import TextDataset
 from ..data.file_checks import image_size
 from ..data.validation import DataReport
 from ..evaluation.coco import HELMET_RELATIVE_AREAS
+
+if TYPE_CHECKING:  # text datasets need the 'text' extra (shapely): imported when used
+    from ..data.datasets.text_base import TextDataset
 
 __all__ = ["SplitStats", "collect_stats", "data_report", "dataset_counters", "unwrap",
            "BUCKETS"]
@@ -131,7 +133,7 @@ def collect_stats(dataset: Any, split: str, max_samples: int = 200) -> SplitStat
     if isinstance(base, DetectionDataset):
         stats = SplitStats(split, description, "boxes", len(base))
         _boxes(base, stats)
-    elif isinstance(base, TextDataset):
+    elif _is_text(base):
         stats = SplitStats(split, description, "text", len(base))
         _text(base, stats, max_samples)
     elif any(callable(getattr(base, a, None)) for a in ("positive_flags", "render",
@@ -172,6 +174,15 @@ def _add_objects(stats: SplitStats, boxes: np.ndarray, ignore: np.ndarray, h: in
     kept = np.zeros(len(boxes), bool)
     kept[np.flatnonzero(keep)[has_area]] = True
     return kept
+
+
+def _is_text(ds: Any) -> bool:
+    """Whether ``ds`` is a text dataset (False without the 'text' extra: none can exist)."""
+    try:
+        from ..data.datasets.text_base import TextDataset
+    except ImportError:
+        return False
+    return isinstance(ds, TextDataset)
 
 
 def _boxes(ds: DetectionDataset, stats: SplitStats) -> None:

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 __all__ = [
     "SeededDataset", "derive_seed", "seeding_sample", "next_transform_seed", "base_seed",
-    "seed_transform_tree", "global_generators",
+    "seed_transform_tree", "global_generators", "SharedEpoch",
 ]
 
 
@@ -120,26 +120,15 @@ def global_generators(seed: int) -> Iterator[None]:
             torch.random.set_rng_state(saved[2])
 
 
-class SeededDataset(Dataset):
-    """Wraps the training dataset so sample ``index`` of epoch ``e`` is drawn from
-    ``derive_seed(seed, e, index)`` (module docstring). The epoch lives in shared memory, so
-    :meth:`set_epoch` in the main process reaches persistent workers; it is forwarded to the
-    wrapped dataset (``MosaicDataset``'s close-mosaic switch)."""
+class SharedEpoch:
+    """Mixin: an epoch counter in shared memory, so :meth:`set_epoch` in the main process
+    reaches persistent loader workers; it is forwarded to the wrapped ``self.dataset``
+    (``MosaicDataset``'s close-mosaic switch). Call :meth:`_init_epoch` in ``__init__``."""
 
-    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
-        self.dataset = dataset
-        self.seed = int(seed)
+    dataset: Any
+
+    def _init_epoch(self) -> None:
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getattr__(self, name: str) -> Any:
-        # Attributes of the wrapped dataset (class_names, img_size, …) stay reachable; guard
-        # "dataset" so unpickling (no __dict__ yet) does not recurse.
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch; also calls the wrapped dataset's ``set_epoch`` when it has one."""
@@ -150,8 +139,30 @@ class SeededDataset(Dataset):
 
     @property
     def epoch(self) -> int:
-        """The epoch set by :meth:`set_epoch`."""
+        """The epoch set by :meth:`set_epoch` (shared with the loader workers)."""
         return int(self._epoch[0])
+
+
+class SeededDataset(SharedEpoch, Dataset):
+    """Wraps the training dataset so sample ``index`` of epoch ``e`` is drawn from
+    ``derive_seed(seed, e, index)`` (module docstring). The epoch lives in shared memory, so
+    :meth:`set_epoch` in the main process reaches persistent workers; it is forwarded to the
+    wrapped dataset (``MosaicDataset``'s close-mosaic switch)."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self._init_epoch()
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        # Attributes of the wrapped dataset (class_names, img_size, …) stay reachable; guard
+        # "dataset" so unpickling (no __dict__ yet) does not recurse.
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
     def __getitem__(self, index: int) -> Any:
         with seeding_sample(self.seed, self.epoch, index) as seed, global_generators(seed):

@@ -15,13 +15,12 @@ import zlib
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..registry import DATASETS
 from .datasets.detection_base import DetectionDataset
-from .seeding import base_seed
+from .seeding import SharedEpoch, base_seed
 
 __all__ = ["SampleWrapper", "base_detection_dataset"]
 
@@ -40,7 +39,7 @@ def base_detection_dataset(dataset: Any) -> DetectionDataset:
                       "YoloDetection, VocDetection, SyntheticHelmets …)")
 
 
-class SampleWrapper(Dataset):
+class SampleWrapper(SharedEpoch, Dataset):
     """Base of the seeded sample wrappers: delegates ``len``, ``class_names``, ``img_size``,
     ``object_areas`` (samplers) and ``annotations`` to the wrapped dataset; keeps the epoch in
     shared memory (DataLoader workers see :meth:`set_epoch` calls) and forwards it inward.
@@ -60,7 +59,7 @@ class SampleWrapper(Dataset):
             raise ConfigError(f"{name}.seed={seed!r}: expected an int or None")
         self.seed = seed
         self._salt = zlib.crc32(name.encode())
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._init_epoch()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -82,18 +81,6 @@ class SampleWrapper(Dataset):
     def annotations(self, index: int) -> Any:
         """Annotations of image ``index`` of the wrapped detection dataset (for samplers)."""
         return self.base.annotations(index)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (new draws each epoch); also sets the wrapped dataset's."""
-        from .datamodule import set_dataset_epoch
-
-        self._epoch[0] = int(epoch)
-        set_dataset_epoch(self.dataset, epoch)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch set by :meth:`set_epoch` (shared with the loader workers)."""
-        return int(self._epoch[0])
 
     def rng(self, index: int) -> np.random.Generator:
         """The generator of sample ``index`` this epoch (module docstring)."""
