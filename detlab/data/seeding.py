@@ -146,7 +146,7 @@ class SharedEpoch:
 class SeededDataset(SharedEpoch, Dataset):
     """Wraps the training dataset so sample ``index`` of epoch ``e`` is drawn from
     ``derive_seed(seed, e, index)`` (module docstring). The epoch lives in shared memory, so
-    :meth:`set_epoch` in the main process reaches persistent workers; it is forwarded to the
+    ``set_epoch`` in the main process reaches persistent workers; it is forwarded to the
     wrapped dataset (``MosaicDataset``'s close-mosaic switch)."""
 
     def __init__(self, dataset: Dataset, seed: int = 0) -> None:

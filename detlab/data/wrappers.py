@@ -42,7 +42,7 @@ def base_detection_dataset(dataset: Any) -> DetectionDataset:
 class SampleWrapper(SharedEpoch, Dataset):
     """Base of the seeded sample wrappers: delegates ``len``, ``class_names``, ``img_size``,
     ``object_areas`` (samplers) and ``annotations`` to the wrapped dataset; keeps the epoch in
-    shared memory (DataLoader workers see :meth:`set_epoch` calls) and forwards it inward.
+    shared memory (DataLoader workers see ``set_epoch`` calls) and forwards it inward.
 
     Args:
         dataset: the wrapped dataset, or its config dict (built from the registry).
