@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_choice, check_float
 from ..errors import ConfigError
 
 __all__ = ["Loss", "default_loss_name", "check_float", "check_choice", "power_finite_grad"]
@@ -25,38 +26,6 @@ def default_loss_name(class_name: str) -> str:
     ``focal_tversky``."""
     stem = class_name[: -len("Loss")] if class_name.endswith("Loss") else class_name
     return _WORD_BOUNDARY.sub("_", stem or class_name).lower()
-
-
-def check_float(
-    owner: str,
-    arg: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> float:
-    """Return ``value`` as a float after checking it is a finite number in the given range
-    (``low`` excluded when ``low_open``); otherwise raise ConfigError naming ``owner.arg``."""
-    lo = "" if low is None else ("> " if low_open else ">= ") + f"{low:g}"
-    hi = "" if high is None else f"<= {high:g}"
-    expected = " and ".join(s for s in (lo, hi) if s) or "finite"
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        raise ConfigError(f"{owner}: {arg} must be a number {expected}, got {value!r}")
-    return float(value)
-
-
-def check_choice(owner: str, arg: str, value: Any, choices: tuple[Any, ...]) -> Any:
-    """Return ``value`` if it is one of ``choices``; otherwise raise ConfigError."""
-    if value not in choices:
-        raise ConfigError(f"{owner}: {arg} must be one of {list(choices)}, got {value!r}")
-    return value
 
 
 def power_finite_grad(x: Tensor, gamma: float, eps: float = 1e-6) -> Tensor:
