@@ -31,7 +31,9 @@ model = dict(
         num_classes=1,
         decoder_channels=(64, 32, 16, 16, 8),
         activation="sigmoid",
-        threshold=0.5,
+        # The mask threshold, also the evaluator's Dice/IoU threshold: one knob,
+        # model.head.postprocessor.threshold (val=dict(...) / test=dict(...) per stage).
+        postprocessor=dict(type="SegmentationPostProcessor", threshold=0.5),
         prior_prob=0.01,             # start every pixel at p=0.01, not 0.5 (RetinaNet init)
         loss=dict(
             type="CombinedLoss",
@@ -72,4 +74,5 @@ train = dict(
     seed=0,
 )
 
-evaluator = dict(type="SegmentationEvaluator", threshold=0.5, primary="pr_auc")
+# Dice/IoU at the head's model.head.postprocessor.threshold (carried by the predictions).
+evaluator = dict(type="SegmentationEvaluator", primary="pr_auc")

@@ -37,22 +37,24 @@ CONFIGS: dict[str, dict[str, Any]] = {
         backbone=dict(**_TIMM, out_indices=(1, 2, 3, 4)),
         neck=dict(type="PAN", levels=(2, 3, 4, 5), out_channels=16),
         head=dict(type="YOLOHead", num_classes=2,
-                  postprocess=dict(type="BoxPostProcessor", score_threshold=0.001,
+                  postprocessor=dict(type="BoxPostProcessor", score_threshold=0.001,
                                    iou_threshold=0.7, max_detections=300)),
     ),
     "DBHead": dict(
         backbone=dict(**_TIMM, out_indices=(1, 2, 3, 4)),
-        head=dict(type="DBHead", inner_channels=32,
-                  postprocess=dict(type="DBPostProcessor", binarize_threshold=0.005,
+        neck=dict(type="DBFPN", inner_channels=32),
+        head=dict(type="DBHead",
+                  postprocessor=dict(type="DBPostProcessor", binarize_threshold=0.005,
                                    box_threshold=0.005)),
     ),
     "AttentionUNetHead": dict(
         backbone=dict(**_TIMM, in_chans=1),
-        head=dict(type="AttentionUNetHead", num_classes=2, loss=_BCE(), threshold=0.48,
+        head=dict(type="AttentionUNetHead", num_classes=2, loss=_BCE(),
+                  postprocessor=dict(type="SegmentationPostProcessor", threshold=0.48),
                   prior_prob=None),
     ),
 }
-EVALUATOR = dict(num_bins=64, threshold=0.48)
+EVALUATOR = dict(num_bins=64)  # recorded with threshold=0.48: now taken from the predictions
 BATCHES = {"YOLOHead": _det_batch, "DBHead": _text_batch, "AttentionUNetHead": _seg_batch}
 
 

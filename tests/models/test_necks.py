@@ -13,7 +13,7 @@ from detlab.errors import ConfigError
 from detlab.models.heads.base import Head
 from detlab.models.model import Model
 from detlab.models.necks import FPN, PAN
-from detlab.models.necks.blocks import C2f
+from detlab.models.layers import C2f
 from detlab.registry import NECKS
 
 # resnet18, out_indices (1, 2, 3, 4)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...registry import NECKS
-from .blocks import C2f, ConvBlock, conv_norm_act, norm_layer, resize_to
+from ..layers import C2f, ConvBlock, Norm, check_norm, conv_norm_act, resize_to
 from .levels import plan_levels
 
 __all__ = ["PAN"]
@@ -44,7 +44,8 @@ class PAN(nn.Module):
         block: fusion block, ``"c2f"`` (YOLOv8) or ``"conv"`` (1x1 then 3x3 conv-norm-SiLU).
         depth: depth multiplier; each block has ``max(1, round(3 * depth))`` bottlenecks / 3x3
             convs (YOLOv8 scales n/s: 0.33 -> 1, m: 0.67 -> 2, l/x: 1.0 -> 3).
-        norm: normalisation after each conv: ``"batch"`` (YOLO), ``"group"`` or ``"none"``.
+        norm: normalisation after each conv (``"batch"``, YOLO's), one of
+            :data:`~detlab.models.layers.NORMS`.
 
     Attributes:
         channels: output channels per level. strides: output strides per level (pixels).
@@ -63,7 +64,7 @@ class PAN(nn.Module):
         levels: Sequence[int] | None = None,
         block: Literal["c2f", "conv"] = "c2f",
         depth: float = 0.33,
-        norm: Literal["none", "batch", "group"] = "batch",
+        norm: Norm = "batch",
     ) -> None:
         super().__init__()
         plan = plan_levels("PAN", in_channels, strides, levels)
@@ -90,7 +91,7 @@ class PAN(nn.Module):
             raise ConfigError(f"PAN: block={block!r} is not one of 'c2f', 'conv'")
         if isinstance(depth, bool) or not isinstance(depth, (int, float)) or depth <= 0:
             raise ConfigError(f"PAN: depth={depth!r} must be a positive number")
-        norm_fn = norm_layer(norm, "PAN")
+        norm_fn = check_norm("PAN", norm)
         num_blocks = max(1, round(3 * depth))
 
         def fuse(c_in: int, c_out: int) -> nn.Module:
