@@ -310,7 +310,10 @@ def _check_renamed(target: Any, kwargs: dict, key: str) -> None:
     accepted, _ = _accepted(target)
     for old in kwargs:
         if old in renamed and old not in accepted:
-            raise ConfigError(f"{key}.{old} was renamed {key}.{renamed[old]}")
+            new = renamed[old]  # relative to ``key`` unless it names a recipe section
+            new = new if new.split(".")[0] in ("model", "data", "train", "evaluator") \
+                else f"{key}.{new}"
+            raise ConfigError(f"{key}.{old} was renamed {new}")
 
 
 def _check_kwargs(target: Any, kwargs: dict, kind: str, where: str) -> None:

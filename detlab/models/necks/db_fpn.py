@@ -62,18 +62,17 @@ class DBFPN(nn.Module):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
         self.channels = [out * len(in_channels)]
         self.strides = [strides[0]]
-        self._register_load_state_dict_pre_hook(self.remap_old_keys)
 
-    @staticmethod
-    def remap_old_keys(state_dict: dict, prefix: str, *args: object) -> None:
-        """Load-time hook: when this neck sits at ``<parent>.neck.`` and ``state_dict`` has no
-        entry under it but some under ``<parent>.head.neck.`` (where ``DBHead`` kept its neck
-        before issue 12), move those entries to ``<parent>.neck.`` in place."""
-        if not prefix.endswith("neck.") or any(k.startswith(prefix) for k in state_dict):
+    def remap_old_keys(self, state_dict: dict, prefix: str) -> None:
+        """Called by :class:`~detlab.models.model.Model` when loading, ``prefix`` being the
+        model's: when ``state_dict`` has no ``<prefix>neck.*`` entry but ``<prefix>head.neck.*``
+        ones (where ``DBHead`` kept its neck before issue 12), move them to
+        ``<prefix>neck.*`` in place."""
+        new, old = prefix + "neck.", prefix + "head.neck."
+        if any(k.startswith(new) for k in state_dict):
             return
-        old = prefix[: -len("neck.")] + "head.neck."
         for key in [k for k in state_dict if k.startswith(old)]:
-            state_dict[prefix + key[len(old):]] = state_dict.pop(key)
+            state_dict[new + key[len(old):]] = state_dict.pop(key)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         """One fused map at the finest level's size (see class docstring)."""
