@@ -141,7 +141,7 @@ class DBHead(Head):
 
     def build_thresh_branch(self, in_channels: int) -> nn.Module:
         """The threshold branch: ``(B, in_channels, h, w) -> (B, 1, h', w')`` logits of the
-        threshold map (same size as the probability branch's)."""
+        threshold map (bilinearly upsampled to the input size like the probability's)."""
         return self.upsample_branch(in_channels)
 
     def init_prob_bias(self, branch: nn.Module, prior: float) -> None:
@@ -164,6 +164,7 @@ class DBHead(Head):
         if prob_logits.shape[-2:] != size:
             prob_logits = F.interpolate(prob_logits, size=size, mode="bilinear",
                                         align_corners=False)
+        if thresh_logits.shape[-2:] != size:  # checked apart: a subclass may change one branch
             thresh_logits = F.interpolate(thresh_logits, size=size, mode="bilinear",
                                           align_corners=False)
         thresh = torch.sigmoid(thresh_logits)
