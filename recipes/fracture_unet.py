@@ -31,9 +31,7 @@ model = dict(
         num_classes=1,
         decoder_channels=(64, 32, 16, 16, 8),
         activation="sigmoid",
-        # The mask threshold, also the evaluator's Dice/IoU threshold: one knob,
-        # model.head.postprocessor.threshold (val=dict(...) / test=dict(...) per stage).
-        postprocessor=dict(type="SegmentationPostProcessor", threshold=0.5),
+        postprocessor=dict(type="SegmentationPostProcessor", threshold=0.5),  # masks and Dice
         prior_prob=0.01,             # start every pixel at p=0.01, not 0.5 (RetinaNet init)
         loss=dict(
             type="CombinedLoss",
@@ -74,5 +72,4 @@ train = dict(
     seed=0,
 )
 
-# Dice/IoU at the head's model.head.postprocessor.threshold (carried by the predictions).
-evaluator = dict(type="SegmentationEvaluator", primary="pr_auc")
+evaluator = dict(type="SegmentationEvaluator", primary="pr_auc")  # Dice at the head's threshold

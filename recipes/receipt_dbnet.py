@@ -41,7 +41,6 @@ model = dict(
         pretrained=False,            # True (or checkpoint="weights.pth") for real data
         out_indices=(1, 2, 3, 4),    # strides 4-32, the levels DB fuses
     ),
-    # The DB neck: a light FPN whose levels are upsampled to stride 4 and concatenated.
     neck=dict(type="DBFPN", inner_channels=64),  # the paper's 256 costs 4x more on a CPU
     head=dict(
         type=DBHead,
