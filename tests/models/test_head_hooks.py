@@ -140,3 +140,10 @@ def test_one_norm_vocabulary() -> None:
         assert double_conv(4, 8, norm)(x).shape == (2, 8, 6, 6)
         DBHead([16], [4], norm=norm)
         YOLOHead([8], [8], num_classes=1, norm=norm)
+
+
+def test_resume_treats_postprocessor_settings_as_not_architecture() -> None:
+    from detlab.engine.resume_check import _is_architecture
+
+    assert not _is_architecture("model.head.postprocessor.test.score_threshold")
+    assert _is_architecture("model.neck.inner_channels")
