@@ -20,7 +20,6 @@ from torch import nn
 
 from detlab.evaluation.segmentation import SegmentationEvaluator
 from detlab.models import Model
-from detlab.structures import Batch
 
 from test_every_head import _det_batch, _seg_batch, _text_batch
 
@@ -67,9 +66,10 @@ def summary(name: str) -> dict[str, float]:
     torch.manual_seed(0)
     model = Model(**CONFIGS[name])
     batch = BATCHES[name]()
-    out: dict[str, Any] = {"num_params": sum(p.numel() for p in model.parameters()),
-                           "param_sum": float(sum(p.detach().double().sum() for p in model.parameters()))}
-    if name != "DBHead":  # DB's neck moves from model.head.neck to model.neck (remap tested)
+    params = [p.detach() for p in model.parameters()]
+    out: dict[str, Any] = {"num_params": sum(p.numel() for p in params),
+                           "param_sum": float(sum(p.double().sum() for p in params))}
+    if name != "DBHead":  # its neck moved from model.head.neck to model.neck (remap tested)
         out["keys"] = _keys_digest(model)
     with torch.no_grad():
         raw = model(batch.images)
@@ -111,9 +111,61 @@ def summary(name: str) -> dict[str, float]:
 
 
 GOLDEN: dict[str, dict[str, Any]] = {
-    'AttentionUNetHead': {'num_params': 8342446, 'param_sum': 3002.8261948258596, 'keys': 'c0768f096054', 'out.logits': -4693.98468452238, 'out.attention0': 20.96265947818756, 'out.attention1': 106.93553891777992, 'out.attention2': 353.91521391272545, 'out.attention3': 1568.0392422676086, 'loss_seg': 0.6801963448524475, 'pred0.probs': 909.3136593103409, 'pred0.mask': 960, 'pred1.probs': 3637.157755225897, 'pred1.mask': 3840, 'eval.dice': 0.2303992303992304, 'eval.iou': 0.1496875, 'eval.pr_auc': 0.30166666666666664, 'eval.best_f1': 0.4635035601643686},
-    'DBHead': {'num_params': 4967690, 'param_sum': 2030.7603472300666, 'out.prob_logits': -62484.97406053543, 'out.thresh': 4682.0922163929245, 'out.binary': 399.89016716885664, 'loss_prob': 7.220313549041748, 'loss_thresh': 2.0174150466918945, 'loss_binary': 0.990362823009491, 'pred0.scores': 0.01125640794634819, 'pred0.n': 1, 'pred0.polygons': 894.0, 'pred1.scores': 0.011139829643070698, 'pred1.n': 1, 'pred1.polygons': 2105.203125},
-    'YOLOHead': {'num_params': 5185440, 'param_sum': 3182.549193413445, 'keys': '41bda5f78b34', 'out.cls_logits': -18180.89631175995, 'out.box_dist': 65605.399051141, 'out.anchor_points': 40800.0, 'out.strides': 2880.0, 'loss_cls': 4.642175674438477, 'loss_box': 3.7745699882507324, 'loss_dfl': 4.112417697906494, 'pred0.n': 14, 'pred0.boxes': 1120.0, 'pred0.labels': 7, 'pred0.scores': 0.040281540248543024, 'pred1.n': 14, 'pred1.boxes': 2240.0, 'pred1.labels': 7, 'pred1.scores': 0.040281575988046825},
+    'AttentionUNetHead': {
+        'num_params': 8342446,
+        'param_sum': 3002.8261948258596,
+        'keys': 'c0768f096054',
+        'out.logits': -4693.98468452238,
+        'out.attention0': 20.96265947818756,
+        'out.attention1': 106.93553891777992,
+        'out.attention2': 353.91521391272545,
+        'out.attention3': 1568.0392422676086,
+        'loss_seg': 0.6801963448524475,
+        'pred0.probs': 909.3136593103409,
+        'pred0.mask': 960,
+        'pred1.probs': 3637.157755225897,
+        'pred1.mask': 3840,
+        'eval.dice': 0.2303992303992304,
+        'eval.iou': 0.1496875,
+        'eval.pr_auc': 0.30166666666666664,
+        'eval.best_f1': 0.4635035601643686,
+    },
+    'DBHead': {
+        'num_params': 4967690,
+        'param_sum': 2030.7603472300666,
+        'out.prob_logits': -62484.97406053543,
+        'out.thresh': 4682.0922163929245,
+        'out.binary': 399.89016716885664,
+        'loss_prob': 7.220313549041748,
+        'loss_thresh': 2.0174150466918945,
+        'loss_binary': 0.990362823009491,
+        'pred0.scores': 0.01125640794634819,
+        'pred0.n': 1,
+        'pred0.polygons': 894.0,
+        'pred1.scores': 0.011139829643070698,
+        'pred1.n': 1,
+        'pred1.polygons': 2105.203125,
+    },
+    'YOLOHead': {
+        'num_params': 5185440,
+        'param_sum': 3182.549193413445,
+        'keys': '41bda5f78b34',
+        'out.cls_logits': -18180.89631175995,
+        'out.box_dist': 65605.399051141,
+        'out.anchor_points': 40800.0,
+        'out.strides': 2880.0,
+        'loss_cls': 4.642175674438477,
+        'loss_box': 3.7745699882507324,
+        'loss_dfl': 4.112417697906494,
+        'pred0.n': 14,
+        'pred0.boxes': 1120.0,
+        'pred0.labels': 7,
+        'pred0.scores': 0.040281540248543024,
+        'pred1.n': 14,
+        'pred1.boxes': 2240.0,
+        'pred1.labels': 7,
+        'pred1.scores': 0.040281575988046825,
+    },
 }
 
 

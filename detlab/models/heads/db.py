@@ -205,8 +205,9 @@ class DBHead(Head):
         self, outputs: Mapping[str, Tensor], batch: Batch, stage: str = "test"
     ) -> list[Prediction]:
         """Per image: sigmoid of the probability logits cropped to the content region (the
-        resized image inside the padded input, from ``meta``), then :attr:`postprocessor`
-        (its ``stage`` post-processor) maps polygons back to original pixels with ``meta`` ``scale`` and ``orig_size``.
+        resized image inside the padded input, from ``meta``), then the ``stage``
+        post-processor of :attr:`postprocessor` maps polygons back to original pixels with
+        ``meta`` ``scale`` and ``orig_size``.
         ``extras["prob_map"]``: that cropped ``(h, w)`` probability map (input resolution, CPU)."""
         logits = outputs["prob_logits"].detach()
         image_size = tuple(batch.images.shape[-2:])

@@ -12,6 +12,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from torchvision.ops.misc import Conv2dNormActivation
 
+from ...checks import is_int
 from ...errors import ConfigError
 from ...registry import NECKS
 from ..layers import Norm, check_norm, norm_factory
@@ -101,7 +102,7 @@ class FPN(nn.Module):
     ) -> None:
         super().__init__()
         self.plan = plan_levels("FPN", in_channels, strides, levels)
-        if not isinstance(out_channels, int) or isinstance(out_channels, bool) or out_channels <= 0:
+        if not is_int(out_channels) or out_channels <= 0:
             raise ConfigError(f"FPN: out_channels={out_channels!r} must be a positive integer")
         if extra_source not in ("pyramid", "backbone"):
             raise ConfigError(

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ...checks import is_int, is_number
 from ...errors import ConfigError
 from ...registry import NECKS
 from ..layers import C2f, ConvBlock, Norm, check_norm, conv_norm_act, resize_to
@@ -69,14 +70,14 @@ class PAN(nn.Module):
         super().__init__()
         plan = plan_levels("PAN", in_channels, strides, levels)
         n_levels = len(plan.levels)
-        outs = [out_channels] * n_levels if isinstance(out_channels, int) else list(out_channels)
+        outs = [out_channels] * n_levels if is_int(out_channels) else list(out_channels)
         if len(outs) == len(in_channels) != n_levels and plan.num_extra == 0:
             # One entry per backbone map: `levels` chose a sub-range of them, so the channels
             # of the chosen maps are used (the recipe's 'model.neck.levels=(3,4,5)' override
             # of a P2..P5 neck must not need out_channels rewritten as well).
             outs = [outs[i] for i in plan.input_indices]
         if len(outs) != n_levels or any(
-            not isinstance(c, int) or isinstance(c, bool) or c <= 0 for c in outs
+            not is_int(c) or c <= 0 for c in outs
         ):
             raise ConfigError(
                 f"PAN: out_channels={out_channels!r} must be a positive int or one positive int "
@@ -89,7 +90,7 @@ class PAN(nn.Module):
             )
         if block not in ("c2f", "conv"):
             raise ConfigError(f"PAN: block={block!r} is not one of 'c2f', 'conv'")
-        if isinstance(depth, bool) or not isinstance(depth, (int, float)) or depth <= 0:
+        if not is_number(depth) or depth <= 0:
             raise ConfigError(f"PAN: depth={depth!r} must be a positive number")
         norm_fn = check_norm("PAN", norm)
         num_blocks = max(1, round(3 * depth))
