@@ -98,7 +98,7 @@ class SegmentationEvaluator(Evaluator):
 
     Args:
         threshold: probability at which Dice/IoU are computed, in ``(0, 1)``; ``None``
-            (default): the predictions' ``extras["threshold"]``, else 0.5. :attr:`threshold`
+            (default): the predictions' ``extras["threshold"]``, else 0.5. The ``threshold`` attribute
             is the one in use.
         primary: metric checkpoints monitor; one of :data:`METRIC_NAMES`.
         num_bins: number of logit-uniform probability bins over ``[1e-6, 1 - 1e-6]`` (plus exact

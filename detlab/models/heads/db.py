@@ -206,7 +206,7 @@ class DBHead(Head):
     ) -> list[Prediction]:
         """Per image: sigmoid of the probability logits cropped to the content region (the
         resized image inside the padded input, from ``meta``), then the ``stage``
-        post-processor of :attr:`postprocessor` maps polygons back to original pixels with
+        post-processor of ``self.postprocessor`` maps polygons back to original pixels with
         ``meta`` ``scale`` and ``orig_size``.
         ``extras["prob_map"]``: that cropped ``(h, w)`` probability map (input resolution, CPU)."""
         logits = outputs["prob_logits"].detach()
