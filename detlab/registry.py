@@ -206,6 +206,7 @@ class Registry:
         kwargs = {k: v for k, v in cfg.items() if k != "type"}
         target = self.get(cfg["type"])
         kwargs = _merge_defaults(target, kwargs, defaults)
+        _check_renamed(target, kwargs, key or self.kind)
         _check_kwargs(target, kwargs, self.kind, where)
         try:
             return target(**kwargs)
@@ -300,6 +301,19 @@ def _merge_defaults(target: Any, kwargs: dict, defaults: dict) -> dict:
         if k not in merged and (var_kw or k in accepted):
             merged[k] = v
     return merged
+
+
+def _check_renamed(target: Any, kwargs: dict, key: str) -> None:
+    # A component lists arguments it no longer takes in ``renamed_args`` (old name -> new
+    # key relative to its own): a recipe using one is told the new key, not "unknown".
+    renamed = getattr(target, "renamed_args", None) or {}
+    accepted, _ = _accepted(target)
+    for old in kwargs:
+        if old in renamed and old not in accepted:
+            new = renamed[old]  # relative to ``key`` unless it names a recipe section
+            new = new if new.split(".")[0] in ("model", "data", "train", "evaluator") \
+                else f"{key}.{new}"
+            raise ConfigError(f"{key}.{old} was renamed {new}")
 
 
 def _check_kwargs(target: Any, kwargs: dict, kind: str, where: str) -> None:

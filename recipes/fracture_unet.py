@@ -31,7 +31,7 @@ model = dict(
         num_classes=1,
         decoder_channels=(64, 32, 16, 16, 8),
         activation="sigmoid",
-        threshold=0.5,
+        postprocessor=dict(type="SegmentationPostProcessor", threshold=0.5),  # masks and Dice
         prior_prob=0.01,             # start every pixel at p=0.01, not 0.5 (RetinaNet init)
         loss=dict(
             type="CombinedLoss",
@@ -72,4 +72,4 @@ train = dict(
     seed=0,
 )
 
-evaluator = dict(type="SegmentationEvaluator", threshold=0.5, primary="pr_auc")
+evaluator = dict(type="SegmentationEvaluator", primary="pr_auc")  # Dice at the head's threshold

@@ -22,7 +22,7 @@ at COCO-JSON files. Evaluation reports COCO AP and AP by relative area (AP_rel_t
     detlab train recipes/helmet_yolo_p2.py model.head.box_loss.type=WIoULoss \
         'data.multi_scale=(0.75,1.25)'
     detlab sweep runs/helmet_yolo_p2/version_0/checkpoints/best.ckpt \
-        model.head.postprocess.iou_threshold=0.5,0.6,0.7
+        model.head.postprocessor.iou_threshold=0.5,0.6,0.7
 """
 
 from detlab.models.heads import YOLOHead
@@ -56,7 +56,7 @@ model = dict(
         cls_loss=dict(type="SigmoidBCELoss", weight=0.5),
         box_loss=dict(type="CIoULoss", weight=7.5),
         dfl_loss=dict(type="DFLoss", weight=1.5),
-        postprocess=dict(
+        postprocessor=dict(              # val/test=dict(...) override a stage
             type="BoxPostProcessor",
             score_threshold=0.001,       # mAP evaluation; ~0.25 for deployment
             iou_threshold=0.7,

@@ -4,15 +4,15 @@ Every knob the competition team could not reach is a field here, so it can be ov
 train, eval, predict and sweep time:
   * DB loss weights (probability 5, threshold 10, binary 1) and the hard-negative ratio 3;
   * every post-processing field, including ``box_unclip_ratio`` / ``polygon_unclip_ratio``
-    (``detlab eval CKPT model.head.postprocess.polygon_unclip_ratio=2.1``);
+    (``detlab eval CKPT model.head.postprocessor.polygon_unclip_ratio=2.1``);
   * the DB target parameters (shrink ratio, threshold-map range) of the data pipeline.
 
-Default: built-in synthetic receipts (no files needed) at 192 px with a narrow neck
-(``inner_channels=64``) so a run fits in about 10 minutes on a 2-core CPU; the real setup
+Default: built-in synthetic receipts (no files needed) at 192 px with a narrow DB neck
+(``model.neck.inner_channels=64``) so a run fits in about 10 minutes on a 2-core CPU; the real setup
 (HRNet-W44, 1024 px, the competition's JSON) is ``receipt_dbnet_hrnet.py``.
     detlab train recipes/receipt_dbnet.py
     detlab eval runs/receipt_dbnet/version_0/checkpoints/best.ckpt \
-        model.head.postprocess.polygon_unclip_ratio=2.1
+        model.head.postprocessor.polygon_unclip_ratio=2.1
     detlab predict runs/receipt_dbnet/version_0/checkpoints/best.ckpt photo.jpg --out preds/
 """
 
@@ -41,9 +41,9 @@ model = dict(
         pretrained=False,            # True (or checkpoint="weights.pth") for real data
         out_indices=(1, 2, 3, 4),    # strides 4-32, the levels DB fuses
     ),
+    neck=dict(type="DBFPN", inner_channels=64),  # the paper's 256 costs 4x more on a CPU
     head=dict(
         type=DBHead,
-        inner_channels=64,           # the paper's 256 costs 4x more on a CPU
         k=50.0,                      # amplifying factor of the approximate binary map
         loss=dict(
             type="DBLoss",
@@ -52,7 +52,7 @@ model = dict(
             binary_weight=1.0,
             negative_ratio=3.0,
         ),
-        postprocess=dict(
+        postprocessor=dict(              # val/test=dict(...) override a stage
             type="DBPostProcessor",
             binarize_threshold=0.3,
             box_threshold=0.6,

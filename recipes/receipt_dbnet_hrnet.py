@@ -6,7 +6,7 @@ The annotation paths are placeholders; set them on the command line:
         data.train.ann_file=/data/receipts/train.json data.train.img_dir=/data/receipts/train \
         data.val.ann_file=/data/receipts/val.json data.val.img_dir=/data/receipts/val \
         model.backbone.checkpoint=/weights/hrnet_w44.pth
-    detlab eval CKPT model.head.postprocess.polygon_unclip_ratio=2.1
+    detlab eval CKPT model.head.postprocessor.polygon_unclip_ratio=2.1
 Needs a GPU: HRNet-W44 + the 256-channel DB neck at 1024 px is ~650 GFLOP per image forward
 (torch.utils.flop_counter), ~2 TFLOP per image for a training step.
 """
@@ -24,7 +24,7 @@ model["backbone"].update(
     # timm's default "incre" features (128-1024 channels from the classification head).
     feature_location="",
 )
-model["head"]["inner_channels"] = 256  # the paper's width
+model["neck"]["inner_channels"] = 256  # the paper's width
 
 _targets = data["train"]["target_generator"]
 _real = dict(

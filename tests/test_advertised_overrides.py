@@ -138,7 +138,7 @@ CASES = collect()
 def test_the_helmet_recipes_advertised_overrides_are_collected():
     helmet = {o for (r, s) in CASES if r == "helmet_yolo_p2.py" for o in s}
     assert {"model.neck.levels=(3,4,5)", "model.head.assigner=ATSSAssigner",
-            "data.sampler=None", "model.head.postprocess.iou_threshold=0.5"} <= helmet
+            "data.sampler=None", "model.head.postprocessor.iou_threshold=0.5"} <= helmet
 
 
 def _tiny(recipe: dict, overrides: tuple[str, ...]) -> list[str]:

@@ -51,9 +51,9 @@ def test_eval_override_changes_threshold(trained, tmp_path):
     _, run_dir = trained
     ckpt = str(run_dir / "checkpoints/best.ckpt")
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    assert main(["eval", ckpt, "evaluator.threshold=0.0001", "model.head.threshold=0.0001",
+    assert main(["eval", ckpt, "model.head.postprocessor.threshold=0.0001",
                  "--json", str(a), "--quiet"]) == 0
-    assert main(["eval", ckpt, "evaluator.threshold=0.9999", "model.head.threshold=0.9999",
+    assert main(["eval", ckpt, "model.head.postprocessor.threshold=0.9999",
                  "--json", str(b), "--quiet"]) == 0
     ma, mb = json.loads(a.read_text()), json.loads(b.read_text())
     assert ma["pr_auc"] == pytest.approx(mb["pr_auc"])  # threshold-free metric unchanged

@@ -108,9 +108,9 @@ def test_predict_writes_json_boxes_and_overlays(det_run, tmp_path):
 
 def test_sweep_score_threshold(det_run, capsys):
     ckpt = str(det_run / "checkpoints" / "best.ckpt")
-    assert main(["sweep", ckpt, "model.head.postprocess.score_threshold=0.01,0.3"]) == 0
+    assert main(["sweep", ckpt, "model.head.postprocessor.score_threshold=0.01,0.3"]) == 0
     out = capsys.readouterr().out
-    assert "0.01" in out and "0.3" in out and "best: model.head.postprocess.score_threshold" in out
+    assert "0.01" in out and "0.3" in out and "best: model.head.postprocessor.score_threshold" in out
     assert main(["sweep", ckpt, "model.head.reg_max=8"]) == 2  # changes the network: refused
 
 

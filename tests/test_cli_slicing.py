@@ -18,8 +18,8 @@ from test_predict_matches_eval import (YOLO_BODY, _check_boxes, _coco_files, _ev
 # Val frames 48x80, 80x56, 64x64 (letterboxed to 64): 40 px tiles, overlap 0.25 (step 30)
 # give 3x2, 2x3 and 2x2 tiles, each letterboxed 40 -> 64 like a whole val image.
 SLICED = ["+inference.slicing.slice_height=40", "+inference.slicing.overlap=0.25",
-          "model.head.postprocess.score_threshold=0.0",
-          "model.head.postprocess.max_detections=20"]
+          "model.head.postprocessor.score_threshold=0.0",
+          "model.head.postprocessor.max_detections=20"]
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +113,14 @@ def test_sweep_head_and_merge_knobs_together(yolo, monkeypatch, tmp_path):
     calls = []
     forward = Model.forward
     monkeypatch.setattr(Model, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
-    grid = {"model.head.postprocess.score_threshold": [0.0, 0.02],
+    grid = {"model.head.postprocessor.score_threshold": [0.0, 0.02],
             "inference.slicing.merge": ["nms", "greedy_nmm"]}
     result = run_sweep(load_task(ckpt, SLICED), grid)
     assert len(result) == 4 and sum(calls) == 16 + 3
     row = next(r for r in result if r["settings"] == {
-        "model.head.postprocess.score_threshold": 0.02, "inference.slicing.merge": "nms"})
+        "model.head.postprocessor.score_threshold": 0.02, "inference.slicing.merge": "nms"})
     js = tmp_path / "m.json"
-    assert main(["eval", str(ckpt), *SLICED, "model.head.postprocess.score_threshold=0.02",
+    assert main(["eval", str(ckpt), *SLICED, "model.head.postprocessor.score_threshold=0.02",
                  "+inference.slicing.merge='nms'", "--quiet", "--json", str(js)]) == 0
     assert json.loads(js.read_text()) == pytest.approx(row["metrics"], abs=1e-12, nan_ok=True)
     with pytest.raises(Exception, match="cannot sweep 'inference.slicing.tile'"):

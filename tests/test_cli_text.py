@@ -23,7 +23,7 @@ TINY = [
     "data.train.num_samples=8", "data.val.num_samples=4", "data.train.image_size=96",
     "data.val.image_size=96", "data.train.text_height=[0.1, 0.15]",
     "data.val.text_height=[0.1, 0.15]", "data.batch_size=4", "data.num_workers=0",
-    "train.max_epochs=1", "train.progress_bar=false", "model.head.inner_channels=16",
+    "train.max_epochs=1", "train.progress_bar=false", "model.neck.inner_channels=16",
 ]
 
 
@@ -56,7 +56,7 @@ def test_train_logs_hmean_and_db_terms(trained) -> None:
 def test_eval_from_checkpoint(trained, tmp_path) -> None:
     out = tmp_path / "m.json"
     ckpt = trained / "checkpoints" / "best.ckpt"
-    assert main(["eval", str(ckpt), "model.head.postprocess.polygon_unclip_ratio=2.1",
+    assert main(["eval", str(ckpt), "model.head.postprocessor.polygon_unclip_ratio=2.1",
                  "--json", str(out), "--quiet"]) == 0
     metrics = json.loads(out.read_text())
     assert set(metrics) == {"precision", "recall", "hmean"}
@@ -87,11 +87,11 @@ def _predict(ckpt: Path, image: Path, out: Path, overrides: list[str]) -> list[n
 def test_predict_writes_polygons_and_unclip_override_changes_them(trained, image, tmp_path):
     ckpt = trained / "checkpoints" / "last.ckpt"
     t = _threshold(ckpt, image)
-    base = [f"model.head.postprocess.binarize_threshold={t}",
-            "model.head.postprocess.box_threshold=0.0", "model.head.postprocess.min_size=0.0"]
+    base = [f"model.head.postprocessor.binarize_threshold={t}",
+            "model.head.postprocessor.box_threshold=0.0", "model.head.postprocessor.min_size=0.0"]
     small = _predict(ckpt, image, tmp_path / "a", base)
     large = _predict(ckpt, image, tmp_path / "b",
-                     [*base, "model.head.postprocess.polygon_unclip_ratio=2.1"])
+                     [*base, "model.head.postprocessor.polygon_unclip_ratio=2.1"])
     assert small and len(small) == len(large)
     for p in small:  # original image pixels, pixel-edge clipping to [0, 96] (ops.coords)
         assert p.shape[1] == 2 and p.min() >= 0 and p.max() <= 96

@@ -150,7 +150,7 @@ def test_db_predict_equals_eval(tmp_path, monkeypatch):
         (ann / f"gt_t{i}.txt").write_text("20,30,110,30,110,50,20,50,word\n")
     recipe = _recipe(tmp_path / "db.py", "receipt_dbnet.py",
                      TEXT_BODY.format(img=str(img), ann=str(ann)))
-    ckpt = _train(recipe, tmp_path / "runs", ["model.head.inner_channels=16",
+    ckpt = _train(recipe, tmp_path / "runs", ["model.neck.inner_channels=16",
                                               "model.backbone.name=resnet10t"])
     # An untrained model's probabilities are flat: a threshold at their median gives polygons.
     from detlab.engine.trainer import load_task
@@ -162,8 +162,8 @@ def test_db_predict_equals_eval(tmp_path, monkeypatch):
     with torch.no_grad():
         prob = task.model(batch.images)["prob_logits"].sigmoid()
     t = float(torch.quantile(prob.flatten(), 0.7))
-    post = [f"model.head.postprocess.binarize_threshold={t}",
-            "model.head.postprocess.box_threshold=0.0", "model.head.postprocess.min_size=0.0"]
+    post = [f"model.head.postprocessor.binarize_threshold={t}",
+            "model.head.postprocessor.box_threshold=0.0", "model.head.postprocessor.min_size=0.0"]
     seen = _eval_predictions(monkeypatch, ckpt, post)
     out = tmp_path / "pred"
     assert main(["predict", str(ckpt), str(img), *post, "--save-probs", "--out", str(out)]) == 0

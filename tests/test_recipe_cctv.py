@@ -30,7 +30,7 @@ TINY = [
     "data.val.img_size=64", "data.val.min_size=6", "data.val.max_size=14",
     "inference.slicing.slice_height=64", "data.batch_size=2", "data.num_workers=0",
     "train.max_epochs=1", "train.limit_train_batches=1", "train.progress_bar=false",
-    "model.head.postprocess.max_detections=20",
+    "model.head.postprocessor.max_detections=20",
 ]
 
 

@@ -52,7 +52,7 @@ def build_model(score_threshold: float) -> Any:
     """The tiny helmet YOLO (random weights, 1 % class prior) in eval mode."""
     recipe = load(ROOT / "recipes" / "helmet_yolo.py", [
         "model.head.prior_prob=0.01",
-        f"model.head.postprocess.score_threshold={score_threshold}"])
+        f"model.head.postprocessor.score_threshold={score_threshold}"])
     torch.manual_seed(0)
     return MODELS.build(recipe["model"], key="model").eval()
 

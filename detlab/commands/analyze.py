@@ -308,7 +308,7 @@ def add_command(subparsers: Any) -> None:
                     "the GT-noise ceiling, a gallery of the smallest objects, train vs val "
                     "object sizes.")
     p.add_argument("checkpoint", help="a .ckpt written by detlab train (box detector)")
-    p.add_argument("overrides", nargs="*", help="e.g. model.head.postprocess.iou_threshold=0.6")
+    p.add_argument("overrides", nargs="*", help="e.g. model.head.postprocessor.iou_threshold=0.6")
     p.add_argument("--out", default=None, help="report folder (default: <run>/analysis)")
     p.add_argument("--split", choices=("val", "test"), default="val",
                    help="data split to analyze (data.test falls back to data.val)")

@@ -130,7 +130,7 @@ def _causes(stride: float | None = None, small: int = 0, total: int = 0,
                   "(train.optimizer.lr, train.scheduler warm-up)")
     if family == "text":
         causes.append("post-processing thresholds above what a briefly trained model reaches "
-                      "(model.head.postprocess.binarize_threshold / box_threshold)")
+                      "(model.head.postprocessor.binarize_threshold / box_threshold)")
     elif stride and total and not small:
         pass  # the epoch's boxes were all at least one stride wide: not a cause
     elif stride:

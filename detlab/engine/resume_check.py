@@ -36,7 +36,7 @@ QUIET_KEYS = frozenset({
     "data.persistent_workers", "data.pin_memory",
 })
 # Parts of a ``model`` key that leave the weights' shapes and meaning alone.
-_NON_ARCH_PARTS = ("postprocess", "pretrained", "checkpoint")
+_NON_ARCH_PARTS = ("postprocess", "postprocessor", "pretrained", "checkpoint")
 _MISSING = object()
 
 

@@ -43,6 +43,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "frac_above_min_threshold",
     *RATE_NAMES,
 )
+_DEFAULT_THRESHOLD = 0.5
 _PER_CLASS = ("dice", "iou", "pr_auc", "best_f1", "best_threshold")
 _RECORD_SUMS = ("pos_hist", "neg_hist", "tp", "fp", "fn")
 
@@ -88,8 +89,17 @@ class SegmentationEvaluator(Evaluator):
     ``compute`` gathers the records across DDP ranks, drops repeated ``image_id``s and sums
     (cases are grouped after the gather, so a case split across ranks is still one case).
 
+    The threshold is the head's: ``model.head.postprocessor.threshold``
+    (:class:`~detlab.postprocess.segmentation.SegmentationPostProcessor`), which the predictions
+    carry as ``extras["threshold"]``, so the masks a model writes and the metrics it is scored
+    by use one knob. An evaluator ``threshold`` that differs from the predictions' is a
+    :class:`~detlab.errors.ConfigError`; predictions without one (hand-made, other heads) use
+    ``threshold`` (0.5 when unset).
+
     Args:
-        threshold: probability at which Dice/IoU are computed, in ``(0, 1)``.
+        threshold: probability at which Dice/IoU are computed, in ``(0, 1)``; ``None``
+            (default): the predictions' ``extras["threshold"]``, else 0.5. The ``threshold`` attribute
+            is the one in use.
         primary: metric checkpoints monitor; one of :data:`METRIC_NAMES`.
         num_bins: number of logit-uniform probability bins over ``[1e-6, 1 - 1e-6]`` (plus exact
             edges at ``threshold``, ``min_threshold`` and the chart's decades). 2048 bins give
@@ -104,13 +114,13 @@ class SegmentationEvaluator(Evaluator):
 
     def __init__(
         self,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         primary: str = "pr_auc",
         num_bins: int = 2048,
         min_threshold: float = 1e-4,
         min_lesion_pixels: int = 1,
     ) -> None:
-        if not 0.0 < float(threshold) < 1.0:
+        if threshold is not None and not 0.0 < float(threshold) < 1.0:
             raise ConfigError(f"threshold must be in (0, 1), got {threshold!r}")
         if primary not in METRIC_NAMES:
             raise ConfigError(
@@ -120,7 +130,8 @@ class SegmentationEvaluator(Evaluator):
             16 <= num_bins <= 1_000_000
         ):
             raise ConfigError(f"num_bins must be an int in [16, 1000000], got {num_bins!r}")
-        if not 0.0 < float(min_threshold) <= float(threshold):
+        if not 0.0 < float(min_threshold) <= float(_DEFAULT_THRESHOLD if threshold is None
+                                                    else threshold):
             raise ConfigError(
                 f"min_threshold must be in (0, threshold={threshold}], got {min_threshold!r}"
             )
@@ -131,22 +142,52 @@ class SegmentationEvaluator(Evaluator):
                 f"min_lesion_pixels must be an int >= 1, got {min_lesion_pixels!r}"
             )
         self.min_lesion_pixels = min_lesion_pixels
-        self.threshold = float(threshold)
+        self.configured_threshold = None if threshold is None else float(threshold)
         self.primary = primary
         self.num_bins = num_bins
         self.min_threshold = float(min_threshold)
-        self.bin_edges = make_bin_edges(
-            num_bins, extra=(self.threshold, self.min_threshold, *DISPLAY_EDGES)
-        )
-        self._edges_f32 = torch.from_numpy(self.bin_edges.astype(np.float32))
+        self._set_threshold(self.configured_threshold or _DEFAULT_THRESHOLD)
         self._records: list[dict[str, Any]] = []
         self._gathered: dict[str, Any] | None = None
 
+    def _set_threshold(self, threshold: float) -> None:
+        # The histogram has an exact edge at the threshold: fixed before the first record.
+        self.threshold = threshold
+        self.bin_edges = make_bin_edges(
+            self.num_bins, extra=(self.threshold, self.min_threshold, *DISPLAY_EDGES)
+        )
+        self._edges_f32 = torch.from_numpy(self.bin_edges.astype(np.float32))
+
+    def _threshold_of(self, pred: Prediction) -> None:
+        """Adopt (or check) the threshold prediction ``pred`` was made with."""
+        used = pred.extras.get("threshold") if pred.extras else None
+        if used is None:
+            return
+        used = float(used)
+        if self.configured_threshold is not None and used != self.configured_threshold:
+            raise ConfigError(
+                f"SegmentationEvaluator: evaluator.threshold={self.configured_threshold:g} "
+                f"differs from the threshold the head's masks use ({used:g}, "
+                "model.head.postprocessor.threshold); that threshold is the one knob: set "
+                "model.head.postprocessor.threshold and drop evaluator.threshold")
+        if not self._records:
+            if used != self.threshold:
+                if not self.min_threshold <= used:
+                    raise ConfigError(
+                        f"SegmentationEvaluator: min_threshold={self.min_threshold:g} is above "
+                        f"model.head.postprocessor.threshold={used:g}")
+                self._set_threshold(used)
+        elif used != self.threshold:
+            raise DataError(f"SegmentationEvaluator: predictions made with threshold {used:g} "
+                            f"after ones with {self.threshold:g}; reset() between them")
+
     # -- accumulation -------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget every image seen so far."""
+        """Forget every image seen so far (and the threshold taken from them)."""
         self._records = []
         self._gathered = None
+        if self.configured_threshold is None:
+            self._set_threshold(_DEFAULT_THRESHOLD)
 
     def update(self, predictions: list[Prediction], batch: Batch) -> None:
         """Add one record per image (``probs`` in original size; ground truth from ``batch``)."""
@@ -155,6 +196,7 @@ class SegmentationEvaluator(Evaluator):
                 f"got {len(predictions)} predictions for a batch of {len(batch.meta)} images"
             )
         for pred, target, meta in zip(predictions, batch.targets, batch.meta):
+            self._threshold_of(pred)
             self._records.append(self._record(pred, target, meta))
         self._gathered = None
 

@@ -41,6 +41,15 @@ class Model(nn.Module):
             channels, strides = list(self.neck.channels), list(self.neck.strides)
         self.head = HEADS.build(head, key="model.head", in_channels=channels, strides=strides)
         self.size_divisor = int(max(self.backbone.strides))
+        self._register_load_state_dict_pre_hook(self._remap_old_keys)
+
+    def _remap_old_keys(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # Weights that moved between components (DBFPN: model.head.neck.* -> model.neck.*):
+        # the component renames old checkpoints' keys before they are matched.
+        for part in (self.neck, self.head):
+            remap = getattr(part, "remap_old_keys", None)
+            if callable(remap):
+                remap(state_dict, prefix)
 
     def features(self, images: Tensor) -> list[Tensor]:
         """Feature maps ``(B, C_i, H_i, W_i)`` after backbone and neck (input padded if needed)."""

@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..checks import check_choice, check_float, check_int
+from ..errors import DataError
 from ..ops.coords import polygons_to_original
 from ..ops.polygons import unclip_polygon
 from ..registry import POSTPROCESSORS
@@ -55,9 +56,16 @@ class DBPostProcessor:
         polygon_epsilon: contour simplification tolerance as a fraction of the contour's
             perimeter (``cv2.approxPolyDP``; 0 keeps every contour vertex).
 
+    ``sweepable``: every setting (all of them act on the probability map alone).
+
     ``__call__(prob_map, scale, pad, orig_size)`` returns ``(polygons, scores)``: a list of
     float32 ``(K, 2)`` arrays (x, y) in original image pixels and float32 scores ``(N,)``.
     """
+
+    sweepable: tuple[str, ...] = (
+        "binarize_threshold", "box_threshold", "max_candidates", "min_size", "output",
+        "box_unclip_ratio", "polygon_unclip_ratio", "polygon_epsilon",
+    )
 
     def __init__(
         self,
@@ -70,32 +78,17 @@ class DBPostProcessor:
         polygon_unclip_ratio: float = 2.0,
         polygon_epsilon: float = 0.01,
     ) -> None:
-        for name, value in (
-            ("binarize_threshold", binarize_threshold),
-            ("box_threshold", box_threshold),
-        ):
-            if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-                raise ConfigError(f"DBPostProcessor {name} must be in [0, 1), got {value!r}")
-        if isinstance(max_candidates, bool) or not isinstance(max_candidates, int) or (
-            max_candidates < 1
-        ):
-            raise ConfigError(
-                f"DBPostProcessor max_candidates must be an int >= 1, got {max_candidates!r}"
-            )
-        if not (isinstance(min_size, (int, float)) and min_size >= 0):
-            raise ConfigError(f"DBPostProcessor min_size must be >= 0 pixels, got {min_size!r}")
-        if output not in ("polygon", "box"):
-            raise ConfigError(f"DBPostProcessor output must be 'polygon' or 'box', got {output!r}")
-        for name, value in (
-            ("box_unclip_ratio", box_unclip_ratio),
-            ("polygon_unclip_ratio", polygon_unclip_ratio),
-        ):
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise ConfigError(f"DBPostProcessor {name} must be > 0, got {value!r}")
-        if not (isinstance(polygon_epsilon, (int, float)) and 0.0 <= polygon_epsilon < 1.0):
-            raise ConfigError(
-                f"DBPostProcessor polygon_epsilon must be in [0, 1), got {polygon_epsilon!r}"
-            )
+        own = "DBPostProcessor"
+        for name, value in (("binarize_threshold", binarize_threshold),
+                            ("box_threshold", box_threshold),
+                            ("polygon_epsilon", polygon_epsilon)):
+            check_float(own, name, value, low=0.0, high=1.0, high_open=True)
+        check_int(own, "max_candidates", max_candidates, low=1)
+        check_float(own, "min_size (pixels)", min_size, low=0.0)
+        check_choice(own, "output", output, ("polygon", "box"))
+        for name, value in (("box_unclip_ratio", box_unclip_ratio),
+                            ("polygon_unclip_ratio", polygon_unclip_ratio)):
+            check_float(own, name, value, low=0.0, low_open=True)
         self.binarize_threshold = float(binarize_threshold)
         self.box_threshold = float(box_threshold)
         self.max_candidates = max_candidates

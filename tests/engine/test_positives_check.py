@@ -24,7 +24,7 @@ TINY = [
     "data.val.image_size=96", "data.train.text_height=[0.1, 0.15]",
     "data.val.text_height=[0.1, 0.15]", "data.train.transforms=null", "data.batch_size=2",
     "data.num_workers=0", "train.max_epochs=1", "train.progress_bar=false",
-    "model.head.inner_channels=16", "data.train.img_size=32", "data.val.img_size=32",
+    "model.neck.inner_channels=16", "data.train.img_size=32", "data.val.img_size=32",
     "train.num_threads=1",
 ]
 

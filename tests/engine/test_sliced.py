@@ -56,7 +56,7 @@ def test_unet_blend_equals_monai_sliding_window():
 def test_db_one_whole_frame_tile_keeps_the_map():
     task, data = _task("receipt_dbnet.py", [
         "data.val.num_samples=1", "model.backbone.name=resnet10t",
-        "model.head.inner_channels=16"])
+        "model.neck.inner_channels=16"])
     frame = data.dataset("val")[0]
     h, w = frame["meta"]["orig_size"]
     settings = SlicedInference(slice_height=max(h, w) + 10, full_image=False, blend="gaussian")

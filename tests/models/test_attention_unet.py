@@ -168,7 +168,7 @@ def test_gate_none_is_plain_unet():
     [
         (dict(decoder_channels=(64, 32)), "decoder_channels must be 5"),
         (dict(num_classes=1, activation="softmax"), "num_classes >= 2"),
-        (dict(threshold=1.5), "threshold"),
+        (dict(postprocessor=dict(type="SegmentationPostProcessor", threshold=1.5)), "threshold"),
         (dict(strides=[2, 4, 12, 16, 32]), "divide"),
         (dict(gate="multiplicative"), "gate"),
     ],

@@ -161,7 +161,7 @@ def test_unet_encoder_shapes(kwargs, channels, strides):
     assert n_norms == (0 if kwargs.get("norm") == "none" else 2 * len(channels))
 
 
-@pytest.mark.parametrize("kwargs", [dict(depth=0), dict(init_features=-2), dict(norm="group")])
+@pytest.mark.parametrize("kwargs", [dict(depth=0), dict(init_features=-2), dict(norm="layer")])
 def test_unet_encoder_bad_args(kwargs):
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
         UNetEncoder(**kwargs)

@@ -14,6 +14,7 @@ from detlab.losses.db import DBLoss
 from detlab.models import Model
 from detlab.models.backbones.timm import TimmBackbone
 from detlab.models.heads.db import DBHead
+from detlab.models.necks.db_fpn import DBFPN
 from detlab.postprocess.db_polygons import DBPostProcessor
 from detlab.structures import Batch
 
@@ -26,8 +27,16 @@ def _tiny_model(**head) -> Model:
     torch.manual_seed(0)
     return Model(
         backbone=dict(type="TimmBackbone", name="resnet10t", out_indices=(1, 2, 3, 4)),
-        head=dict(type="DBHead", inner_channels=32, **head),
+        neck=dict(type="DBFPN", inner_channels=32),
+        head=dict(type="DBHead", **head),
     )
+
+
+def _neck_head(channels, strides, inner_channels=16, **kwargs) -> torch.nn.Sequential:
+    """DBFPN + DBHead on a list of levels (the head's branches a quarter of the neck width)."""
+    neck = DBFPN(channels, strides, inner_channels)
+    head = DBHead(neck.channels, neck.strides, branch_channels=inner_channels // 4, **kwargs)
+    return torch.nn.Sequential(neck, head)
 
 
 def _batch(words_per_image: list[list[np.ndarray]], size=(48, 80)) -> Batch:
@@ -57,7 +66,7 @@ def _batch(words_per_image: list[list[np.ndarray]], size=(48, 80)) -> Batch:
 )
 def test_outputs_at_input_resolution(strides, feat_sizes, expected) -> None:
     channels = [8 * (i + 1) for i in range(len(strides))]
-    head = DBHead(channels, list(strides), inner_channels=16)
+    head = _neck_head(channels, list(strides))
     feats = [torch.randn(2, c, *s) for c, s in zip(channels, feat_sizes)]
     out = head(feats)
     assert set(out) == {"prob_logits", "thresh", "binary"}
@@ -78,7 +87,7 @@ def test_model_output_shape_for_64x96_input() -> None:
 @pytest.mark.parametrize("k", [50.0, 7.0])
 def test_binary_map_formula(k: float) -> None:
     torch.manual_seed(0)
-    head = DBHead([8, 16], [4, 8], inner_channels=16, k=k)
+    head = _neck_head([8, 16], [4, 8], k=k)
     out = head([torch.randn(1, 8, 6, 6), torch.randn(1, 16, 3, 3)])
     expected = 1.0 / (1.0 + torch.exp(-k * (torch.sigmoid(out["prob_logits"]) - out["thresh"])))
     torch.testing.assert_close(out["binary"], expected, rtol=1e-5, atol=1e-6)
@@ -127,7 +136,7 @@ def test_postprocess_maps_polygons_back_to_original_pixels() -> None:
     batch = Batch(images=torch.zeros(1, 3, 64, 96), targets=[{}], meta=meta)
     post = dict(type="DBPostProcessor", binarize_threshold=0.3, box_threshold=0.6,
                 output="box", box_unclip_ratio=1.5)
-    head = DBHead([8, 16], [4, 8], inner_channels=16, postprocess=post)
+    head = DBHead([8], [4], postprocessor=post)
     outputs = {"prob_logits": logits, "thresh": torch.zeros_like(logits),
                "binary": torch.zeros_like(logits)}
     (pred,) = head.postprocess(outputs, batch)
@@ -144,25 +153,70 @@ def test_postprocess_maps_polygons_back_to_original_pixels() -> None:
 
 
 def test_postprocessor_is_swappable_and_stored() -> None:
-    head = DBHead([8], [4], inner_channels=16,
-                  postprocess=dict(type="DBPostProcessor", polygon_unclip_ratio=2.1))
-    assert isinstance(head.postprocessor, DBPostProcessor)
-    assert head.postprocessor.polygon_unclip_ratio == 2.1
-    assert DBHead.postprocess_args == ("postprocess",)
+    head = DBHead([8], [4], postprocessor=dict(type="DBPostProcessor", polygon_unclip_ratio=2.1,
+                                               test=dict(box_threshold=0.7)))
+    val, test = head.postprocessor.for_stage("val"), head.postprocessor.for_stage("test")
+    assert isinstance(val, DBPostProcessor) and isinstance(test, DBPostProcessor)
+    assert val.polygon_unclip_ratio == test.polygon_unclip_ratio == 2.1
+    assert (val.box_threshold, test.box_threshold) == (0.6, 0.7)  # default 0.6 kept for val
+    assert "polygon_unclip_ratio" in head.postprocessor.sweepable
+
+
+def test_stage_picks_the_post_processor() -> None:
+    """A val/test override changes only that stage's polygons (map from the swap test)."""
+    logits = torch.full((1, 1, 32, 32), -8.0)
+    logits[0, 0, 8:16, 4:28] = 0.0  # probability 0.5: above binarize 0.3, below box 0.6
+    batch = Batch(images=torch.zeros(1, 3, 32, 32), targets=[{}],
+                  meta=[dict(image_id=0, orig_size=(32, 32), scale=(1.0, 1.0))])
+    head = DBHead([8], [4], postprocessor=dict(type="DBPostProcessor", val=dict(box_threshold=0.4)))
+    outputs = {"prob_logits": logits, "thresh": torch.zeros_like(logits),
+               "binary": torch.zeros_like(logits)}
+    assert len(head.postprocess(outputs, batch, stage="val")[0].polygons) == 1
+    assert len(head.postprocess(outputs, batch, stage="test")[0].polygons) == 0
+
+
+def test_old_recipe_keys_name_the_new_ones() -> None:
+    backbone = dict(type="TimmBackbone", name="resnet10t", out_indices=(1, 2, 3, 4))
+    with pytest.raises(ConfigError, match=r"model\.head\.postprocess was renamed "
+                                          r"model\.head\.postprocessor"):
+        Model(backbone=backbone, neck=dict(type="DBFPN", inner_channels=16),
+              head=dict(type="DBHead", postprocess=dict(type="DBPostProcessor")))
+    with pytest.raises(ConfigError, match=r"model\.head\.inner_channels was renamed "
+                                          r"model\.neck\.inner_channels"):
+        Model(backbone=backbone, head=dict(type="DBHead", inner_channels=16))
+    with pytest.raises(ConfigError, match=r"one fused feature map, got 4 levels.*DBFPN"):
+        Model(backbone=backbone, head=dict(type="DBHead"))
+
+
+def test_checkpoint_with_the_neck_inside_the_head_loads() -> None:
+    """Weights saved when DBHead built its neck (keys model.head.neck.*) load into
+    model.neck (DBFPN.remap_old_keys) and give the same outputs."""
+    model = _tiny_model().eval()
+    old = {(k.replace("neck.", "head.neck.", 1) if k.startswith("neck.") else k): v
+           for k, v in model.state_dict().items()}
+    assert any(k.startswith("head.neck.lateral") for k in old)
+    fresh = Model(backbone=dict(type="TimmBackbone", name="resnet10t", out_indices=(1, 2, 3, 4)),
+                  neck=dict(type="DBFPN", inner_channels=32), head=dict(type="DBHead")).eval()
+    missing, unexpected = fresh.load_state_dict(old, strict=True)
+    assert not missing and not unexpected
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x)["prob_logits"], model(x)["prob_logits"])
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         (dict(k=0), "k \\(amplifying factor\\)"),
-        (dict(inner_channels=30), "inner_channels must be a positive multiple of 4"),
+        (dict(branch_channels=0), "branch_channels must be an int >= 1"),
         (dict(loss=3), "loss must be a config dict or a callable"),
-        (dict(postprocess=dict(type="DBPostProcessor", output="mask")), "output"),
-        (dict(strides=[8, 4]), "strides must increase"),
+        (dict(postprocessor=dict(type="DBPostProcessor", output="mask")), "output"),
+        (dict(in_channels=[8, 16], strides=[4, 8]), "one fused feature map"),
+        (dict(norm="layer"), "norm must be one of"),
     ],
 )
 def test_config_errors(kwargs, match) -> None:
-    args = dict(in_channels=[8, 16], strides=[4, 8], inner_channels=16) | kwargs
+    args = dict(in_channels=[8], strides=[4]) | kwargs
     with pytest.raises(ConfigError, match=match):
         DBHead(**args)
 
@@ -186,8 +240,9 @@ def test_hrnet_w44_levels_feed_the_head() -> None:
         branches = TimmBackbone("hrnet_w44", out_indices=(1, 2, 3, 4), feature_location="")
     assert (incre.channels, incre.strides) == ([128, 256, 512, 1024], [4, 8, 16, 32])
     assert (branches.channels, branches.strides) == ([44, 88, 176, 352], [4, 8, 16, 32])
-    head = DBHead(branches.channels, branches.strides)
-    assert head.neck.channels == [256]
+    neck = DBFPN(branches.channels, branches.strides)
+    head = DBHead(neck.channels, neck.strides)
+    assert neck.channels == [256] and head.branch_channels == 64  # the paper's widths
 
 
 @pytest.mark.slow
@@ -195,7 +250,7 @@ def test_hrnet_w44_model_at_1024_px_on_meta_device() -> None:
     with torch.device("meta"):
         model = Model(backbone=dict(type="TimmBackbone", name="hrnet_w44",
                                     out_indices=(1, 2, 3, 4), feature_location=""),
-                      head=dict(type="DBHead"))
+                      neck=dict(type="DBFPN"), head=dict(type="DBHead"))
         out = model(torch.empty(1, 3, 1024, 1024))
     assert all(v.shape == (1, 1, 1024, 1024) for v in out.values())
 

@@ -131,9 +131,10 @@ CASES: dict[str, Case] = {
     "DBHead": Case(
         model=dict(
             backbone=dict(type="TimmBackbone", name="resnet10t", out_indices=(1, 2, 3, 4)),
-            head=dict(type="DBHead", inner_channels=32,
+            neck=dict(type="DBFPN", inner_channels=32),
+            head=dict(type="DBHead",
                       # thresholds low enough that the untrained model predicts polygons
-                      postprocess=dict(type="DBPostProcessor", binarize_threshold=0.005,
+                      postprocessor=dict(type="DBPostProcessor", binarize_threshold=0.005,
                                        box_threshold=0.005)),
         ),
         batch=_text_batch,

@@ -13,7 +13,7 @@ from detlab.errors import ConfigError
 from detlab.models.heads.base import Head
 from detlab.models.model import Model
 from detlab.models.necks import FPN, PAN
-from detlab.models.necks.blocks import C2f
+from detlab.models.layers import C2f
 from detlab.registry import NECKS
 
 # resnet18, out_indices (1, 2, 3, 4)
@@ -193,7 +193,7 @@ C3_5 = R18_CHANNELS[1:]  # resnet18 out_indices (2, 3, 4): strides 8, 16, 32
         (FPN, R18_CHANNELS, R18_STRIDES, {"levels": (3, 5)}, "contiguous"),
         (FPN, R18_CHANNELS, R18_STRIDES, {"levels": (6, 7)}, "lowest level must come from"),
         (FPN, R18_CHANNELS, R18_STRIDES, {"levels": "345"}, "non-empty sequence"),
-        (FPN, R18_CHANNELS, R18_STRIDES, {"norm": "layer"}, "norm='layer'"),
+        (FPN, R18_CHANNELS, R18_STRIDES, {"norm": "layer"}, "norm must be one of .*got 'layer'"),
         (FPN, R18_CHANNELS, R18_STRIDES, {"extra_source": "c5"}, "extra_source='c5'"),
         (FPN, R18_CHANNELS, R18_STRIDES, {"out_channels": 0}, "out_channels=0"),
         (PAN, R18_CHANNELS, R18_STRIDES, {"levels": (3, 4, 5), "out_channels": [64, 128]},

@@ -145,7 +145,7 @@ def test_ignore_region_silences_classification():
 
 
 def test_perfect_output_maps_back_to_original_boxes():
-    head = _head(postprocess=dict(type="BoxPostProcessor", score_threshold=0.5))
+    head = _head(postprocessor=dict(type="BoxPostProcessor", score_threshold=0.5))
     out = head(_feats(batch=2, h=64, w=64))
     points, strides = out["anchor_points"], out["strides"]
     a = points.shape[0]

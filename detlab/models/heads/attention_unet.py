@@ -11,14 +11,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...checks import check_choice, check_float, check_int, is_int
 from ...errors import ConfigError, DataError
 from ...ops.coords import content_region, maps_to_original
+from ...postprocess.segmentation import SegmentationPostProcessor
 from ...registry import HEADS, LOSSES
 from ...structures import Batch, Prediction
-from ..layers import NORMS, double_conv
+from ..layers import Norm, check_norm, double_conv
 from .base import Head
 
-__all__ = ["AttentionGate", "AttentionUNetHead", "content_region"]  # content_region: re-export
+__all__ = ["AttentionGate", "AttentionUNetHead"]
+
+DEFAULT_POSTPROCESSOR = dict(type=SegmentationPostProcessor.__name__, threshold=0.5)
 
 
 class AttentionGate(nn.Module):
@@ -71,9 +75,13 @@ class AttentionUNetHead(Head):
             plus one for the final up block when ``strides[0] > 1``. Default
             ``(256, 128, 64, 32, 16)`` cut to that length (16 repeated if longer).
         activation: ``"sigmoid"`` (independent channels) or ``"softmax"`` (exclusive classes).
-        threshold: sigmoid probability above which a pixel is in the mask (softmax: argmax).
+        postprocessor: the post-processing slot, ``dict(type="SegmentationPostProcessor",
+            threshold=0.5, val=dict(...), test=dict(...))``: a pixel is in the mask when its
+            sigmoid probability is ``>= threshold`` (softmax: argmax). The same threshold is
+            the evaluator's Dice/IoU threshold (predictions carry it as
+            ``extras["threshold"]``): the one knob, ``model.head.postprocessor.threshold``.
         gate: ``"additive"`` attention gates or ``"none"`` (plain U-Net skips).
-        norm: normalization in the decoder blocks.
+        norm: normalization in the decoder blocks, one of :data:`~detlab.models.layers.NORMS`.
         prior_prob: initial foreground probability of every pixel (sigmoid only): the
             classifier bias starts at ``log(p / (1 - p))`` (Lin et al. 2017, arXiv:1708.02002).
             With lesions on <1 % of pixels, starting at 0.5 wastes the first epochs pushing the
@@ -82,11 +90,11 @@ class AttentionUNetHead(Head):
     ``forward`` returns ``{"logits": (B, C, H, W), "attention": [(B, 1, h_i, w_i), …]}`` with
     ``H, W`` = finest feature size × ``strides[0]`` and one gate map per skip, coarse to fine
     (empty with ``gate="none"``).
+
+    Extension hooks: :meth:`build_gate` (one per skip) and :meth:`build_decoder_block`.
     """
 
-    # Constructor arguments that only change post-processing (``detlab sweep`` may vary them
-    # without re-running the network).
-    postprocess_args: tuple[str, ...] = ("threshold",)
+    renamed_args = {**Head.renamed_args, "threshold": "postprocessor.threshold"}
 
     def __init__(
         self,
@@ -96,47 +104,37 @@ class AttentionUNetHead(Head):
         loss: Any,
         decoder_channels: Sequence[int] | None = None,
         activation: Literal["sigmoid", "softmax"] = "sigmoid",
-        threshold: float = 0.5,
+        postprocessor: Any = None,
         gate: Literal["additive", "none"] = "additive",
-        norm: Literal["batch", "instance", "none"] = "batch",
+        norm: Norm = "batch",
         prior_prob: float | None = 0.01,
     ) -> None:
         super().__init__()
         in_channels, strides = _check_levels(in_channels, strides)
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(
-                f"AttentionUNetHead: num_classes must be an int >= 1, got {num_classes!r}"
-            )
-        if activation not in ("sigmoid", "softmax"):
-            raise ConfigError(
-                f"AttentionUNetHead: activation must be 'sigmoid' or 'softmax', got {activation!r}"
-            )
+        own = "AttentionUNetHead"
+        check_int(own, "num_classes", num_classes, low=1)
+        check_choice(own, "activation", activation, ("sigmoid", "softmax"))
         if activation == "softmax" and num_classes < 2:
             raise ConfigError("AttentionUNetHead: activation='softmax' needs num_classes >= 2 "
                               "(background included); use 'sigmoid' for one foreground class")
-        if not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
-            raise ConfigError(
-                f"AttentionUNetHead: threshold must be in (0, 1), got {threshold!r}"
-            )
-        if gate not in ("additive", "none"):
-            raise ConfigError(
-                f"AttentionUNetHead: gate must be 'additive' or 'none', got {gate!r}"
-            )
-        if norm not in NORMS:
-            raise ConfigError(f"AttentionUNetHead: norm must be one of {NORMS}, got {norm!r}")
+        check_choice(own, "gate", gate, ("additive", "none"))
+        self.norm = check_norm(own, norm)
+        if prior_prob is not None:
+            check_float(own, "prior_prob", prior_prob, low=0.0, high=1.0, low_open=True,
+                        high_open=True)
         num_blocks = len(in_channels) - 1 + (strides[0] > 1)
         if decoder_channels is None:
             decoder_channels = [max(16, 256 >> i) for i in range(num_blocks)]
         decoder_channels = list(decoder_channels)
         if len(decoder_channels) != num_blocks or not all(
-            isinstance(c, int) and c > 0 for c in decoder_channels
+            is_int(c) and c > 0 for c in decoder_channels
         ):
             raise ConfigError(
                 f"AttentionUNetHead: decoder_channels must be {num_blocks} positive ints (one per "
                 f"skip connection{' + the final up block' if strides[0] > 1 else ''}), got "
                 f"{decoder_channels!r}"
             )
-        self.num_classes, self.activation, self.threshold = num_classes, activation, threshold
+        self.num_classes, self.activation = num_classes, activation
         self.strides = strides
         self.loss_fn = LOSSES.build(loss, key="model.head.loss")
         if not callable(self.loss_fn):
@@ -150,18 +148,34 @@ class AttentionUNetHead(Head):
         for i, skip in enumerate(reversed(in_channels[:-1])):
             level = len(in_channels) - 2 - i
             if gate == "additive":
-                ratio = strides[level + 1] // strides[level]
-                self.gates.append(AttentionGate(skip, state, max(8, skip // 2), ratio))
-            self.blocks.append(double_conv(state + skip, decoder_channels[i], norm))
+                self.gates.append(self.build_gate(skip, state, strides[level + 1] //
+                                                  strides[level]))
+            self.blocks.append(self.build_decoder_block(state + skip, decoder_channels[i]))
             state = decoder_channels[i]
-        self.final_up = double_conv(state, decoder_channels[-1], norm) if strides[0] > 1 else None
+        self.final_up = (self.build_decoder_block(state, decoder_channels[-1])
+                         if strides[0] > 1 else None)
         self.classifier = nn.Conv2d(decoder_channels[-1], num_classes, 1)
         if prior_prob is not None and activation == "sigmoid":
-            if not 0.0 < prior_prob < 1.0:
-                raise ConfigError(
-                    f"AttentionUNetHead: prior_prob must be in (0, 1) or None, got {prior_prob!r}"
-                )
             nn.init.constant_(self.classifier.bias, math.log(prior_prob / (1 - prior_prob)))
+        self.build_postprocessor(postprocessor, DEFAULT_POSTPROCESSOR)
+
+    # -- extension hooks --------------------------------------------------------------------
+    def build_gate(self, skip_channels: int, gate_channels: int, ratio: int) -> nn.Module:
+        """The attention gate of one skip: ``forward(x (B, skip, H, W), g (B, gate, H/ratio,
+        W/ratio)) -> (gated x, alpha (B, 1, H, W))``; default :class:`AttentionGate` with
+        ``max(8, skip_channels // 2)`` intermediate channels."""
+        return AttentionGate(skip_channels, gate_channels, max(8, skip_channels // 2), ratio)
+
+    def build_decoder_block(self, in_channels: int, out_channels: int) -> nn.Module:
+        """One decoder block, ``(B, in, H, W) -> (B, out, H, W)``: default the U-Net double
+        conv (:func:`~detlab.models.layers.double_conv`) with ``self.norm``."""
+        return double_conv(in_channels, out_channels, self.norm)
+
+    @property
+    def threshold(self) -> float:
+        """The test-stage post-processor's mask threshold (``model.head.postprocessor.
+        threshold``), read by sliced and volume prediction."""
+        return float(self.postprocessor.for_stage("test").threshold)
 
     def forward(self, feats: list[Tensor]) -> dict[str, Any]:
         """Logits ``(B, C, H, W)`` at stride 1 and gate maps, coarse to fine."""
@@ -224,10 +238,12 @@ class AttentionUNetHead(Head):
         self, outputs: dict[str, Any], batch: Batch, stage: str = "test"
     ) -> list[Prediction]:
         """Per image: crop to the un-padded input, activation, bilinear resize to ``orig_size``,
-        threshold (sigmoid) or one-hot argmax (softmax). ``extras["attention"]``: the image's
-        gate maps ``(1, h_i, w_i)`` on CPU, cropped to the un-padded input (input grid)."""
+        then the ``stage`` post-processor's mask (threshold or argmax). ``extras["attention"]``:
+        the image's gate maps ``(1, h_i, w_i)`` on CPU, cropped to the un-padded input (input
+        grid); ``extras["threshold"]``: the post-processor's threshold (the evaluator's)."""
         logits = outputs["logits"].detach()
         image_size = tuple(batch.images.shape[-2:])
+        post = self.postprocessor.for_stage(stage)
         preds = []
         for i, meta in enumerate(batch.meta or [{}] * logits.shape[0]):
             top, left, h, w = content_region(meta, image_size)
@@ -235,17 +251,17 @@ class AttentionUNetHead(Head):
             logit = logits[i].float()
             act = logit.sigmoid() if self.activation == "sigmoid" else logit.softmax(dim=0)
             probs = maps_to_original(act, meta, mode="bilinear")
-            if self.activation == "sigmoid":
-                mask = probs > self.threshold
-            else:
-                mask = F.one_hot(probs.argmax(0), self.num_classes).permute(2, 0, 1).bool()
+            mask = post(probs, activation=self.activation)
             attention = []
             for alpha in outputs["attention"]:
                 s = logits.shape[-2] // alpha.shape[-2]  # grid step of this map in pixels
                 t, l = int(top // s), int(left // s)
                 b, r = math.ceil((top + h) / s), math.ceil((left + w) / s)
                 attention.append(alpha[i, :, t:b, l:r].detach().float().cpu())
-            preds.append(Prediction(probs=probs, mask=mask, extras={"attention": attention}))
+            extras: dict[str, Any] = {"attention": attention}
+            if getattr(post, "threshold", None) is not None:
+                extras["threshold"] = float(post.threshold)
+            preds.append(Prediction(probs=probs, mask=mask, extras=extras))
         return preds
 
 
@@ -258,7 +274,7 @@ def _check_levels(
             f"AttentionUNetHead: needs >= 2 feature levels with one stride each, got in_channels="
             f"{channels!r}, strides={steps!r}"
         )
-    if not all(isinstance(v, int) and v > 0 for v in channels + steps):
+    if not all(is_int(v) and v > 0 for v in channels + steps):
         raise ConfigError(
             f"AttentionUNetHead: in_channels {channels!r} and strides {steps!r} must be "
             "positive ints"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
+from ...postprocess.staged import StagedPostprocessor
 from ...registry import HEADS
 from ...structures import Batch, Prediction
 
@@ -22,14 +24,26 @@ class Head(nn.Module):
     :meth:`loss` and :meth:`predict` chain them. Two-stage heads override :meth:`loss` and
     :meth:`predict` directly (RoI sampling needs targets).
 
-    ``stage`` is ``"val"`` (validation during training) or ``"test"`` (``eval``/``predict``);
-    heads with per-stage post-processing settings use it, others ignore it.
+    Post-processing has one slot, ``postprocessor=dict(type=..., <settings>, val=dict(...),
+    test=dict(...))`` (:class:`~detlab.postprocess.staged.StagedPostprocessor`), built by
+    :meth:`build_postprocessor` into :attr:`postprocessor`. ``stage`` is ``"val"`` (validation
+    during training) or ``"test"`` (``eval``/``predict``/``sweep``); a head only passes it on
+    to its post-processor. ``detlab sweep`` varies ``postprocessor.sweepable``.
     """
 
-    #: Constructor arguments that only affect :meth:`postprocess` (thresholds, NMS, unclip
-    #: ratios …). ``detlab sweep`` varies ``model.head.<arg>…`` keys only for these names, reusing
-    #: the network outputs computed once.
-    postprocess_args: tuple[str, ...] = ()
+    #: Constructor arguments of earlier versions and where their setting lives now: a recipe
+    #: that still uses one gets a ``ConfigError`` naming the new key (checked by the registry).
+    renamed_args: dict[str, str] = {"postprocess": "postprocessor"}
+
+    #: The built post-processing slot (set by :meth:`build_postprocessor`).
+    postprocessor: StagedPostprocessor
+
+    def build_postprocessor(self, cfg: Any, default: Mapping[str, Any]) -> StagedPostprocessor:
+        """Build ``cfg`` (``model.head.postprocessor``; ``None`` uses ``default``) into
+        :attr:`postprocessor`, one post-processor per stage, and return it."""
+        self.postprocessor = StagedPostprocessor(
+            cfg, key="model.head.postprocessor", default=default, owner=type(self).__name__)
+        return self.postprocessor
 
     def forward(self, feats: list[Tensor]) -> Any:  # pragma: no cover - abstract
         """Raw outputs for a list of feature maps ``(B, C_i, H_i, W_i)``; no targets needed."""
@@ -40,7 +54,8 @@ class Head(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement compute_loss")
 
     def postprocess(self, outputs: Any, batch: Batch, stage: str = "test") -> list[Prediction]:
-        """Predictions (one per image, original coordinates) from raw outputs."""
+        """Predictions (one per image, original coordinates) from raw outputs, with the
+        ``stage`` post-processor."""
         raise NotImplementedError(f"{type(self).__name__} does not implement postprocess")
 
     def loss(self, feats: list[Tensor], batch: Batch) -> dict[str, Tensor]:

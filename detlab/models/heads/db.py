@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...checks import check_float, check_int
 from ...errors import ConfigError, DataError
 from ...ops.coords import content_region
-from ...registry import HEADS, LOSSES, POSTPROCESSORS
+from ...registry import HEADS, LOSSES
 from ...structures import Batch, Prediction
-from ..necks.db_fpn import DBFPN, check_levels
+from ..layers import Norm, check_norm, norm_layer, output_conv
+from ..necks.db_fpn import check_levels
 from .base import Head
 
 __all__ = ["DBHead"]
@@ -25,113 +27,144 @@ TARGET_KEYS = ("prob_map", "prob_mask", "thresh_map", "thresh_mask")
 _PROB_PRIOR = 0.01  # initial text probability of every pixel
 
 
-def _branch(in_channels: int, mid: int, num_up: int) -> nn.Sequential:
-    """3x3 conv-BN-ReLU, then ``num_up`` 2x2 stride-2 transposed convs (BN-ReLU between them)
-    ending in one channel; a 1x1 conv ends it when ``num_up == 0``."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(True)
-    ]
-    for i in range(num_up):
-        last = i == num_up - 1
-        layers.append(nn.ConvTranspose2d(mid, 1 if last else mid, 2, stride=2))
-        if not last:
-            layers += [nn.BatchNorm2d(mid), nn.ReLU(True)]
-    if num_up == 0:
-        layers.append(nn.Conv2d(mid, 1, 1))
-    return nn.Sequential(*layers)
-
-
 @HEADS.register
 class DBHead(Head):
-    """DB neck + probability and threshold branches + approximate binary map.
+    """Probability and threshold branches + approximate binary map on one fused feature map.
 
-    The neck (:class:`~detlab.models.necks.db_fpn.DBFPN`) fuses the levels into one map at the
-    finest stride ``s = strides[0]``. Each branch is a 3x3 conv-BN-ReLU followed by
-    ``min(2, floor(log2 s))`` 2x2 stride-2 transposed convs (the paper's two for ``s = 4``);
-    whatever factor is left is bilinear upsampling, so every map comes out at the (padded)
-    input resolution ``(H, W) = (H_0 s, W_0 s)``. The probability branch gives logits (the
-    loss uses BCE-with-logits, stable under AMP), the threshold branch a sigmoid, and the
-    approximate binary map is ``B = sigmoid(k (sigmoid(P) - T))`` (eq. 2 of the paper). The
-    probability logits start at a 1 % text prior (bias init), so an untrained or briefly
-    trained model does not sit above the binarization threshold everywhere.
+    The fused map comes from the neck, ``model.neck=dict(type="DBFPN", inner_channels=...)``
+    (:class:`~detlab.models.necks.db_fpn.DBFPN`), at stride ``s = strides[0]``. Each branch is
+    a 3x3 conv-norm-ReLU followed by ``min(2, floor(log2 s))`` 2x2 stride-2 transposed convs
+    (the paper's two for ``s = 4``); whatever factor is left is bilinear upsampling, so every
+    map comes out at the (padded) input resolution ``(H, W) = (H_0 s, W_0 s)``. The probability
+    branch gives logits (the loss uses BCE-with-logits, stable under AMP), the threshold branch
+    a sigmoid, and the approximate binary map is ``B = sigmoid(k (sigmoid(P) - T))`` (eq. 2 of
+    the paper). The probability logits start at a 1 % text prior (:meth:`init_prob_bias`), so
+    an untrained or briefly trained model does not sit above the binarization threshold
+    everywhere.
 
     Args:
-        in_channels: channels of each feature level, finest first (given by ``Model``); the
-            paper uses strides 4-32 (timm ``out_indices=(1, 2, 3, 4)``).
-        strides: stride of each level in pixels, increasing (given by ``Model``).
-        inner_channels: neck width, a multiple of 4 (DB: 256); the branches use a quarter.
+        in_channels: channels of the one fused level (given by ``Model`` from the neck).
+        strides: its stride in pixels (given by ``Model``).
+        branch_channels: width of both branches; default ``in_channels[0] // 4`` (DB: 64 on
+            the 256-channel fused map).
         k: amplifying factor of the differentiable binarization (DB: 50).
+        norm: normalization in the branches, one of :data:`~detlab.models.layers.NORMS`.
         loss: config dict (``LOSSES``) or module called as ``loss(outputs, targets)`` with
             ``outputs`` ``prob`` (logits), ``thresh``, ``binary`` ``(B, 1, H, W)`` and
             ``targets`` ``prob_map``, ``prob_mask``, ``thresh_map``, ``thresh_mask``
             ``(B, H, W)``; returns a dict of terms (or one Tensor). Default: ``DBLoss()``.
-        postprocess: config dict (``POSTPROCESSORS``) or callable
-            ``(prob (H, W), scale, pad, orig_size) -> (polygons, scores)``, stored as
-            :attr:`postprocessor`. Default: ``DBPostProcessor()``.
+        postprocessor: the post-processing slot (``dict(type="DBPostProcessor", ...,
+            val=dict(...), test=dict(...))``); each stage's post-processor is called as
+            ``(prob (H, W), scale, pad, orig_size) -> (polygons, scores)``. Default:
+            ``DBPostProcessor()``.
 
     ``forward(feats)`` returns ``{"prob_logits", "thresh", "binary"}``, each ``(B, 1, H, W)``,
     always all three. Targets come from the data pipeline (``batch.targets[i]`` holds the four
     ``(H, W)`` maps of :func:`~detlab.data.db_targets.make_db_targets`, padded by collate).
     Each loss call sets ``last_stats`` (``num_pos`` text pixels, ``num_gt`` words) for the
     collapse check.
+
+    Extension hooks: :meth:`build_prob_branch`, :meth:`build_thresh_branch` (default
+    :meth:`upsample_branch`) and :meth:`init_prob_bias`.
     """
 
-    # Constructor arguments that only change post-processing: ``detlab sweep`` may vary
-    # ``model.head.postprocess.<field>`` and reuse the network's raw outputs.
-    postprocess_args = ("postprocess",)
+    renamed_args = {
+        **Head.renamed_args,
+        "inner_channels": "model.neck.inner_channels (the DB neck is now "
+                          "model.neck=dict(type='DBFPN', inner_channels=...))",
+    }
 
     def __init__(
         self,
         in_channels: Sequence[int],
         strides: Sequence[int],
-        inner_channels: int = 256,
+        branch_channels: int | None = None,
         k: float = 50.0,
+        norm: Norm = "batch",
         loss: Any = None,
-        postprocess: Any = None,
+        postprocessor: Any = None,
     ) -> None:
         super().__init__()
         in_channels, strides = check_levels("DBHead", in_channels, strides)
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
-            raise ConfigError(f"DBHead: k (amplifying factor) must be a number > 0, got {k!r}")
-        self.neck = DBFPN(in_channels, strides, inner_channels)
+        if len(in_channels) != 1:
+            raise ConfigError(
+                f"DBHead: takes one fused feature map, got {len(in_channels)} levels (strides "
+                f"{strides}); set model.neck=dict(type='DBFPN', inner_channels=256), which fuses "
+                "the backbone levels (the head no longer builds its own neck)")
+        self.k = check_float("DBHead", "k (amplifying factor)", k, low=0, low_open=True)
+        self.norm = check_norm("DBHead", norm)
         self.stride = strides[0]
-        self.k = float(k)
-        num_up = min(2, int(math.floor(math.log2(self.stride))))
-        fused, mid = self.neck.channels[0], inner_channels // 4
-        self.prob_branch = _branch(fused, mid, num_up)
-        self.thresh_branch = _branch(fused, mid, num_up)
+        self.branch_channels = check_int(
+            "DBHead", "branch_channels",
+            in_channels[0] // 4 if branch_channels is None else branch_channels, low=1)
+        self.num_up = min(2, int(math.floor(math.log2(self.stride))))
+        self.prob_branch = self.build_prob_branch(in_channels[0])
+        self.thresh_branch = self.build_thresh_branch(in_channels[0])
         for m in [*self.prob_branch.modules(), *self.thresh_branch.modules()]:
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        # Start the probability map at a low prior (RetinaNet's init, arXiv:1708.02002): with
-        # sigmoid(0) = 0.5 the whole background lies above the binarization threshold (0.3)
-        # until training pushes it down, and the mined BCE only pushes the hardest negatives,
-        # so a short schedule would predict one image-sized blob.
-        nn.init.constant_(self.prob_branch[-1].bias, -math.log((1 - _PROB_PRIOR) / _PROB_PRIOR))
+        self.init_prob_bias(self.prob_branch, _PROB_PRIOR)
         self.loss_fn = LOSSES.build(
             dict(type="DBLoss") if loss is None else loss, key="model.head.loss"
         )
-        self.postprocessor = POSTPROCESSORS.build(
-            dict(type="DBPostProcessor") if postprocess is None else postprocess,
-            key="model.head.postprocess",
-        )
-        for name, obj in (("loss", self.loss_fn), ("postprocess", self.postprocessor)):
-            if not callable(obj):
-                raise ConfigError(f"DBHead: {name} must be a config dict or a callable, got "
-                                  f"{obj!r}")
+        if not callable(self.loss_fn):
+            raise ConfigError(f"DBHead: loss must be a config dict or a callable, got "
+                              f"{self.loss_fn!r}")
+        self.build_postprocessor(postprocessor, dict(type="DBPostProcessor"))
+
+    # -- extension hooks --------------------------------------------------------------------
+    def upsample_branch(self, in_channels: int) -> nn.Sequential:
+        """3x3 conv-norm-ReLU to ``branch_channels``, then ``num_up`` 2x2 stride-2 transposed
+        convs (norm-ReLU between them) ending in one channel; a 1x1 conv ends it when
+        ``num_up == 0``. ``(B, in_channels, h, w) -> (B, 1, h 2**num_up, w 2**num_up)``."""
+        mid = self.branch_channels
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, mid, 3, padding=1,
+                                             bias=self.norm == "none")]
+        layers += [m for m in (norm_layer(self.norm, mid), nn.ReLU(True)) if m is not None]
+        for i in range(self.num_up):
+            last = i == self.num_up - 1
+            layers.append(nn.ConvTranspose2d(mid, 1 if last else mid, 2, stride=2))
+            if not last:
+                layers += [m for m in (norm_layer(self.norm, mid), nn.ReLU(True))
+                           if m is not None]
+        if self.num_up == 0:
+            layers.append(nn.Conv2d(mid, 1, 1))
+        return nn.Sequential(*layers)
+
+    def build_prob_branch(self, in_channels: int) -> nn.Module:
+        """The probability branch: ``(B, in_channels, h, w) -> (B, 1, h', w')`` logits (any
+        ``h' <= H``: the rest is bilinear upsampling); its last conv gets
+        :meth:`init_prob_bias`."""
+        return self.upsample_branch(in_channels)
+
+    def build_thresh_branch(self, in_channels: int) -> nn.Module:
+        """The threshold branch: ``(B, in_channels, h, w) -> (B, 1, h', w')`` logits of the
+        threshold map (bilinearly upsampled to the input size like the probability's)."""
+        return self.upsample_branch(in_channels)
+
+    def init_prob_bias(self, branch: nn.Module, prior: float) -> None:
+        """Start every pixel's text probability at ``prior``: the bias of ``branch``'s last
+        conv becomes ``log(prior / (1 - prior))``.
+
+        RetinaNet's init (arXiv:1708.02002): with sigmoid(0) = 0.5 the whole background lies
+        above the binarization threshold (0.3) until training pushes it down, and the mined BCE
+        only pushes the hardest negatives, so a short schedule would predict one image-sized
+        blob."""
+        nn.init.constant_(output_conv(branch).bias, -math.log((1 - prior) / prior))
 
     def forward(self, feats: list[Tensor]) -> dict[str, Tensor]:
         """``prob_logits``, ``thresh`` (in [0, 1]) and ``binary`` (in [0, 1]), each
         ``(B, 1, H_0 s, W_0 s)`` for a finest level of ``(H_0, W_0)`` and stride ``s``."""
-        fused = self.neck(feats)[0]
+        fused = feats[0]
         prob_logits = self.prob_branch(fused)
         thresh_logits = self.thresh_branch(fused)
         size = (fused.shape[-2] * self.stride, fused.shape[-1] * self.stride)
         if prob_logits.shape[-2:] != size:
             prob_logits = F.interpolate(prob_logits, size=size, mode="bilinear",
                                         align_corners=False)
+        if thresh_logits.shape[-2:] != size:  # checked apart: a subclass may change one branch
             thresh_logits = F.interpolate(thresh_logits, size=size, mode="bilinear",
                                           align_corners=False)
         thresh = torch.sigmoid(thresh_logits)
@@ -172,8 +205,9 @@ class DBHead(Head):
         self, outputs: Mapping[str, Tensor], batch: Batch, stage: str = "test"
     ) -> list[Prediction]:
         """Per image: sigmoid of the probability logits cropped to the content region (the
-        resized image inside the padded input, from ``meta``), then :attr:`postprocessor`
-        maps polygons back to original pixels with ``meta`` ``scale`` and ``orig_size``.
+        resized image inside the padded input, from ``meta``), then the ``stage``
+        post-processor of ``self.postprocessor`` maps polygons back to original pixels with
+        ``meta`` ``scale`` and ``orig_size``.
         ``extras["prob_map"]``: that cropped ``(h, w)`` probability map (input resolution, CPU)."""
         logits = outputs["prob_logits"].detach()
         image_size = tuple(batch.images.shape[-2:])
@@ -183,7 +217,7 @@ class DBHead(Head):
             prob = logits[i, 0, top : top + h, left : left + w].float().sigmoid().cpu()
             orig = meta.get("orig_size")
             polygons, scores = self.postprocessor(
-                prob.numpy(),
+                prob.numpy(), stage=stage,
                 scale=tuple(meta.get("scale", (1.0, 1.0))),
                 pad=(0.0, 0.0),  # the crop already starts at the content region's corner
                 orig_size=None if orig is None else tuple(int(v) for v in orig),

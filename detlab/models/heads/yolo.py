@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ...assigners.base import points_in_boxes
+from ...checks import check_float, check_int, is_int
 from ...errors import ConfigError, DataError
 from ...ops.anchor_points import boxes_to_distances, distances_to_boxes, grid_points
 from ...ops.coords import boxes_to_original
-from ...registry import ASSIGNERS, HEADS, LOSSES, POSTPROCESSORS
+from ...postprocess.staged import STAGES
+from ...registry import ASSIGNERS, HEADS, LOSSES
 from ...structures import Batch, Prediction
-from ..necks.blocks import conv_norm_act, norm_layer
+from ..layers import Norm, check_norm, conv_norm_act, output_conv
 from .base import Head
 
 __all__ = ["YOLOHead", "pad_targets", "to_original"]
@@ -29,7 +31,7 @@ DEFAULT_ASSIGNER = dict(type="TaskAlignedAssigner", topk=10, alpha=0.5, beta=6.0
 DEFAULT_CLS_LOSS = dict(type="SigmoidBCELoss", weight=0.5)
 DEFAULT_BOX_LOSS = dict(type="CIoULoss", weight=7.5)
 DEFAULT_DFL_LOSS = dict(type="DFLoss", weight=1.5)
-DEFAULT_POSTPROCESS = dict(type="BoxPostProcessor", score_threshold=0.001, iou_threshold=0.7,
+DEFAULT_POSTPROCESSOR = dict(type="BoxPostProcessor", score_threshold=0.001, iou_threshold=0.7,
                            max_detections=300)
 
 
@@ -60,7 +62,7 @@ class YOLOHead(Head):
         cls_channels, reg_channels: branch widths; default YOLOv8's
             ``max(in_channels[0], min(num_classes, 100))`` and
             ``max(16, in_channels[0] // 4, 4 * reg_max)``.
-        norm: normalization in the branches.
+        norm: normalization in the branches, one of :data:`~detlab.models.layers.NORMS`.
         assigner: ``ASSIGNERS`` config called as ``assigner(scores (B, A, C), boxes (B, A, 4),
             points (A, 2), gt_labels, gt_boxes, gt_valid, anchor_strides=, num_anchors_per_level=)``
             (``TaskAlignedAssigner``, ``ATSSAssigner``).
@@ -70,8 +72,11 @@ class YOLOHead(Head):
             (``CIoULoss``, ``WIoULoss``, ``InnerIoULoss`` …).
         dfl_loss: called as ``(logits (P, 4, reg_max), target (P, 4), weight, avg_factor)``;
             built with this ``reg_max`` unless it sets its own (which must match).
-        postprocess: ``POSTPROCESSORS`` config called as ``batched(boxes (B, A, 4), scores (B, A,
-            C))``, stored as ``self.postprocessor``.
+        postprocessor: the post-processing slot (``dict(type=..., val=dict(...),
+            test=dict(...))``, :class:`~detlab.postprocess.staged.StagedPostprocessor`); each
+            stage's post-processor is called as ``batched(boxes (B, A, 4), scores (B, A, C))``.
+            Default ``BoxPostProcessor(score_threshold=0.001, iou_threshold=0.7,
+            max_detections=300)``.
         prior_prob: initial class probability of every anchor (RetinaNet, arXiv:1708.02002);
             ``None`` uses YOLOv8's per-level rule, 5 objects per class on a
             ``prior_image_size``² image: bias ``log(5 / C / (prior_image_size / stride)²)``.
@@ -80,9 +85,13 @@ class YOLOHead(Head):
     ``forward(feats)`` returns ``cls_logits`` ``(B, A, C)``, ``box_dist`` ``(B, A, 4 * reg_max)``
     (side-major: left bins, top bins, …), ``anchor_points`` ``(A, 2)`` (x, y) px, ``strides``
     ``(A,)`` px and ``num_anchors_per_level`` (list of ints), anchors level by level, row-major.
-    """
 
-    postprocess_args: tuple[str, ...] = ("postprocess",)
+    Extension hooks: a subclass changes a branch by overriding :meth:`build_cls_branch` /
+    :meth:`build_reg_branch` (``self.cls_channels``/``self.reg_channels`` hold the width rule,
+    :meth:`conv_branch` the default branch, :mod:`detlab.models.layers` the blocks) and the
+    bias init by overriding :meth:`init_cls_bias` / :meth:`init_reg_bias`, which receive each
+    built branch (see docs/guides/custom-head.md).
+    """
 
     def __init__(
         self,
@@ -92,47 +101,40 @@ class YOLOHead(Head):
         reg_max: int = 16,
         cls_channels: int | None = None,
         reg_channels: int | None = None,
-        norm: Literal["batch", "group", "none"] = "batch",
+        norm: Norm = "batch",
         assigner: Any = None,
         cls_loss: Any = None,
         box_loss: Any = None,
         dfl_loss: Any = None,
-        postprocess: Any = None,
+        postprocessor: Any = None,
         prior_prob: float | None = None,
         prior_image_size: int = 640,
     ) -> None:
         super().__init__()
         in_channels, strides = list(in_channels), list(strides)
         if not in_channels or len(in_channels) != len(strides) or not all(
-            _is_pos_int(v) for v in in_channels + strides
+            is_int(v) and v > 0 for v in in_channels + strides
         ):
             raise ConfigError(
                 f"YOLOHead: in_channels {in_channels!r} and strides {strides!r} must be equally "
                 "long non-empty lists of positive ints (one per level)"
             )
-        for arg, value, low in (("num_classes", num_classes, 1), ("reg_max", reg_max, 2),
-                                ("prior_image_size", prior_image_size, 1)):
-            if not _is_pos_int(value) or value < low:
-                raise ConfigError(f"YOLOHead: {arg} must be an int >= {low}, got {value!r}")
-        if prior_prob is not None and not (
-            isinstance(prior_prob, (int, float)) and 0 < prior_prob < 1
-        ):
-            raise ConfigError(f"YOLOHead: prior_prob must be in (0, 1) or None, got {prior_prob!r}")
-        cls_channels = cls_channels or max(in_channels[0], min(num_classes, 100))
-        reg_channels = reg_channels or max(16, in_channels[0] // 4, 4 * reg_max)
-        for arg, value in (("cls_channels", cls_channels), ("reg_channels", reg_channels)):
-            if not _is_pos_int(value):
-                raise ConfigError(f"YOLOHead: {arg} must be a positive int, got {value!r}")
-        norm_fn = norm_layer(norm, "YOLOHead")
+        check_int("YOLOHead", "num_classes", num_classes, low=1)
+        check_int("YOLOHead", "reg_max", reg_max, low=2)
+        check_int("YOLOHead", "prior_image_size", prior_image_size, low=1)
+        if prior_prob is not None:
+            check_float("YOLOHead", "prior_prob", prior_prob, low=0, high=1, low_open=True,
+                        high_open=True)
         self.num_classes, self.reg_max, self.strides = num_classes, reg_max, strides
-
-        def branch(c_in: int, width: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(conv_norm_act(c_in, width, 3, norm=norm_fn),
-                                 conv_norm_act(width, width, 3, norm=norm_fn),
-                                 nn.Conv2d(width, c_out, 1))
-
-        self.cls_branches = nn.ModuleList(branch(c, cls_channels, num_classes) for c in in_channels)
-        self.reg_branches = nn.ModuleList(branch(c, reg_channels, 4 * reg_max) for c in in_channels)
+        self.norm = check_norm("YOLOHead", norm)
+        #: Branch widths (YOLOv8's rule unless set), read by :meth:`build_cls_branch` /
+        #: :meth:`build_reg_branch` and by subclasses that replace them.
+        self.cls_channels = check_int("YOLOHead", "cls_channels", cls_channels or max(
+            in_channels[0], min(num_classes, 100)), low=1)
+        self.reg_channels = check_int("YOLOHead", "reg_channels", reg_channels or max(
+            16, in_channels[0] // 4, 4 * reg_max), low=1)
+        self.cls_branches = nn.ModuleList(self.build_cls_branch(c) for c in in_channels)
+        self.reg_branches = nn.ModuleList(self.build_reg_branch(c) for c in in_channels)
         self.register_buffer("proj", torch.arange(reg_max, dtype=torch.float32), persistent=False)
 
         self.assigner = ASSIGNERS.build(assigner or DEFAULT_ASSIGNER, key="model.head.assigner")
@@ -145,27 +147,59 @@ class YOLOHead(Head):
                 f"YOLOHead: dfl_loss.reg_max={self.dfl_loss.reg_max} differs from the head's "
                 f"reg_max={reg_max}; set one of them (the loss takes the head's by default)"
             )
-        self.postprocessor = POSTPROCESSORS.build(postprocess or DEFAULT_POSTPROCESS,
-                                                  key="model.head.postprocess")
         for arg, obj in (("assigner", self.assigner), ("cls_loss", self.cls_loss),
                          ("box_loss", self.box_loss), ("dfl_loss", self.dfl_loss)):
             if not callable(obj):
                 raise ConfigError(f"YOLOHead: {arg} must be a config dict or callable, got {obj!r}")
-        if not callable(getattr(self.postprocessor, "batched", None)):
-            raise ConfigError("YOLOHead: postprocess must build an object with batched(boxes, "
-                              f"scores) (e.g. BoxPostProcessor), got {self.postprocessor!r}")
-        self._init_biases(prior_prob, prior_image_size)
+        self.build_postprocessor(postprocessor, DEFAULT_POSTPROCESSOR)
+        for stage in STAGES:
+            if not callable(getattr(self.postprocessor.for_stage(stage), "batched", None)):
+                raise ConfigError(
+                    "YOLOHead: postprocessor must build an object with batched(boxes, scores) "
+                    f"(e.g. BoxPostProcessor), got {self.postprocessor.for_stage(stage)!r}")
+        self.init_biases(prior_prob, prior_image_size)
 
-    def _init_biases(self, prior_prob: float | None, image_size: int) -> None:
-        self.score_prior = 0.0  # highest initial class probability: the collapse check's prior
+    # -- extension hooks ------------------------------------------------------------------------
+    def conv_branch(self, in_channels: int, width: int, out_channels: int) -> nn.Sequential:
+        """YOLOv8's branch: two 3x3 conv-norm-SiLU of ``width`` channels (norm ``self.norm``),
+        then a 1x1 conv to ``out_channels``; ``(B, in_channels, H, W) -> (B, out, H, W)``."""
+        return nn.Sequential(conv_norm_act(in_channels, width, 3, norm=self.norm),
+                             conv_norm_act(width, width, 3, norm=self.norm),
+                             nn.Conv2d(width, out_channels, 1))
+
+    def build_cls_branch(self, in_channels: int) -> nn.Module:
+        """The classification branch of one level: ``(B, in_channels, H, W) -> (B,
+        num_classes, H, W)`` logits; its last conv gets :meth:`init_cls_bias`. Override to
+        change it (``self.cls_channels``, ``self.num_classes``, ``self.norm`` are set)."""
+        return self.conv_branch(in_channels, self.cls_channels, self.num_classes)
+
+    def build_reg_branch(self, in_channels: int) -> nn.Module:
+        """The box branch of one level: ``(B, in_channels, H, W) -> (B, 4 * reg_max, H, W)``
+        bin logits; its last conv gets :meth:`init_reg_bias`."""
+        return self.conv_branch(in_channels, self.reg_channels, 4 * self.reg_max)
+
+    def init_cls_bias(self, branch: nn.Module, prior: float) -> None:
+        """Start every class probability of ``branch`` at ``prior``: the bias of its last conv
+        (:func:`~detlab.models.layers.output_conv`) is set to ``log(prior / (1 - prior))``."""
+        nn.init.constant_(output_conv(branch).bias, math.log(prior / (1 - prior)))
+
+    def init_reg_bias(self, branch: nn.Module) -> None:
+        """Bias 1.0 on every bin of ``branch``'s last conv: equal bins, mid-range distances."""
+        nn.init.constant_(output_conv(branch).bias, 1.0)
+
+    def init_biases(self, prior_prob: float | None, image_size: int) -> None:
+        """Per level, :meth:`init_cls_bias` with ``prior_prob`` (``None``: YOLOv8's ~5 objects
+        per class on an ``image_size``² image) and :meth:`init_reg_bias`; sets
+        ``score_prior``, the highest initial class probability (the collapse check's prior)."""
+        self.score_prior = 0.0
         for cls_branch, reg_branch, s in zip(self.cls_branches, self.reg_branches, self.strides):
-            if prior_prob is None:  # YOLOv8: ~5 objects per class on an image_size² image
-                bias = math.log(5 / self.num_classes / (image_size / s) ** 2)
+            if prior_prob is None:
+                prior = 1.0 / (1.0 + (self.num_classes * (image_size / s) ** 2) / 5)
             else:
-                bias = math.log(prior_prob / (1 - prior_prob))
-            self.score_prior = max(self.score_prior, 1.0 / (1.0 + math.exp(-bias)))
-            nn.init.constant_(cls_branch[-1].bias, bias)
-            nn.init.constant_(reg_branch[-1].bias, 1.0)  # equal bins: mid-range distances
+                prior = prior_prob
+            self.score_prior = max(self.score_prior, prior)
+            self.init_cls_bias(cls_branch, prior)
+            self.init_reg_bias(reg_branch)
 
     # -- raw outputs ----------------------------------------------------------------------------
     def forward(self, feats: list[Tensor]) -> dict[str, Any]:
@@ -246,7 +280,7 @@ class YOLOHead(Head):
         scores = outputs["cls_logits"].detach().float().sigmoid()
         boxes = self.decode(outputs["box_dist"].detach(), outputs["anchor_points"],
                             outputs["strides"])
-        detections = self.postprocessor.batched(boxes, scores)
+        detections = self.postprocessor.for_stage(stage).batched(boxes, scores)
         metas = batch.meta or [{} for _ in detections]
         return [Prediction(boxes=to_original(det_boxes, meta), scores=det_scores, labels=labels)
                 for (det_boxes, det_scores, labels), meta in zip(detections, metas)]
@@ -291,7 +325,3 @@ def pad_targets(
 
 def _shape(x: Any) -> str:
     return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
-
-
-def _is_pos_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...checks import is_int
 from ...errors import ConfigError
 from ...registry import NECKS
 
@@ -22,8 +23,13 @@ class DBFPN(nn.Module):
     finest one and concatenated: one map of ``len(strides) * inner_channels // 4`` channels
     (``inner_channels`` for the paper's four levels, strides 4-32).
 
-    :class:`~detlab.models.heads.db.DBHead` builds one internally; as a ``model.neck`` it
-    serves other heads that want a single fused stride-``strides[0]`` map.
+    The neck of :class:`~detlab.models.heads.db.DBHead` (``model.neck=dict(type="DBFPN",
+    inner_channels=...)``), and of any head that wants a single fused stride-``strides[0]`` map.
+
+    Checkpoints written before the DB neck moved out of the head (weights under
+    ``model.head.neck.*``) load into a model with this neck: :meth:`remap_old_keys` reads their
+    ``head.neck.*`` entries as ``neck.*`` (with ``--recipe`` naming a current recipe, since
+    their stored recipe still has ``model.head.inner_channels``).
 
     Args:
         in_channels: channels of each input level, finest first (given by ``Model``).
@@ -39,9 +45,7 @@ class DBFPN(nn.Module):
     ) -> None:
         super().__init__()
         in_channels, strides = check_levels("DBFPN", in_channels, strides)
-        if isinstance(inner_channels, bool) or not isinstance(inner_channels, int) or (
-            inner_channels < 4 or inner_channels % 4
-        ):
+        if not is_int(inner_channels) or inner_channels < 4 or inner_channels % 4:
             raise ConfigError(
                 f"DBFPN: inner_channels must be a positive multiple of 4, got {inner_channels!r}"
             )
@@ -58,6 +62,17 @@ class DBFPN(nn.Module):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
         self.channels = [out * len(in_channels)]
         self.strides = [strides[0]]
+
+    def remap_old_keys(self, state_dict: dict, prefix: str) -> None:
+        """Called by :class:`~detlab.models.model.Model` when loading, ``prefix`` being the
+        model's: when ``state_dict`` has no ``<prefix>neck.*`` entry but ``<prefix>head.neck.*``
+        ones (where ``DBHead`` kept its neck before issue 12), move them to
+        ``<prefix>neck.*`` in place."""
+        new, old = prefix + "neck.", prefix + "head.neck."
+        if any(k.startswith(new) for k in state_dict):
+            return
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[new + key[len(old):]] = state_dict.pop(key)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         """One fused map at the finest level's size (see class docstring)."""
@@ -93,8 +108,7 @@ def check_levels(
             f"{who}: needs >= 1 feature level with one stride each, got in_channels="
             f"{channels!r}, strides={steps!r}"
         )
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-               for v in channels + steps):
+    if not all(is_int(v) and v > 0 for v in channels + steps):
         raise ConfigError(
             f"{who}: in_channels {channels!r} and strides {steps!r} must be positive ints"
         )

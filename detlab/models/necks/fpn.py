@@ -12,9 +12,10 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from torchvision.ops.misc import Conv2dNormActivation
 
+from ...checks import is_int
 from ...errors import ConfigError
 from ...registry import NECKS
-from .blocks import norm_layer
+from ..layers import Norm, check_norm, norm_factory
 from .levels import plan_levels
 
 __all__ = ["FPN"]
@@ -74,8 +75,9 @@ class FPN(nn.Module):
             up to the backbone's top must be backbone outputs; higher ones are extra stride-2
             convs. Backbone maps below ``min(levels)`` or above ``max(levels)`` are unused.
             Default: the backbone's levels.
-        norm: normalisation after each conv: ``"none"`` (the paper), ``"batch"`` or
-            ``"group"`` (GroupNorm with 32 groups, arXiv:1803.08494).
+        norm: normalisation after each conv, one of :data:`~detlab.models.layers.NORMS`:
+            ``"none"`` (the paper), ``"batch"``, ``"group"`` (GroupNorm with 32 groups,
+            arXiv:1803.08494) or ``"instance"``.
         extra_source: input of the first extra level: the top pyramid output ``"pyramid"``
             (FCOS, torchvision RetinaNet v2) or the top backbone map ``"backbone"`` (RetinaNet
             paper, P6 from C5).
@@ -95,18 +97,18 @@ class FPN(nn.Module):
         strides: Sequence[int],
         out_channels: int = 256,
         levels: Sequence[int] | None = None,
-        norm: Literal["none", "batch", "group"] = "none",
+        norm: Norm = "none",
         extra_source: Literal["pyramid", "backbone"] = "pyramid",
     ) -> None:
         super().__init__()
         self.plan = plan_levels("FPN", in_channels, strides, levels)
-        if not isinstance(out_channels, int) or isinstance(out_channels, bool) or out_channels <= 0:
+        if not is_int(out_channels) or out_channels <= 0:
             raise ConfigError(f"FPN: out_channels={out_channels!r} must be a positive integer")
         if extra_source not in ("pyramid", "backbone"):
             raise ConfigError(
                 f"FPN: extra_source={extra_source!r} is not one of 'pyramid', 'backbone'"
             )
-        norm_fn = norm_layer(norm, "FPN")
+        norm_fn = norm_factory(check_norm("FPN", norm))
         self.num_inputs = len(in_channels)
         used = [in_channels[i] for i in self.plan.input_indices]
         extra = None

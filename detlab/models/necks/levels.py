@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ...checks import is_int
 from ...errors import ConfigError
 
 __all__ = ["LevelPlan", "plan_levels"]
@@ -66,7 +67,7 @@ def plan_levels(
             "of the same length (one entry per backbone feature map)"
         )
     for name, values in (("in_channels", in_channels), ("strides", strides)):
-        if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
+        if any(not is_int(v) or v <= 0 for v in values):
             raise ConfigError(f"{owner}: {name}={values} must be positive integers")
     bad = [s for s in strides if s & (s - 1)]
     if bad:
@@ -84,7 +85,7 @@ def plan_levels(
         isinstance(levels, (str, bytes))
         or not isinstance(levels, Sequence)
         or not levels
-        or any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in levels)
+        or any(not is_int(k) or k < 0 for k in levels)
     ):
         raise ConfigError(
             f"{owner}: levels={levels!r} must be a non-empty sequence of pyramid levels k >= 0 "

@@ -8,9 +8,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ...checks import is_int, is_number
 from ...errors import ConfigError
 from ...registry import NECKS
-from .blocks import C2f, ConvBlock, conv_norm_act, norm_layer, resize_to
+from ..layers import C2f, ConvBlock, Norm, check_norm, conv_norm_act, resize_to
 from .levels import plan_levels
 
 __all__ = ["PAN"]
@@ -44,7 +45,8 @@ class PAN(nn.Module):
         block: fusion block, ``"c2f"`` (YOLOv8) or ``"conv"`` (1x1 then 3x3 conv-norm-SiLU).
         depth: depth multiplier; each block has ``max(1, round(3 * depth))`` bottlenecks / 3x3
             convs (YOLOv8 scales n/s: 0.33 -> 1, m: 0.67 -> 2, l/x: 1.0 -> 3).
-        norm: normalisation after each conv: ``"batch"`` (YOLO), ``"group"`` or ``"none"``.
+        norm: normalisation after each conv (``"batch"``, YOLO's), one of
+            :data:`~detlab.models.layers.NORMS`.
 
     Attributes:
         channels: output channels per level. strides: output strides per level (pixels).
@@ -63,19 +65,19 @@ class PAN(nn.Module):
         levels: Sequence[int] | None = None,
         block: Literal["c2f", "conv"] = "c2f",
         depth: float = 0.33,
-        norm: Literal["none", "batch", "group"] = "batch",
+        norm: Norm = "batch",
     ) -> None:
         super().__init__()
         plan = plan_levels("PAN", in_channels, strides, levels)
         n_levels = len(plan.levels)
-        outs = [out_channels] * n_levels if isinstance(out_channels, int) else list(out_channels)
+        outs = [out_channels] * n_levels if is_int(out_channels) else list(out_channels)
         if len(outs) == len(in_channels) != n_levels and plan.num_extra == 0:
             # One entry per backbone map: `levels` chose a sub-range of them, so the channels
             # of the chosen maps are used (the recipe's 'model.neck.levels=(3,4,5)' override
             # of a P2..P5 neck must not need out_channels rewritten as well).
             outs = [outs[i] for i in plan.input_indices]
         if len(outs) != n_levels or any(
-            not isinstance(c, int) or isinstance(c, bool) or c <= 0 for c in outs
+            not is_int(c) or c <= 0 for c in outs
         ):
             raise ConfigError(
                 f"PAN: out_channels={out_channels!r} must be a positive int or one positive int "
@@ -88,9 +90,9 @@ class PAN(nn.Module):
             )
         if block not in ("c2f", "conv"):
             raise ConfigError(f"PAN: block={block!r} is not one of 'c2f', 'conv'")
-        if isinstance(depth, bool) or not isinstance(depth, (int, float)) or depth <= 0:
+        if not is_number(depth) or depth <= 0:
             raise ConfigError(f"PAN: depth={depth!r} must be a positive number")
-        norm_fn = norm_layer(norm, "PAN")
+        norm_fn = check_norm("PAN", norm)
         num_blocks = max(1, round(3 * depth))
 
         def fuse(c_in: int, c_out: int) -> nn.Module:
