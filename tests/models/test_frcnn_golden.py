@@ -1,40 +1,69 @@
-"""Golden values of FasterRCNNHead, recorded on 1b54f77 before the head was split into nested
-components (issue 12): loss terms, collapse-check counts, proposals and val/test predictions of
+"""Golden values of FasterRCNNHead, recorded on 1b54f77 (flat arguments) before the head was split
+into nested components (issue 12); the configs below are those flat settings in the nested form: loss terms, collapse-check counts, proposals and val/test predictions of
 two tiny heads (the digits recipe's head shape, and a conv box head with every option changed)
 on a fixed batch, plus the state_dict keys (old checkpoints must keep loading)."""
+
+import copy
 
 import pytest
 import torch
 
 from detlab.models.heads.faster_rcnn import FasterRCNNHead
+from detlab.recipe import load
 from detlab.structures import Batch
+
+from conftest import ROOT
 
 torch.set_num_threads(1)
 
 CONFIGS = {
     # recipes/digits_faster_rcnn.py's head (representation_size 256 -> 32 for speed)
     "digits": dict(
-        num_classes=10, anchor_sizes=((10, 14.5), (20, 28.5), (40.5, 57)),
-        aspect_ratios=(1.5, 1.86, 2.17), rpn_pre_nms_topk=dict(train=1000, test=500),
-        rpn_post_nms_topk=dict(train=300, test=100), roi_sampling_ratio=1, box_head="two_mlp",
-        representation_size=32, roi_batch_size=128, roi_positive_fraction=0.25,
-        box_loss=dict(type="SmoothL1Loss", beta=1 / 9), cls_loss=None,
-        val_postprocess=dict(score_threshold=0.05, iou_threshold=0.5, max_detections=100),
-        test_postprocess=dict(score_threshold=0.05, iou_threshold=0.5, max_detections=100),
+        num_classes=10,
+        rpn=dict(
+            anchor_generator=dict(sizes=((10, 14.5), (20, 28.5), (40.5, 57)),
+                                  aspect_ratios=(1.5, 1.86, 2.17)),
+            pre_nms_topk=dict(train=1000, test=500), post_nms_topk=dict(train=300, test=100),
+        ),
+        roi=dict(
+            roi_align=dict(sampling_ratio=1),
+            box_head=dict(type="TwoMLPBoxHead", representation_size=32),
+            sampler=dict(type="BalancedSampler", num=128, pos_fraction=0.25),
+            loss_box=dict(type="SmoothL1Loss", beta=1 / 9), loss_cls=None,
+        ),
+        postprocessor=dict(
+            type="BoxPostProcessor",
+            val=dict(score_threshold=0.05, iou_threshold=0.5, max_detections=100),
+            test=dict(score_threshold=0.05, iou_threshold=0.5, max_detections=100),
+        ),
     ),
     "conv": dict(
-        num_classes=3, anchor_sizes=(8, 16, 32), aspect_ratios=(0.5, 1.0, 2.0),
-        rpn_conv_depth=2, rpn_fg_iou=0.6, rpn_bg_iou=0.2, rpn_batch_size=64,
-        rpn_positive_fraction=0.4, rpn_pre_nms_topk=200,
-        rpn_post_nms_topk=dict(train=64, test=48), rpn_nms_iou=0.6, rpn_score_threshold=0.01,
-        roi_levels=(2, 3), roi_output_size=5, roi_sampling_ratio=2, box_head="conv",
-        conv_channels=(16, 16), box_head_norm="batch", representation_size=24, roi_fg_iou=0.55,
-        roi_bg_iou=0.45, roi_batch_size=48, roi_positive_fraction=0.3,
-        box_coder_weights=(8.0, 8.0, 4.0, 4.0), box_loss=dict(type="GIoULoss", weight=10.0),
-        cls_loss=dict(type="FocalLoss", activation="softmax", alpha=None, gamma=2.0),
-        val_postprocess=dict(score_threshold=0.02, max_detections=50),
-        test_postprocess=dict(score_threshold=0.2, iou_threshold=0.4, max_detections=20,
-                              pre_nms_topk=200),
+        num_classes=3,
+        rpn=dict(
+            anchor_generator=dict(sizes=(8, 16, 32), aspect_ratios=(0.5, 1.0, 2.0)),
+            conv_depth=2,
+            assigner=dict(type="MaxIoUAssigner", pos_iou=0.6, neg_iou=0.2,
+                          low_quality_matches=True),
+            sampler=dict(type="BalancedSampler", num=64, pos_fraction=0.4),
+            pre_nms_topk=200, post_nms_topk=dict(train=64, test=48),
+            nms=dict(iou_threshold=0.6, score_threshold=0.01),
+        ),
+        roi=dict(
+            roi_align=dict(levels=(2, 3), output_size=5, sampling_ratio=2),
+            box_head=dict(type="ConvFCBoxHead", conv_channels=(16, 16), norm="batch",
+                          representation_size=24),
+            assigner=dict(type="MaxIoUAssigner", pos_iou=0.55, neg_iou=0.45),
+            sampler=dict(type="BalancedSampler", num=48, pos_fraction=0.3),
+            box_coder=dict(weights=(8.0, 8.0, 4.0, 4.0)),
+            loss_box=dict(type="GIoULoss", weight=10.0),
+            loss_cls=dict(type="FocalLoss", activation="softmax", alpha=None, gamma=2.0),
+        ),
+        postprocessor=dict(
+            type="BoxPostProcessor",
+            val=dict(score_threshold=0.02, max_detections=50),
+            test=dict(score_threshold=0.2, iou_threshold=0.4, max_detections=20,
+                      pre_nms_topk=200),
+        ),
     ),
 }
 
@@ -133,9 +162,18 @@ def _run(cfg: dict) -> dict:
     return res
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+def _recipe_head() -> dict:
+    """The digits recipe's head with the golden run's width (representation_size 32)."""
+    head = copy.deepcopy(dict(load(ROOT / "recipes" / "digits_faster_rcnn.py")["model"]["head"]))
+    head.pop("type")
+    head["roi"]["box_head"]["representation_size"] = 32
+    return head
+
+
+@pytest.mark.parametrize("name", [*sorted(CONFIGS), "digits_recipe"])
 def test_golden_values(name):
-    got, want = _run(CONFIGS[name]), GOLDEN[name]
+    cfg = _recipe_head() if name == "digits_recipe" else CONFIGS[name]
+    got, want = _run(cfg), GOLDEN[name.replace("_recipe", "")]
     assert got["keys"] == want["keys"]
     assert got["stats"] == want["stats"] and got["proposals"] == want["proposals"]
     assert got["losses"] == pytest.approx(want["losses"], rel=1e-6, abs=1e-7)
