@@ -88,7 +88,9 @@ def _flat_kwargs_error(kwargs: Mapping[str, Any]) -> ConfigError:
     parts = []
     if moved:
         parts.append("flat arguments moved into nested components (see "
-                     "docs/detection-faster-rcnn.md): " + "; ".join(moved))
+                     "docs/detection-faster-rcnn.md): " + "; ".join(moved) + ". A checkpoint "
+                     "trained before this change keeps its weights: load it with --recipe and a "
+                     "recipe in the nested form")
     if unknown:
         parts.append(f"unknown argument(s) {', '.join(unknown)}; it accepts: "
                      f"{', '.join(accepted)}")
