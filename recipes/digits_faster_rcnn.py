@@ -53,7 +53,8 @@ model = dict(
             nms=dict(iou_threshold=0.7, score_threshold=0.0),
         ),
         roi=dict(
-            roi_align=dict(output_size=7, sampling_ratio=1),  # 1 point per bin: half the CPU cost of 2
+            # 1 sampling point per RoIAlign bin: half the CPU cost of 2 at 7x7
+            roi_align=dict(output_size=7, sampling_ratio=1),
             assigner=dict(type="MaxIoUAssigner", pos_iou=0.5, neg_iou=0.5),
             sampler=dict(type="BalancedSampler", num=128, pos_fraction=0.25),
             box_head=dict(type="TwoMLPBoxHead", representation_size=256),
@@ -61,15 +62,16 @@ model = dict(
             # Smooth L1 on deltas (torchvision's). For CIoULoss / DIoULoss / GIoULoss (decoded
             # boxes) use weight=10.0: the loss is averaged over all sampled RoIs, not positives.
             loss_box=dict(type="SmoothL1Loss", beta=1 / 9),
-            loss_cls=None,         # softmax CE; or dict(type="FocalLoss", activation="softmax", alpha=None, gamma=2.0)
+            # softmax CE; or dict(type="FocalLoss", activation="softmax", alpha=None, gamma=2.0)
+            loss_cls=None,
         ),
         # Validation during training scores AP, which wants every candidate (low threshold);
         # `eval`/`predict` use the test settings (e.g. test=dict(score_threshold=0.7,
         # iou_threshold=0.3) for deployment).
         postprocessor=dict(
-            type="BoxPostProcessor", score_threshold=0.05, iou_threshold=0.5, max_detections=100,
-            val=dict(),
-            test=dict(),
+            type="BoxPostProcessor",
+            val=dict(score_threshold=0.05, iou_threshold=0.5, max_detections=100),
+            test=dict(score_threshold=0.05, iou_threshold=0.5, max_detections=100),
         ),
     ),
 )
