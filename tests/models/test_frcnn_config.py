@@ -8,7 +8,8 @@ import torch
 from detlab.cli import main
 from detlab.errors import ConfigError
 from detlab.models import Model
-from detlab.models.heads.faster_rcnn import LEGACY_KEYS, FasterRCNNHead
+from detlab.models.heads.faster_rcnn import FasterRCNNHead
+from detlab.models.heads.faster_rcnn_flat import LEGACY_KEYS
 from detlab.recipe import load
 
 from conftest import ROOT

@@ -30,72 +30,21 @@ from ...errors import ConfigError, DataError
 from ...ops.coords import boxes_to_original
 from ...postprocess.box_nms import BoxPostProcessor
 from ...postprocess.staged import StagedPostprocessor
-from ...registry import HEADS, closest
+from ...registry import HEADS
 from ...structures import Batch, Prediction
 from .base import Head
 from .roi_box import RoIStage, select_detections
+from .faster_rcnn_flat import flat_kwargs_error
 from .rpn import RPN
 from .two_stage import OWNER, build_stage
 
-__all__ = ["FasterRCNNHead", "LEGACY_KEYS"]
+__all__ = ["FasterRCNNHead"]
 
 #: torchvision's box_score_thresh / box_nms_thresh / box_detections_per_img, plus a pre-NMS cap.
 POSTPROCESSOR_DEFAULT: dict[str, Any] = dict(
     type="BoxPostProcessor", score_threshold=0.05, iou_threshold=0.5, max_detections=100,
     pre_nms_topk=1000,
 )
-
-#: The flat arguments of detlab <= 1b54f77 and the nested recipe key that replaced each one.
-LEGACY_KEYS: dict[str, str] = {
-    "anchor_sizes": "rpn.anchor_generator.sizes",
-    "aspect_ratios": "rpn.anchor_generator.aspect_ratios",
-    "rpn_conv_depth": "rpn.conv_depth",
-    "rpn_fg_iou": "rpn.assigner.pos_iou",
-    "rpn_bg_iou": "rpn.assigner.neg_iou",
-    "rpn_batch_size": "rpn.sampler.num",
-    "rpn_positive_fraction": "rpn.sampler.pos_fraction",
-    "rpn_pre_nms_topk": "rpn.pre_nms_topk",
-    "rpn_post_nms_topk": "rpn.post_nms_topk",
-    "rpn_nms_iou": "rpn.nms.iou_threshold",
-    "rpn_score_threshold": "rpn.nms.score_threshold",
-    "roi_levels": "roi.roi_align.levels",
-    "roi_output_size": "roi.roi_align.output_size",
-    "roi_sampling_ratio": "roi.roi_align.sampling_ratio",
-    "box_head": "roi.box_head=dict(type='TwoMLPBoxHead' or 'ConvFCBoxHead', ...)",
-    "representation_size": "roi.box_head.representation_size",
-    "conv_channels": "roi.box_head.conv_channels (type='ConvFCBoxHead')",
-    "box_head_norm": "roi.box_head.norm (type='ConvFCBoxHead')",
-    "roi_fg_iou": "roi.assigner.pos_iou",
-    "roi_bg_iou": "roi.assigner.neg_iou",
-    "roi_batch_size": "roi.sampler.num",
-    "roi_positive_fraction": "roi.sampler.pos_fraction",
-    "box_coder_weights": "roi.box_coder.weights",
-    "box_loss": "roi.loss_box",
-    "cls_loss": "roi.loss_cls",
-    "val_postprocess": "postprocessor.val",
-    "test_postprocess": "postprocessor.test",
-}
-
-
-def _flat_kwargs_error(kwargs: Mapping[str, Any]) -> ConfigError:
-    accepted = ["in_channels", "strides", "num_classes", "rpn", "roi", "postprocessor"]
-    moved = [f"{k} -> model.head.{LEGACY_KEYS[k]}" for k in kwargs if k in LEGACY_KEYS]
-    unknown = []
-    for k in kwargs:
-        if k not in LEGACY_KEYS:
-            hint = closest(k, accepted, n=1)
-            unknown.append(f"{k!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-    parts = []
-    if moved:
-        parts.append("flat arguments moved into nested components (see "
-                     "docs/detection-faster-rcnn.md): " + "; ".join(moved) + ". A checkpoint "
-                     "trained before this change keeps its weights: load it with --recipe and a "
-                     "recipe in the nested form")
-    if unknown:
-        parts.append(f"unknown argument(s) {', '.join(unknown)}; it accepts: "
-                     f"{', '.join(accepted)}")
-    return ConfigError(f"{OWNER}: " + ". ".join(parts))
-
 
 @HEADS.register
 class FasterRCNNHead(Head):
@@ -120,7 +69,7 @@ class FasterRCNNHead(Head):
     A component dict without ``type`` (or with the default's ``type``) keeps the stage's
     defaults for the arguments it leaves out: ``rpn=dict(sampler=dict(num=128))``. The flat
     arguments of earlier versions (``rpn_fg_iou``, ``box_head="conv"``, ``test_postprocess`` …,
-    :data:`LEGACY_KEYS`) are ConfigErrors naming the nested key.
+    :data:`~detlab.models.heads.faster_rcnn_flat.LEGACY_KEYS`) are ConfigErrors naming the nested key.
 
     Losses: ``loss_rpn_objectness``, ``loss_rpn_box``, ``loss_roi_cls``, ``loss_roi_box``;
     boxes flagged ``ignore`` are left out of training (as torchvision does with no such flag).
@@ -146,7 +95,7 @@ class FasterRCNNHead(Head):
     ) -> None:
         super().__init__()
         if flat:  # **flat only to say where each argument of earlier versions went
-            raise _flat_kwargs_error(flat)
+            raise flat_kwargs_error(flat)
         channels, self.strides = list(in_channels), [int(s) for s in strides]
         if not channels or len(channels) != len(self.strides) or len(set(channels)) != 1:
             raise ConfigError(
