@@ -1,5 +1,6 @@
 """Max-IoU matching of anchors or proposals to ground truth (Faster R-CNN, Ren et al. 2015,
-arXiv:1506.01497): the RPN and RoI assigner of :class:`~detlab.models.heads.faster_rcnn.FasterRCNNHead`.
+arXiv:1506.01497): the RPN and RoI assigner of
+:class:`~detlab.models.heads.faster_rcnn.FasterRCNNHead`.
 
 Same decisions as torchvision's ``Matcher`` (``torchvision.models.detection._utils``), which the
 tests use as the oracle: each box takes its highest-IoU ground truth; IoU >= ``pos_iou`` makes it

@@ -187,7 +187,8 @@ def test_thresholds_are_applied_by_stage_and_mapped_back():
         in_channels=[8, 8], strides=[4, 8], num_classes=2,
         rpn=dict(anchor_generator=dict(sizes=(8, 16))),
         roi=dict(box_head=dict(type="TwoMLPBoxHead", representation_size=8)),
-        postprocessor=dict(type="BoxPostProcessor", val=dict(score_threshold=0.3, iou_threshold=0.9),
+        postprocessor=dict(type="BoxPostProcessor",
+                           val=dict(score_threshold=0.3, iou_threshold=0.9),
                            test=dict(score_threshold=0.55, iou_threshold=0.5)),
     )
     # Three RoIs, zero deltas (boxes = proposals). IoU(A, B) = 360 / 440 = 0.82.
@@ -209,7 +210,8 @@ def test_thresholds_are_applied_by_stage_and_mapped_back():
     with pytest.raises(ConfigError, match="stage"):
         head.postprocess(outputs, batch, stage="train")
     assert FasterRCNNHead.postprocess_args == ("postprocessor",)
-    assert {"score_threshold", "iou_threshold", "max_detections"} <= set(head.postprocessor.sweepable)
+    sweepable = set(head.postprocessor.sweepable)
+    assert {"score_threshold", "iou_threshold", "max_detections"} <= sweepable
 
 
 @pytest.mark.parametrize(

@@ -117,3 +117,30 @@ def test_anchor_mismatch_names_the_recipe_key(override, match, capsys):
         Model(**{k: v for k, v in recipe["model"].items() if k != "type"})
     assert main(["train", str(DIGITS), *SMALL, override, "--work-dir", "/nonexistent"]) == 2
     assert "model.head.rpn.anchor_generator" in capsys.readouterr().err
+
+
+def test_component_given_by_name_keeps_the_defaults():
+    head = _head(rpn=dict(anchor_generator=dict(sizes=(8, 16)), sampler="BalancedSampler",
+                          assigner="MaxIoUAssigner"))
+    assert (head.rpn.sampler.num, head.rpn.sampler.pos_fraction) == (256, 0.5)
+    assert (head.rpn.assigner.pos_iou, head.rpn.assigner.low_quality_matches) == (0.7, True)
+
+
+def test_rpn_box_space_loss_gets_decoded_anchors():
+    from torchvision.ops import generalized_box_iou
+
+    torch.manual_seed(0)
+    head = _head(rpn=dict(anchor_generator=dict(sizes=(8, 16), aspect_ratios=(1.0,)),
+                          loss_box=dict(type="GIoULoss"), sampler=dict(num=8)))
+    feats = [torch.randn(1, 8, 4, 4), torch.randn(1, 8, 2, 2)]
+    objectness, deltas, anchors, _ = head.rpn(feats)
+    targets = [{"boxes": torch.tensor([[2.0, 2, 10, 10]]), "labels": torch.tensor([1])}]
+    torch.manual_seed(1)
+    _, box = head.rpn.loss(objectness, deltas, anchors, targets)
+    torch.manual_seed(1)
+    labels = head.rpn.assigner(anchors, targets[0]["boxes"]).labels
+    pos, neg = head.rpn.sampler(labels)
+    pred = head.rpn.box_coder.decode_single(deltas[0][pos], anchors[pos])
+    giou = torch.diag(generalized_box_iou(pred, targets[0]["boxes"].expand(len(pred), 4)))
+    expected = (1 - giou).sum() / int(pos.sum() + neg.sum())
+    assert int(pos.sum()) >= 1 and float(box) == pytest.approx(float(expected), rel=1e-5)

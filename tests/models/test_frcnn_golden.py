@@ -1,6 +1,6 @@
 """Golden values of FasterRCNNHead, recorded on 1b54f77 (flat arguments) before the head was split
-into nested components (issue 12); the configs below are those flat settings in the nested form: loss terms, collapse-check counts, proposals and val/test predictions of
-two tiny heads (the digits recipe's head shape, and a conv box head with every option changed)
+into nested components (issue 12; the configs below are those flat settings in the nested form):
+loss terms, collapse-check counts, proposals and val/test predictions of two tiny heads (the digits recipe's head shape, and a conv box head with every option changed)
 on a fixed batch, plus the state_dict keys (old checkpoints must keep loading)."""
 
 import copy

@@ -69,7 +69,8 @@ class FasterRCNNHead(Head):
     A component dict without ``type`` (or with the default's ``type``) keeps the stage's
     defaults for the arguments it leaves out: ``rpn=dict(sampler=dict(num=128))``. The flat
     arguments of earlier versions (``rpn_fg_iou``, ``box_head="conv"``, ``test_postprocess`` …,
-    :data:`~detlab.models.heads.faster_rcnn_flat.LEGACY_KEYS`) are ConfigErrors naming the nested key.
+    :data:`~detlab.models.heads.faster_rcnn_flat.LEGACY_KEYS`) are ConfigErrors naming the
+    nested key.
 
     Losses: ``loss_rpn_objectness``, ``loss_rpn_box``, ``loss_roi_cls``, ``loss_roi_box``;
     boxes flagged ``ignore`` are left out of training (as torchvision does with no such flag).

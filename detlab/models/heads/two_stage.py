@@ -49,6 +49,8 @@ def component(cfg: Any, default: Mapping[str, Any]) -> Any:
     ``sampler=dict(num=128)`` changes only ``num``); another type or a built object is kept."""
     if cfg is None:
         return dict(default)
+    if isinstance(cfg, str):  # a registered name: model.head.rpn.sampler=BalancedSampler
+        cfg = {"type": cfg}
     if isinstance(cfg, Mapping) and cfg.get("type", default["type"]) == default["type"]:
         return {**default, **cfg}
     return cfg
