@@ -41,6 +41,8 @@ __all__ = [
     "DATASETS",
     "TRANSFORMS",
     "SAMPLERS",
+    "BOX_SAMPLERS",
+    "BOX_HEADS",
     "EVALUATORS",
     "OPTIMIZERS",
     "SCHEDULERS",
@@ -350,6 +352,9 @@ POSTPROCESSORS = Registry("postprocessor")
 DATASETS = Registry("dataset")
 TRANSFORMS = Registry("transform")
 SAMPLERS = Registry("sampler")
+# Two-stage detector parts: RoI/anchor sampling and the RoI box head of FasterRCNNHead.
+BOX_SAMPLERS = Registry("box sampler")
+BOX_HEADS = Registry("box head")
 EVALUATORS = Registry("evaluator")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
@@ -365,6 +370,8 @@ REGISTRIES: dict[str, Registry] = {
     "datasets": DATASETS,
     "transforms": TRANSFORMS,
     "samplers": SAMPLERS,
+    "box_samplers": BOX_SAMPLERS,
+    "box_heads": BOX_HEADS,
     "evaluators": EVALUATORS,
     "optimizers": OPTIMIZERS,
     "schedulers": SCHEDULERS,

@@ -139,8 +139,9 @@ def format_report(report: dict[str, Any], images: int | None = None) -> str:
                      f"{_fmt_sizes(r['aspect_ratios'][:1])[1:-1]}")
     sug = report["suggested"]
     lines += ["", f"suggested sizes from: {sug['sizes_from']}; to use the suggestion:",
-              f"  model.head.anchor_sizes={_fmt_sizes(sug['anchor_sizes'])} "
-              f"model.head.aspect_ratios={_fmt_sizes(sug['aspect_ratios'][:1])[1:-1]}"]
+              f"  model.head.rpn.anchor_generator.sizes={_fmt_sizes(sug['anchor_sizes'])} "
+              "model.head.rpn.anchor_generator.aspect_ratios="
+              f"{_fmt_sizes(sug['aspect_ratios'][:1])[1:-1]}"]
     return "\n".join(lines)
 
 

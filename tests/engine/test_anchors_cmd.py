@@ -62,7 +62,8 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     assert main(["anchors", str(DIGITS), "data.train.num_samples=12", "--max-images", "8",
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "current" in printed and "suggested" in printed and "model.head.anchor_sizes=" in printed
+    assert "current" in printed and "suggested" in printed
+    assert "model.head.rpn.anchor_generator.sizes=" in printed
     report = json.loads(out.read_text())
     assert report["strides"] == [4, 8, 16]
     assert report["current"]["anchor_sizes"] == [[10, 14.5], [20, 28.5], [40.5, 57]]
