@@ -21,9 +21,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import pkgutil
+import re
 import sys
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DetlabError
@@ -45,11 +46,13 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
     "discover",
+    "component_modules",
     "closest",
     "check_dotted_target",
+    "accepted_arguments",
 ]
 
-# Packages whose modules register components; imported once by :func:`discover`.
+# Packages whose modules register components; searched once by :func:`discover`.
 _DISCOVER_PACKAGES = (
     "detlab.models",
     "detlab.losses",
@@ -62,8 +65,31 @@ _DISCOVER_PACKAGES = (
 _discovered = False
 
 
+def component_modules() -> list[str]:
+    """The detlab modules that register components, found by reading their source text (a
+    ``<REGISTRY>.register`` of one of :data:`REGISTRIES`) without importing anything, so
+    :func:`discover` imports these and not the rest of the package (the training engine, with
+    Lightning, and the commands)."""
+    names = "|".join(sorted(_REGISTRY_NAMES))
+    pattern = re.compile(rf"\b(?:{names})\.register\b")
+    root = Path(__file__).resolve().parent
+    found = []
+    for pkg_name in _DISCOVER_PACKAGES:
+        folder = root.joinpath(*pkg_name.split(".")[1:])
+        for file in sorted(folder.rglob("*.py")):
+            try:
+                text = file.read_text(encoding="utf-8")
+            except OSError:
+                continue
+            if pattern.search(text):
+                parts = file.relative_to(root.parent).with_suffix("").parts
+                found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return found
+
+
 def discover() -> None:
-    """Import every detlab module that registers components (idempotent).
+    """Import every detlab module that registers components (idempotent); see
+    :func:`component_modules`.
 
     Modules whose optional dependency is missing (e.g. ``pyclipper`` for text heads) are
     skipped; using one of their components then raises an error that names the package.
@@ -72,17 +98,12 @@ def discover() -> None:
     if _discovered:
         return
     _discovered = True
-    for pkg_name in _DISCOVER_PACKAGES:
+    for module_name in component_modules():
         try:
-            pkg = importlib.import_module(pkg_name)
-        except ModuleNotFoundError:
-            continue
-        for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg_name + "."):
-            try:
-                importlib.import_module(info.name)
-            except ModuleNotFoundError as err:  # optional extra not installed
-                if err.name and err.name.split(".")[0] == "detlab":
-                    raise
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as err:  # optional extra not installed
+            if err.name and err.name.split(".")[0] == "detlab":
+                raise
 
 
 def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
@@ -154,6 +175,14 @@ class Registry:
         """(name, class) pairs, sorted by name."""
         for key in self.names():
             yield key, self._items[key]
+
+    def name_of(self, obj: Any) -> str | None:
+        """The name ``obj`` is registered under, or ``None``. Looks only at what is registered
+        so far (no :func:`discover`): an object that exists was imported, so it registered."""
+        for key, value in self._items.items():
+            if value is obj:
+                return key
+        return None
 
     def describe(self) -> list[tuple[str, str]]:
         """(name, first docstring line) for every registered entry."""
@@ -278,8 +307,9 @@ def check_dotted_target(path: str, target: Any, kind: str = "component") -> None
         )
 
 
-def _accepted(target: Any) -> tuple[set[str], bool]:
-    """Names ``target`` accepts as keywords, and whether it takes ``**kwargs``."""
+def accepted_arguments(target: Any) -> tuple[set[str], bool]:
+    """The names ``target`` (a class or function) accepts as keyword arguments, and whether it
+    takes ``**kwargs`` (also ``True`` when it has no readable signature)."""
     try:
         sig = inspect.signature(target)
     except (TypeError, ValueError):
@@ -294,7 +324,7 @@ def _accepted(target: Any) -> tuple[set[str], bool]:
 
 
 def _merge_defaults(target: Any, kwargs: dict, defaults: dict) -> dict:
-    accepted, var_kw = _accepted(target)
+    accepted, var_kw = accepted_arguments(target)
     merged = dict(kwargs)
     for k, v in defaults.items():
         if k not in merged and (var_kw or k in accepted):
@@ -303,7 +333,7 @@ def _merge_defaults(target: Any, kwargs: dict, defaults: dict) -> dict:
 
 
 def _check_kwargs(target: Any, kwargs: dict, kind: str, where: str) -> None:
-    accepted, var_kw = _accepted(target)
+    accepted, var_kw = accepted_arguments(target)
     if var_kw:
         return
     unknown = [k for k in kwargs if k not in accepted]
@@ -339,6 +369,12 @@ SAMPLERS = Registry("sampler")
 EVALUATORS = Registry("evaluator")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
+
+# The module-level names of the registries, as registering modules spell them.
+_REGISTRY_NAMES = (
+    "BACKBONES", "NECKS", "HEADS", "MODELS", "LOSSES", "ASSIGNERS", "POSTPROCESSORS", "DATASETS",
+    "TRANSFORMS", "SAMPLERS", "EVALUATORS", "OPTIMIZERS", "SCHEDULERS",
+)
 
 REGISTRIES: dict[str, Registry] = {
     "backbones": BACKBONES,
