@@ -31,7 +31,8 @@ __all__ = ["QUIET_KEYS", "flatten", "recipe_diff", "check_resume", "stored_resol
 
 # Keys that change how a run is carried out, not what it learns: listed, never warned about.
 QUIET_KEYS = frozenset({
-    "train.max_epochs", "train.work_dir", "train.progress_bar", "train.num_threads",
+    "train.max_epochs", "train.work_dir", "train.progress_bar", "train.progress_every",
+    "train.num_threads",
     "train.diagnostics", "train.log_every_n_steps", "data.num_workers",
     "data.persistent_workers", "data.pin_memory",
 })
