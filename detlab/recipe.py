@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .checks import is_int
 from .errors import ConfigError
 from .registry import REGISTRIES, accepted_arguments, closest
 
@@ -421,8 +422,8 @@ def _check_type(key: str, old: Any, new: Any) -> Any:
         if not isinstance(new, bool):
             raise ConfigError(f"override {key}={new!r}: expected a boolean (true/false)")
         return new
-    if isinstance(old, (int, float)) and not isinstance(old, bool):
-        if isinstance(new, bool) or not isinstance(new, (int, float)):
+    if is_int(old) or isinstance(old, float):
+        if not (is_int(new) or isinstance(new, float)):  # inf allowed: 1e999 is a literal
             kind = "an integer" if isinstance(old, int) else "a number"
             raise ConfigError(f"override {key}={new!r}: expected {kind} (current value {old!r})")
         if isinstance(old, int) and isinstance(new, float) and not new.is_integer():
