@@ -21,13 +21,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import re
 import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DetlabError
+from .registry_index import REGISTRY_NAMES, component_modules, source_index
 
 __all__ = [
     "Registry",
@@ -46,50 +45,17 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
     "discover",
-    "component_modules",
     "closest",
     "check_dotted_target",
     "accepted_arguments",
 ]
 
-# Packages whose modules register components; searched once by :func:`discover`.
-_DISCOVER_PACKAGES = (
-    "detlab.models",
-    "detlab.losses",
-    "detlab.assigners",
-    "detlab.postprocess",
-    "detlab.evaluation",
-    "detlab.data",
-    "detlab.engine",
-)
 _discovered = False
 
 
-def component_modules() -> list[str]:
-    """The detlab modules that register components, found by reading their source text (a
-    ``<REGISTRY>.register`` of one of :data:`REGISTRIES`) without importing anything, so
-    :func:`discover` imports these and not the rest of the package (the training engine, with
-    Lightning, and the commands)."""
-    names = "|".join(sorted(_REGISTRY_NAMES))
-    pattern = re.compile(rf"\b(?:{names})\.register\b")
-    root = Path(__file__).resolve().parent
-    found = []
-    for pkg_name in _DISCOVER_PACKAGES:
-        folder = root.joinpath(*pkg_name.split(".")[1:])
-        for file in sorted(folder.rglob("*.py")):
-            try:
-                text = file.read_text(encoding="utf-8")
-            except OSError:
-                continue
-            if pattern.search(text):
-                parts = file.relative_to(root.parent).with_suffix("").parts
-                found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
-    return found
-
-
 def discover() -> None:
-    """Import every detlab module that registers components (idempotent); see
-    :func:`component_modules`.
+    """Import every detlab module that registers components (idempotent): the ones
+    :func:`~detlab.registry_index.component_modules` finds in the source, not the whole package.
 
     Modules whose optional dependency is missing (e.g. ``pyclipper`` for text heads) are
     skipped; using one of their components then raises an error that names the package.
@@ -136,6 +102,22 @@ class Registry:
         self.kind = kind
         self.base = base
         self._items: dict[str, Any] = {}
+        self._source_name: str | None = None  # "LOSSES" for detlab's own (source_index)
+
+    def _load(self, name: str) -> None:
+        """Make sure ``name`` is registered if any detlab module registers it: import the one
+        module the source index names, else (a name the index does not know) every one."""
+        if name in self._items:
+            return
+        module = source_index().get(self._source_name or "", {}).get(name)
+        if module is not None:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as err:  # optional extra not installed
+                if err.name and err.name.split(".")[0] == "detlab":
+                    raise
+        if name not in self._items:
+            discover()
 
     # -- registration -------------------------------------------------------------------------
     def register(self, obj: Any = None, *, name: str | None = None) -> Any:
@@ -189,7 +171,8 @@ class Registry:
         return [(k, _first_doc_line(v)) for k, v in self.items()]
 
     def __contains__(self, name: str) -> bool:
-        discover()
+        if isinstance(name, str):
+            self._load(name)
         return name in self._items
 
     def get(self, type_: Any) -> Any:
@@ -200,9 +183,7 @@ class Registry:
             raise ConfigError(
                 f"'type' of a {self.kind} must be a name, a dotted path or a class, got {type_!r}"
             )
-        if type_ in self._items:
-            return self._items[type_]
-        discover()
+        self._load(type_)
         if type_ in self._items:
             return self._items[type_]
         if "." in type_:
@@ -370,12 +351,6 @@ EVALUATORS = Registry("evaluator")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
 
-# The module-level names of the registries, as registering modules spell them.
-_REGISTRY_NAMES = (
-    "BACKBONES", "NECKS", "HEADS", "MODELS", "LOSSES", "ASSIGNERS", "POSTPROCESSORS", "DATASETS",
-    "TRANSFORMS", "SAMPLERS", "EVALUATORS", "OPTIMIZERS", "SCHEDULERS",
-)
-
 REGISTRIES: dict[str, Registry] = {
     "backbones": BACKBONES,
     "necks": NECKS,
@@ -391,4 +366,5 @@ REGISTRIES: dict[str, Registry] = {
     "optimizers": OPTIMIZERS,
     "schedulers": SCHEDULERS,
 }
-
+for _var in REGISTRY_NAMES:  # each registry finds its names in the source index under this
+    globals()[_var]._source_name = _var

@@ -150,21 +150,25 @@ def test_name_of_and_class_ref_use_the_public_accessor():
 _COUNT = """
 import json, sys
 import detlab.registry as r
+from detlab.registry_index import source_index
 before = len(sys.modules)
+r.LOSSES.get("SmoothL1Loss")
+one = {"timm": "timm" in sys.modules, "heads": "detlab.models.heads.yolo" in sys.modules}
 r.discover()
 print(json.dumps({
-    "before": before, "after": len(sys.modules),
+    "one": one, "before": before, "after": len(sys.modules),
     "lightning": sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning")),
     "monai": sorted(m for m in sys.modules if m.split(".")[0] == "monai"),
     "commands": sorted(m for m in sys.modules if m.startswith("detlab.commands")),
     "names": {k: v.names() for k, v in r.REGISTRIES.items()},
+    "index": {var: sorted(names) for var, names in source_index().items()},
 }))
 """
 
 
 def _decorated_names() -> dict[str, set[str]]:
     """Oracle read from the source: every ``@<REG>.register`` (no name=) class or function."""
-    kinds = {name.upper(): key for key, name in ((k, k) for k in REGISTRIES)}
+    kinds = {key.upper(): key for key in REGISTRIES}
     found: dict[str, set[str]] = {}
     for file in (ROOT / "detlab").rglob("*.py"):
         for node in ast.walk(ast.parse(file.read_text())):
@@ -179,15 +183,20 @@ def _decorated_names() -> dict[str, set[str]]:
     return found
 
 
-def test_discover_imports_only_component_modules():
+def test_discovery_imports_only_component_modules_and_one_name_one_module():
     out = subprocess.run([sys.executable, "-c", _COUNT], capture_output=True, text=True,
                          check=True, cwd=ROOT)
     info = json.loads(out.stdout)
+    # a name found through the source index imports its module, not every component
+    assert info["one"] == {"timm": False, "heads": False}
     assert info["lightning"] == [] and info["monai"] == [] and info["commands"] == []
     for kind, names in _decorated_names().items():
         assert names <= set(info["names"][kind]), (kind, names - set(info["names"][kind]))
     assert {"AdamW", "SGD", "Adam"} <= set(info["names"]["optimizers"])
     assert len(info["names"]["losses"]) >= 17 and len(info["names"]["datasets"]) >= 17
+    # the index knows every registered name, so a lookup never needs the full import
+    for key, names in info["names"].items():
+        assert info["index"].get(key.upper(), []) == names, key
 
 
 def test_unknown_name_error_still_lists_every_registered_name():
