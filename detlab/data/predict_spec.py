@@ -18,6 +18,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..checks import is_number
 from ..errors import ConfigError, DetlabError
 from ..registry import DATASETS
 
@@ -50,7 +51,7 @@ def _flat(spec: Mapping[str, Any]) -> dict[str, Any]:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+    if is_number(a) and is_number(b):
         return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
     return a == b
 

@@ -45,6 +45,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
+from ..checks import is_number
 from . import render
 from .positives_check import PositivesCheck, check_training_positives
 from .show_data import batch_summary, render_batch
@@ -430,7 +431,7 @@ def _ema_decay(trainer: Any) -> float | None:
             code = getattr(fn, "__code__", None)
             if code is not None and "decay" in code.co_freevars and fn.__closure__:
                 decay = fn.__closure__[code.co_freevars.index("decay")].cell_contents
-        if isinstance(decay, (int, float)) and not isinstance(decay, bool):
+        if is_number(decay):
             return float(decay)
     return 0.0
 
