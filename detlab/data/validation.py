@@ -360,7 +360,4 @@ def parse_number(text: str) -> float:
 
 def is_number(value: Any) -> bool:
     """A finite JSON number (int or float, not bool; a huge int that overflows float is not)."""
-    try:
-        return _finite_number(value)
-    except OverflowError:
-        return False
+    return _finite_number(value)
