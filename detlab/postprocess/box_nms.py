@@ -152,13 +152,15 @@ class BoxPostProcessor:
         so the first ``max_detections`` survivors of a prefix are those of all candidates.
         Soft-NMS picks are exact while the picked (decayed) score is >= the best score left
         out of the prefix (scores only decay; ties go to the lower, in-prefix index). Start
-        with ``max(4 * max_detections, 1024)`` candidates and lengthen (x4) only for images
+        with ``max(4 * max_detections, 1024)`` candidates (all if that is over half) and lengthen (x4) only for images
         whose prefix gives fewer than ``max_detections`` exact detections: exact, and ~20x
         faster than NMS over 30000 candidates at a 0.001 threshold."""
         out: list[Detections | None] = [None] * boxes.shape[0]
         pending = list(range(boxes.shape[0]))
         soft = self.method.startswith("soft")
         k = min(limit, max(4 * self.max_detections, 1024))
+        if 2 * k >= limit:  # a second, longer pass would cost more than the saving
+            k = limit
         while pending:
             rows = scores if len(pending) == len(out) else scores[pending]
             # Soft-NMS also needs the best candidate left out (the k+1-th) as a bound.
