@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, get_args
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms as _tv_batched_nms
@@ -29,7 +30,7 @@ from torchvision.ops import nms as _tv_nms
 
 __all__ = [
     "NMSMethod", "NMS_METHODS", "MATRIX_LIMIT", "SYNC_EVERY", "nms", "soft_nms", "diou_nms",
-    "offset_by_class", "pairwise_overlap",
+    "offset_by_class", "pairwise_overlap", "overlap_matrix",
 ]
 
 NMSMethod = Literal["standard", "soft_gaussian", "soft_linear", "diou"]
@@ -85,6 +86,29 @@ def pairwise_overlap(a: Tensor, b: Tensor, kind: Literal["iou", "diou"] = "iou")
     return iou - _ratio(center_dist2, ew**2 + eh**2)
 
 
+def overlap_matrix(boxes: Tensor, kind: Literal["iou", "diou"] = "iou") -> Tensor:
+    """``(N, N)`` IoU or DIoU of ``Tensor[N, 4]`` xyxy boxes with each other: the values of
+    :func:`pairwise_overlap` ``(boxes[:, None], boxes[None])`` bit for bit, ~2x faster
+    (contiguous coordinate columns, in-place steps, per-box terms computed once)."""
+    if not boxes.is_floating_point() or boxes.dtype.itemsize < 4:
+        boxes = boxes.float()
+    x1, y1, x2, y2 = (c.contiguous() for c in boxes.unbind(-1))
+    area = (x2 - x1).relu() * (y2 - y1).relu()
+    inter = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None])).relu_()
+    inter.mul_((torch.minimum(y2[:, None], y2[None])
+                - torch.maximum(y1[:, None], y1[None])).relu_())
+    iou = _ratio(inter, (area[:, None] + area[None]).sub_(inter))
+    if kind == "iou":
+        return iou
+    ew = torch.maximum(x2[:, None], x2[None]) - torch.minimum(x1[:, None], x1[None])
+    eh = torch.maximum(y2[:, None], y2[None]) - torch.minimum(y1[:, None], y1[None])
+    sx, sy = x1 + x2, y1 + y2  # x1a + x2a - x1b - x2b = ((x1a + x2a) - x1b) - x2b
+    dx = (sx[:, None] - x1[None]).sub_(x2[None]).pow_(2)
+    dy = (sy[:, None] - y1[None]).sub_(y2[None]).pow_(2)
+    center_dist2 = dx.add_(dy).div_(4)
+    return iou.sub_(_ratio(center_dist2, ew.pow_(2).add_(eh.pow_(2))))
+
+
 def _greedy(
     scores: Tensor,
     row: Callable[[Tensor], Tensor],
@@ -96,11 +120,13 @@ def _greedy(
     """The loop Soft- and DIoU-NMS share: pick the best live candidate (lowest index on ties),
     then multiply the scores by its decay row (Soft-NMS) or kill the candidates its
     suppression row marks (hard). Dead and picked candidates carry a ``-inf`` penalty."""
+    table = matrix() if matrix is not None else None
+    if table is not None and scores.device.type == "cpu":
+        return _greedy_numpy(scores, table, hard, score_threshold, limit)
     current = scores.clone()
     penalty = torch.zeros_like(current)
     if score_threshold is not None:
         penalty.masked_fill_(current < score_threshold, float("-inf"))
-    table = matrix() if matrix is not None else None
     picks: list[Tensor] = []
     values: list[Tensor] = []
     for step in range(limit):
@@ -124,6 +150,36 @@ def _greedy(
     return keep[:found], kept[:found]
 
 
+def _greedy_numpy(scores: Tensor, table: Tensor, hard: bool, score_threshold: float | None,
+                  limit: int) -> tuple[Tensor, Tensor]:
+    """:func:`_greedy` on the CPU over the precomputed matrix, in numpy: the same IEEE
+    operations (so bit-identical picks and scores), at a fifth of torch's per-call cost; one
+    pick costs a few operations over the candidates still alive (compacted as they die)."""
+    current = scores.numpy().copy()
+    rows = table.numpy()
+    alive = np.arange(current.shape[0])
+    if score_threshold is not None:
+        alive = alive[current >= score_threshold]
+    live = current[alive]
+    picks: list[int] = []
+    values: list[float] = []
+    while alive.size and len(picks) < limit:
+        top = int(live.argmax())  # first maximum: the lowest index among equal scores
+        index = int(alive[top])
+        picks.append(index)
+        values.append(live[top])
+        effect = rows[index, alive]
+        if hard:
+            keep = ~effect
+        else:
+            live = live * effect
+            keep = live >= score_threshold
+        keep[top] = False
+        alive, live = alive[keep], live[keep]
+    keep_t = torch.tensor(picks, dtype=torch.long)
+    return keep_t, torch.tensor(np.array(values, dtype=current.dtype)) if picks else scores[:0]
+
+
 def _use_matrix(n: int, limit: int) -> bool:
     # The matrix costs ~n² work up front, rows ~n per pick: rows win when few picks are wanted.
     return n <= MATRIX_LIMIT and 4 * limit >= n
@@ -145,7 +201,7 @@ def diou_nms(
         return hit if labels is None else hit & (labels == labels[i])
 
     def matrix() -> Tensor:
-        hit = pairwise_overlap(boxes[:, None], boxes[None], "diou") > iou_threshold
+        hit = overlap_matrix(boxes, "diou") > iou_threshold
         return hit if labels is None else hit & (labels[:, None] == labels[None])
 
     keep, _ = _greedy(scores, row, matrix if _use_matrix(n, limit) else None, True, None, limit)
@@ -189,7 +245,7 @@ def soft_nms(
 
     def matrix() -> Tensor:
         same = None if labels is None else labels[:, None] == labels[None]
-        return decay(pairwise_overlap(boxes[:, None], boxes[None]), same)
+        return decay(overlap_matrix(boxes), same)
 
     return _greedy(scores, row, matrix if _use_matrix(n, limit) else None, False,
                    score_threshold, limit)

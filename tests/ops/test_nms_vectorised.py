@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from detlab.ops.boxes import aligned_iou
-from detlab.ops.nms import MATRIX_LIMIT, nms, pairwise_overlap, soft_nms
+from detlab.ops.nms import MATRIX_LIMIT, nms, overlap_matrix, pairwise_overlap, soft_nms
 from detlab.postprocess.box_nms import BoxPostProcessor
 
 
@@ -66,6 +66,9 @@ def test_pairwise_overlap_is_aligned_iou_bit_for_bit():
     for kind in ("iou", "diou"):
         want = aligned_iou(boxes[:, None], boxes[None], kind)
         assert torch.equal(pairwise_overlap(boxes[:, None], boxes[None], kind), want)
+        assert torch.equal(overlap_matrix(boxes, kind), want)
+        assert torch.equal(overlap_matrix(boxes.half(), kind), aligned_iou(
+            boxes.half()[:, None], boxes.half()[None], kind))
 
 
 # (n, span): dense clusters and sparse scenes; 2500 > MATRIX_LIMIT runs the row-per-pick path.
