@@ -8,8 +8,9 @@ ensemble-boxes' on ``boxes / (w, h, w, h)`` times ``(w, h, w, h)`` (tested to 1e
 Per label, boxes are visited by decreasing ``score * weight``; each joins the fused box it
 overlaps most if that IoU is ``> iou_thr`` (the fused box is the score-weighted mean of its
 members, updated after every join), else it starts a new one. Labels are independent, so one
-step handles the next box of every label at once (whole-tensor operations, no per-box host
-synchronisation): the number of steps is the largest per-label box count.
+step handles the next box of every label at once (whole-array operations, no per-box host
+synchronisation; numpy on the CPU, see :func:`_cluster`): the number of steps is the largest
+per-label box count.
 
 Conventions that differ from ensemble-boxes: no clipping to the image (it clips to [0, 1]);
 boxes with x2 < x1 or y2 < y1 are an error (it swaps them with a warning); zero-area boxes are
@@ -24,10 +25,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
 from torch import Tensor
-
-from .nms import pairwise_overlap
 
 __all__ = ["ConfType", "CONF_TYPES", "weighted_boxes_fusion"]
 
@@ -131,51 +131,113 @@ def weighted_boxes_fusion(
     return coords[order], out[order], fused_labels[order]
 
 
+def _iou(b: np.ndarray, fused: np.ndarray) -> np.ndarray:
+    """IoU of boxes ``b`` ``(G, 4)`` with fused boxes ``fused`` ``(G, C, 4)`` → ``(G, C)``."""
+    b = b[:, None]
+    iw = np.maximum(np.minimum(b[..., 2], fused[..., 2]) - np.maximum(b[..., 0], fused[..., 0]), 0)
+    ih = np.maximum(np.minimum(b[..., 3], fused[..., 3]) - np.maximum(b[..., 1], fused[..., 1]), 0)
+    inter = iw * ih
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    area_f = (fused[..., 2] - fused[..., 0]) * (fused[..., 3] - fused[..., 1])
+    union = area_b + area_f - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
 def _cluster(box: Tensor, weighted: Tensor, weight: Tensor, model: Tensor, group: Tensor,
              rank: Tensor, counts: Tensor, m: int, iou_thr: float) -> tuple[Tensor, ...]:
     """Sequential WBF clustering of every group (label) at once, one box per group a step.
 
-    Returns per (group, cluster) slot: member count, summed weighted score, best weighted
-    score, summed weight, which models are present ``(G, C, M)``, the fused coordinates and
-    which slots hold a cluster."""
-    g, c = counts.shape[0], int(counts.max())
-    dev, f64 = box.device, box.dtype
-    table = torch.full((g, c), -1, dtype=torch.long, device=dev)  # box index by (group, rank)
-    table[group, rank] = torch.arange(box.shape[0], device=dev)
-    coord_sum = torch.zeros(g, c, 4, dtype=f64, device=dev)
-    fused = torch.zeros(g, c, 4, dtype=f64, device=dev)
-    plain_sum = torch.zeros(g, c, 4, dtype=f64, device=dev)
-    conf = torch.zeros(g, c, dtype=f64, device=dev)
-    best = torch.zeros(g, c, dtype=f64, device=dev)
-    wsum = torch.zeros(g, c, dtype=f64, device=dev)
-    n = torch.zeros(g, c, dtype=f64, device=dev)
-    present = torch.zeros(g, c, m, dtype=torch.bool, device=dev)
-    clusters = torch.zeros(g, dtype=torch.long, device=dev)
-    slots = torch.arange(c, device=dev)
-    rows = torch.arange(g, device=dev)
+    Runs in numpy on the CPU (a step is a dozen operations on ``(groups, clusters)`` arrays;
+    numpy's per-call cost is a fraction of torch's) and returns tensors on ``box``'s device:
+    per (group, cluster) slot the member count, summed weighted score, best weighted score,
+    summed weight, which models are present ``(G, C, M)``, the fused coordinates and which
+    slots hold a cluster."""
+    device = box.device
+    box_np, ws_np, w_np, model_np = (t.cpu().numpy() for t in (box, weighted, weight, model))
+    group_np, rank_np = group.cpu().numpy(), rank.cpu().numpy()
+    g, c = int(counts.shape[0]), int(counts.max())
+    if c > 8 * g:  # few labels, many boxes: one label after the other, scalar updates
+        out = _cluster_each(box_np, ws_np, w_np, model_np, counts.cpu().numpy(), m, iou_thr)
+        return tuple(torch.from_numpy(a).to(device) for a in out)
+    table = np.full((g, c), -1, dtype=np.int64)  # box index by (group, rank)
+    table[group_np, rank_np] = np.arange(box_np.shape[0])
+    coord_sum = np.zeros((g, c, 4))
+    plain_sum = np.zeros((g, c, 4))
+    fused = np.zeros((g, c, 4))
+    conf, best, wsum, n = (np.zeros((g, c)) for _ in range(4))
+    present = np.zeros((g, c, m), dtype=bool)
+    clusters = np.zeros(g, dtype=np.int64)
+    slots = np.arange(c)
     for step in range(c):
         idx = table[:, step]
-        live = idx >= 0  # groups that still have a box at this rank
-        j = idx.clamp(min=0)
-        b = box[j]
-        iou = pairwise_overlap(b[:, None], fused)  # (G, C)
-        iou = torch.where(slots[None] < clusters[:, None], iou, torch.full_like(iou, -1.0))
-        best_iou, best_slot = iou.max(dim=1)
-        matched = best_iou > iou_thr
-        target = torch.where(matched, best_slot, clusters)
-        r, t = rows[live], target[live]
-        jl, bl = j[live], b[live]
-        ws = weighted[jl]
-        coord_sum[r, t] += ws[:, None] * bl
-        plain_sum[r, t] += bl
+        r = np.flatnonzero(idx >= 0)  # groups that still have a box at this rank
+        j = idx[r]
+        b = box_np[j]
+        k = max(int(clusters.max()), 1)  # only slots that may hold a cluster
+        iou = _iou(b, fused[:, :k] if r.size == g else fused[r, :k])
+        iou[slots[None, :k] >= clusters[r, None]] = -1.0
+        best_slot = iou.argmax(axis=1)  # first maximum, as ensemble-boxes' np.argmax
+        matched = iou[np.arange(r.size), best_slot] > iou_thr
+        t = np.where(matched, best_slot, clusters[r])
+        ws = ws_np[j]
+        coord_sum[r, t] += ws[:, None] * b
+        plain_sum[r, t] += b
         conf[r, t] += ws
-        best[r, t] = torch.maximum(best[r, t], ws)
-        wsum[r, t] += weight[jl]
+        best[r, t] = np.maximum(best[r, t], ws)
+        wsum[r, t] += w_np[j]
         n[r, t] += 1
-        present[r, t, model[jl]] = True
-        ok = conf[r, t] > 0
-        fused[r, t] = torch.where(ok[:, None], coord_sum[r, t] / conf[r, t].clamp(min=1e-300)[
-            :, None], plain_sum[r, t] / n[r, t][:, None])
-        clusters = clusters + (live & ~matched).long()
+        present[r, t, model_np[j]] = True
+        total = conf[r, t]
+        ok = total > 0
+        fused[r, t] = np.where(ok[:, None], coord_sum[r, t] / np.where(ok, total, 1.0)[:, None],
+                               plain_sum[r, t] / n[r, t][:, None])
+        clusters[r] += ~matched
     active = slots[None] < clusters[:, None]
+    out = (n, conf, best, wsum, present, fused, active)
+    return tuple(torch.from_numpy(a).to(device) for a in out)
+
+
+def _cluster_each(box: np.ndarray, ws: np.ndarray, w: np.ndarray, model: np.ndarray,
+                  counts: np.ndarray, m: int, iou_thr: float) -> tuple[np.ndarray, ...]:
+    """:func:`_cluster` one group after the other (boxes sorted by group, then visit order):
+    the IoU against the group's fused boxes is one numpy pass, the running sums are Python
+    floats. Same arithmetic (float64, same order), same results."""
+    g, c = counts.shape[0], int(counts.max())
+    n, conf, best, wsum = (np.zeros((g, c)) for _ in range(4))
+    present = np.zeros((g, c, m), dtype=bool)
+    fused = np.zeros((g, c, 4))
+    active = np.zeros((g, c), dtype=bool)
+    start = 0
+    for gi, count in enumerate(counts.tolist()):
+        coords = fused[gi]  # (c, 4) view, filled slot by slot
+        sums: list[list[float]] = []
+        plain: list[list[float]] = []
+        k = 0
+        for j in range(start, start + count):
+            b = box[j].tolist()
+            t = -1
+            if k:
+                iou = _iou(box[j][None], coords[None, :k])[0]
+                t = int(iou.argmax())
+                if not iou[t] > iou_thr:
+                    t = -1
+            s = float(ws[j])
+            if t < 0:
+                t, k = k, k + 1
+                sums.append([0.0] * 4)
+                plain.append([0.0] * 4)
+            row, prow = sums[t], plain[t]
+            for q in range(4):
+                row[q] += s * b[q]
+                prow[q] += b[q]
+            conf[gi, t] += s
+            best[gi, t] = max(best[gi, t], s)
+            wsum[gi, t] += w[j]
+            n[gi, t] += 1
+            present[gi, t, model[j]] = True
+            total = float(conf[gi, t])
+            coords[t] = ([v / total for v in row] if total > 0
+                         else [v / float(n[gi, t]) for v in prow])
+        active[gi, :k] = True
+        start += count
     return n, conf, best, wsum, present, fused, active
