@@ -20,7 +20,7 @@ References: Soft-NMS — Bodla et al. 2017 (arXiv:1704.04503); DIoU-NMS — Zhen
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -86,6 +86,82 @@ def pairwise_overlap(a: Tensor, b: Tensor, kind: Literal["iou", "diou"] = "iou")
     return iou - _ratio(center_dist2, ew**2 + eh**2)
 
 
+def _greedy_rows_numpy(
+    boxes: Tensor, scores: Tensor, labels: Tensor | None, kind: str,
+    effect: Callable[[np.ndarray], np.ndarray], hard: bool, score_threshold: float | None,
+    limit: int,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_greedy` on the CPU without a matrix: each pick's IoU/DIoU row over the
+    candidates not yet picked, computed with :func:`pairwise_overlap`'s operations in numpy
+    (IEEE, so the same values). The pick is swapped to the front of the columns so the rest
+    stay one contiguous slice (no copies); dead candidates keep decaying scores below the
+    threshold (or -inf when suppressed) and are never picked before live ones."""
+    b, area = _numpy_boxes(boxes)
+    cols = [b[:, 0].copy(), b[:, 1].copy(), b[:, 2].copy(), b[:, 3].copy(), area.copy()]
+    lab = None if labels is None else labels.numpy().copy()
+    live = scores.numpy().copy()
+    floor = -np.inf if score_threshold is None else score_threshold
+    if score_threshold is not None:
+        live[live < score_threshold] = -np.inf
+    order = np.arange(live.shape[0])
+    picks: list[int] = []
+    values: list[Any] = []
+    p, n = 0, live.shape[0]
+    while p < n and len(picks) < limit:
+        seg = live[p:]
+        t = int(seg.argmax())
+        best = seg[t]
+        if not best >= floor or best == -np.inf:
+            break
+        ties = np.flatnonzero(seg == best)
+        if ties.size > 1:  # the lowest input index among equal scores, as the matrix path
+            t = int(ties[order[p + ties].argmin()])
+        q = p + t
+        for arr in (*cols, live, order) + ((lab,) if lab is not None else ()):
+            arr[p], arr[q] = arr[q], arr[p]
+        picks.append(int(order[p]))
+        values.append(live[p])
+        x1, y1, x2, y2, ar = (c[p + 1:] for c in cols)
+        ax1, ay1, ax2, ay2, aa = (c[p] for c in cols)
+        iw = np.maximum(np.minimum(ax2, x2) - np.maximum(ax1, x1), 0)
+        ih = np.maximum(np.minimum(ay2, y2) - np.maximum(ay1, y1), 0)
+        inter = iw * ih
+        u = _ratio_numpy(inter, (aa + ar) - inter)
+        if kind == "diou":
+            ew = np.maximum(ax2, x2) - np.minimum(ax1, x1)
+            eh = np.maximum(ay2, y2) - np.minimum(ay1, y1)
+            center_dist2 = ((ax1 + ax2 - x1 - x2) ** 2 + (ay1 + ay2 - y1 - y2) ** 2) / 4
+            u = u - _ratio_numpy(center_dist2, ew**2 + eh**2)
+        hit = effect(u)
+        rest = live[p + 1:]
+        if lab is not None:
+            other = lab[p + 1:] != lab[p]
+            hit = np.where(other, False, hit) if hard else np.where(other, 1, hit).astype(
+                hit.dtype, copy=False)
+        if hard:
+            rest[hit] = -np.inf
+        else:
+            rest *= hit
+        p += 1
+    if not picks:
+        return torch.empty(0, dtype=torch.long), scores[:0]
+    return torch.tensor(picks, dtype=torch.long), torch.from_numpy(np.array(values,
+                                                                            dtype=live.dtype))
+
+
+def _ratio_numpy(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    ok = den > _EPS
+    return np.where(ok, num / np.where(ok, den, 1), 0).astype(num.dtype, copy=False)
+
+
+def _numpy_boxes(boxes: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """CPU boxes as numpy (float32 at least, as :func:`pairwise_overlap`) and their areas."""
+    if not boxes.is_floating_point() or boxes.dtype.itemsize < 4:
+        boxes = boxes.float()
+    b = boxes.numpy()
+    return b, np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+
+
 def overlap_matrix(boxes: Tensor, kind: Literal["iou", "diou"] = "iou") -> Tensor:
     """``(N, N)`` IoU or DIoU of ``Tensor[N, 4]`` xyxy boxes with each other: the values of
     :func:`pairwise_overlap` ``(boxes[:, None], boxes[None])`` bit for bit, ~2x faster
@@ -116,13 +192,18 @@ def _greedy(
     hard: bool,
     score_threshold: float | None,
     limit: int,
+    row_numpy: Callable[[int], tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The loop Soft- and DIoU-NMS share: pick the best live candidate (lowest index on ties),
     then multiply the scores by its decay row (Soft-NMS) or kill the candidates its
     suppression row marks (hard). Dead and picked candidates carry a ``-inf`` penalty."""
     table = matrix() if matrix is not None else None
-    if table is not None and scores.device.type == "cpu":
-        return _greedy_numpy(scores, table, hard, score_threshold, limit)
+    if scores.device.type == "cpu" and (table is not None or row_numpy is not None):
+        if table is not None:
+            rows = table.numpy()
+            return _greedy_numpy(scores, lambda i, alive: rows[i, alive], hard,
+                                 score_threshold, limit)
+        return row_numpy(limit)
     current = scores.clone()
     penalty = torch.zeros_like(current)
     if score_threshold is not None:
@@ -150,13 +231,14 @@ def _greedy(
     return keep[:found], kept[:found]
 
 
-def _greedy_numpy(scores: Tensor, table: Tensor, hard: bool, score_threshold: float | None,
+def _greedy_numpy(scores: Tensor, effect_of: Callable[[int, np.ndarray], np.ndarray],
+                  hard: bool, score_threshold: float | None,
                   limit: int) -> tuple[Tensor, Tensor]:
-    """:func:`_greedy` on the CPU over the precomputed matrix, in numpy: the same IEEE
-    operations (so bit-identical picks and scores), at a fifth of torch's per-call cost; one
-    pick costs a few operations over the candidates still alive (compacted as they die)."""
+    """:func:`_greedy` on the CPU in numpy: the same IEEE operations (so bit-identical picks
+    and scores), at a fifth of torch's per-call cost; one pick costs a few operations over the
+    candidates still alive (compacted as they die). ``effect_of(i, alive)``: the decay
+    factors (or suppression flags) of pick ``i`` for the candidates ``alive``."""
     current = scores.numpy().copy()
-    rows = table.numpy()
     alive = np.arange(current.shape[0])
     if score_threshold is not None:
         alive = alive[current >= score_threshold]
@@ -168,7 +250,7 @@ def _greedy_numpy(scores: Tensor, table: Tensor, hard: bool, score_threshold: fl
         index = int(alive[top])
         picks.append(index)
         values.append(live[top])
-        effect = rows[index, alive]
+        effect = effect_of(index, alive)
         if hard:
             keep = ~effect
         else:
@@ -204,7 +286,12 @@ def diou_nms(
         hit = overlap_matrix(boxes, "diou") > iou_threshold
         return hit if labels is None else hit & (labels[:, None] == labels[None])
 
-    keep, _ = _greedy(scores, row, matrix if _use_matrix(n, limit) else None, True, None, limit)
+    def row_numpy(count: int) -> tuple[Tensor, Tensor]:
+        return _greedy_rows_numpy(boxes, scores, labels, "diou",
+                                  lambda u: u > iou_threshold, True, None, count)
+
+    keep, _ = _greedy(scores, row, matrix if _use_matrix(n, limit) else None, True, None, limit,
+                      row_numpy)
     return keep
 
 
@@ -247,8 +334,14 @@ def soft_nms(
         same = None if labels is None else labels[:, None] == labels[None]
         return decay(overlap_matrix(boxes), same)
 
+    def row_numpy(count: int) -> tuple[Tensor, Tensor]:
+        # torch's exp on the numpy row: the same bits as the matrix path
+        return _greedy_rows_numpy(boxes, scores, labels, "iou",
+                                  lambda u: decay(torch.from_numpy(u), None).numpy(), False,
+                                  score_threshold, count)
+
     return _greedy(scores, row, matrix if _use_matrix(n, limit) else None, False,
-                   score_threshold, limit)
+                   score_threshold, limit, row_numpy)
 
 
 def nms(

@@ -96,11 +96,12 @@ def test_diou_nms_identical_to_the_loop(n, span, max_keep):
     assert torch.equal(kept, scores[keep])
 
 
+@pytest.mark.parametrize("n", [500, MATRIX_LIMIT + 300])  # matrix / row-per-pick paths
 @pytest.mark.parametrize("method", ["soft_gaussian", "soft_linear", "diou"])
-def test_per_class_equals_each_class_alone(method):
+def test_per_class_equals_each_class_alone(method, n):
     # Per-class runs mask by label (no class-offset boxes), so they equal each class run alone
     # bit for bit; the former class-offset float32 boxes were off by up to ~2e-6.
-    boxes, scores, labels = random_detections(500, 11, classes=4, span=300.0)
+    boxes, scores, labels = random_detections(n, 11, classes=4, span=300.0)
     keep, kept = nms(boxes, scores, labels, method, 0.4, score_threshold=0.01)
     want = {}
     for c in range(4):
