@@ -16,6 +16,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,11 @@ def random_boxes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` xyxy boxes in a 640x640 image and uniform scores."""
     g = torch.Generator().manual_seed(seed)
     xy = torch.rand(n, 2, generator=g) * 556
-    return torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 80 + 4], 1), torch.rand(n, generator=g)
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 80 + 4], 1)
+    return boxes, torch.rand(n, generator=g)
 
 
-def medians(fns: dict[str, callable], repeats: int) -> dict[str, float]:
+def medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds of each function, runs alternating between them (drift hits all)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):

@@ -236,12 +236,18 @@ def run_sweep(task: Any, grid: dict[str, list[Any]], split: str = "val",
 
     keys = list(grid)
     higher = True
+    # Combinations that differ only in evaluator keys share the head's predictions.
+    predictions: dict[str, list[Any]] = {}
     for values, recipe, head, ignored in combos:
         evaluator = EVALUATORS.build(_fast_evaluator(recipe["evaluator"]), key="evaluator")
         evaluator.reset()
         t1 = time.perf_counter()
-        for outputs, batch in cached:
-            evaluator.update(head.postprocess(outputs, batch, stage="test"), batch)
+        head_key = repr(recipe["model"]["head"])
+        if head_key not in predictions:
+            predictions[head_key] = [head.postprocess(outputs, batch, stage="test")
+                                     for outputs, batch in cached]
+        for preds, (_, batch) in zip(predictions[head_key], cached):
+            evaluator.update(preds, batch)
         t2 = time.perf_counter()
         metrics = evaluator.compute()
         result.postprocess_s += t2 - t1

@@ -152,9 +152,10 @@ class BoxPostProcessor:
         so the first ``max_detections`` survivors of a prefix are those of all candidates.
         Soft-NMS picks are exact while the picked (decayed) score is >= the best score left
         out of the prefix (scores only decay; ties go to the lower, in-prefix index). Start
-        with ``max(4 * max_detections, 1024)`` candidates (all if that is over half) and lengthen (x4) only for images
-        whose prefix gives fewer than ``max_detections`` exact detections: exact, and ~20x
-        faster than NMS over 30000 candidates at a 0.001 threshold."""
+        with ``max(4 * max_detections, 1024)`` candidates (all of them if that is over half)
+        and lengthen (x4) only for images whose prefix gives fewer than ``max_detections``
+        exact detections: exact, and ~20x faster than NMS over 30000 candidates at a 0.001
+        threshold."""
         out: list[Detections | None] = [None] * boxes.shape[0]
         pending = list(range(boxes.shape[0]))
         soft = self.method.startswith("soft")
