@@ -334,10 +334,16 @@ def soft_nms(
         same = None if labels is None else labels[:, None] == labels[None]
         return decay(overlap_matrix(boxes), same)
 
+    def effect_numpy(u: np.ndarray) -> np.ndarray:
+        # IEEE arithmetic in numpy gives torch's bits; only exp is left to torch (their exp
+        # implementations may differ in the last bit)
+        u = u.astype(scores.numpy().dtype, copy=False)
+        if method == "linear":
+            return np.where(u > iou_threshold, 1 - u, 1).astype(u.dtype, copy=False)
+        return torch.from_numpy(-(u * u) / sigma).exp_().numpy()
+
     def row_numpy(count: int) -> tuple[Tensor, Tensor]:
-        # torch's exp on the numpy row: the same bits as the matrix path
-        return _greedy_rows_numpy(boxes, scores, labels, "iou",
-                                  lambda u: decay(torch.from_numpy(u), None).numpy(), False,
+        return _greedy_rows_numpy(boxes, scores, labels, "iou", effect_numpy, False,
                                   score_threshold, count)
 
     return _greedy(scores, row, matrix if _use_matrix(n, limit) else None, False,
