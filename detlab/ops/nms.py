@@ -6,12 +6,19 @@ All variants take ``boxes`` ``Tensor[N, 4]`` xyxy, ``scores`` ``Tensor[N]`` and 
 Soft-NMS, unchanged otherwise), sorted by decreasing final score.
 
 Soft- and DIoU-NMS are greedy: each pick depends on the previous ones. They run as one loop of
-a few whole-tensor operations per *kept* box over a precomputed ``N x N`` decay (Soft-NMS) or
-suppression (DIoU) matrix, or, above :data:`MATRIX_LIMIT` candidates, over one row computed per
-pick (memory ``O(N)``). Nothing is compacted and no value is read back per box (device-agnostic,
-no host synchronisation except one check every :data:`SYNC_EVERY` picks); per-class runs mask
-the matrix by label instead of shifting boxes apart, so per-class and per-image results agree
-exactly.
+a few whole-array operations per *kept* box over a precomputed ``N x N`` decay (Soft-NMS) or
+suppression (DIoU) matrix, or, above :data:`MATRIX_LIMIT` candidates (or when ``max_keep`` is
+far below ``N``), over one row computed per pick (memory ``O(N)``):
+
+- on the CPU the loop runs in numpy (a fifth of torch's per-call cost) with the same IEEE
+  operations, only ``exp`` is left to torch, so the results are bit-identical to the former
+  torch loop (tests keep it as the oracle);
+- on other devices it runs in torch without compaction and without reading a value back per
+  box: one host synchronisation every :data:`SYNC_EVERY` picks.
+
+Per-class runs mask by label instead of shifting boxes apart, so they equal each class run
+alone bit for bit. Peers (``python tools/bench_nms.py``): ensemble-boxes' Soft-NMS loop and
+torchvision's hard NMS.
 
 References: Soft-NMS — Bodla et al. 2017 (arXiv:1704.04503); DIoU-NMS — Zheng et al. 2020
 (arXiv:1911.08287).
