@@ -267,7 +267,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 # Modules that add commands of their own: each defines ``add_command(subparsers)`` which adds a
 # subparser whose default ``func(args) -> int`` runs the command. One line per module.
 COMMAND_MODULES: tuple[str, ...] = (
-    "detlab.engine.sweep",
+    "detlab.commands.sweep",
     "detlab.engine.show_data",
     "detlab.engine.anchors_cmd",
     "detlab.commands.check_data",

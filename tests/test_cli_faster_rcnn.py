@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from detlab.cli import main
-from detlab.engine.sweep import run_sweep
+from detlab.commands.sweep import run_sweep
 from detlab.engine.trainer import load_task
 
 from conftest import ROOT

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from detlab.cli import main
-from detlab.engine.sweep import parse_sweep, run_sweep, sort_rows, split_values
+from detlab.commands.sweep import parse_sweep, run_sweep, sort_rows, split_values
 from detlab.engine.trainer import load_task
 from detlab.errors import ConfigError
 

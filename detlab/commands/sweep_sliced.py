@@ -19,7 +19,7 @@ from typing import Any
 from ..recipe import apply_overrides
 from ..registry import EVALUATORS
 from ..structures import Batch, to_device
-from .sliced import TileOutputs, combine, run_tiles, sliced_loader, tile_predictions
+from ..engine.sliced import TileOutputs, combine, run_tiles, sliced_loader, tile_predictions
 from .sweep import rebuild_head
 
 __all__ = ["SLICING_PREFIX", "slicing_fields", "is_slicing_key", "run_sliced_sweep"]
