@@ -320,7 +320,7 @@ def _check_renamed(target: Any, kwargs: dict, key: str) -> None:
     # A component lists arguments it no longer takes in ``renamed_args`` (old name -> new
     # key relative to its own): a recipe using one is told the new key, not "unknown".
     renamed = getattr(target, "renamed_args", None) or {}
-    accepted, _ = _accepted(target)
+    accepted, _ = accepted_arguments(target)
     for old in kwargs:
         if old in renamed and old not in accepted:
             new = renamed[old]  # relative to ``key`` unless it names a recipe section

@@ -1,6 +1,6 @@
 """Cost of one extra ``detlab sweep`` setting against one inference pass over the val split.
 
-    python tools/bench_sweep.py [CKPT] [--key model.head.postprocess.iou_threshold]
+    python tools/bench_sweep.py [CKPT] [--key model.head.postprocessor.iou_threshold]
                                 [--values 0.5,0.6,0.7,0.8] [--repeats 3]
 
 Without CKPT, trains a tiny helmet_yolo checkpoint first (96 train / 32 val images at 192 px,
@@ -53,10 +53,9 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     ckpt = Path(args.checkpoint) if args.checkpoint else tiny_checkpoint(Path(tmp.name))
     task = load_task(ckpt)
-    key = args.key or ("model.head.postprocessor.test.iou_threshold"
-                       if isinstance(getattr(task.model.head, "postprocessor", None),
-                                     StagedPostprocessor)
-                       else "model.head.postprocess.iou_threshold")
+    if not isinstance(getattr(task.model.head, "postprocessor", None), StagedPostprocessor):
+        raise SystemExit(f"{type(task.model.head).__name__} has no postprocessor slot")
+    key = args.key or "model.head.postprocessor.test.iou_threshold"
     grid = parse_sweep([f"{key}={args.values}"])
     n = len(grid[key])
     inference, post, evaluation = [], [], []

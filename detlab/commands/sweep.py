@@ -14,9 +14,7 @@ Only keys that cannot change the network's outputs may be swept:
   (its ``ignored_settings()``, e.g. ``iou_threshold`` of Gaussian Soft-NMS) is refused when it
   is ignored in every combination and flagged (``*`` and a note) when only in some;
 - ``inference.slicing.<knob>`` (sliced inference, :mod:`detlab.commands.sweep_sliced`: the
-  network runs once per tile size / overlap, merge knobs reuse the per-tile predictions);
-- legacy (removed when heads land): ``model.head.<arg>…`` for ``<arg>`` in a head's
-  ``postprocess_args``.
+  network runs once per tile size / overlap, merge knobs reuse the per-tile predictions).
 
 Each setting costs its post-processing plus one evaluation: a COCO evaluator runs on
 faster-coco-eval when it is installed (same numbers as pycocotools, tested in
@@ -99,7 +97,6 @@ def check_keys(grid: dict[str, list[Any]], head: torch.nn.Module) -> None:
 
     slot = getattr(head, "postprocessor", None)
     staged = isinstance(slot, StagedPostprocessor)
-    legacy = tuple(getattr(head, "postprocess_args", ()))  # legacy: removed when heads land
     for key in grid:
         parts = key.split(".")
         if parts[0] == "evaluator" or is_slicing_key(key):
@@ -115,12 +112,8 @@ def check_keys(grid: dict[str, list[Any]], head: torch.nn.Module) -> None:
                     f"sweep vary {POSTPROCESSOR_KEY}.<knob> or {POSTPROCESSOR_KEY}.test.<knob> "
                     f"for <knob> in {', '.join(names) or 'none'}")
             continue
-        # legacy: removed when heads land (heads with postprocess_args instead of one slot)
-        if parts[:2] == ["model", "head"] and len(parts) >= 3 and parts[2] in legacy:
-            continue
         allowed = f"{POSTPROCESSOR_KEY}.<knob>" if staged else (
-            f"model.head.<arg>.* for post-processing arguments of {type(head).__name__} "
-            f"({', '.join(legacy) or 'none'})")
+            f"nothing of {type(head).__name__}'s (it has no postprocessor slot)")
         raise ConfigError(
             f"cannot sweep {key!r}: only evaluator.*, inference.slicing.<knob> and {allowed} "
             "reuse the network outputs; other keys need `detlab eval CKPT key=value` per value"
@@ -132,9 +125,6 @@ def _test_postprocessor(head: Any) -> Any:
     slot = getattr(head, "postprocessor", None)
     if isinstance(slot, StagedPostprocessor):
         return slot.for_stage("test")
-    staged = getattr(head, "postprocessors", None)  # legacy: removed when heads land
-    if isinstance(staged, dict) and "test" in staged:
-        return staged["test"]
     return slot
 
 

@@ -61,15 +61,15 @@ def task():
 
 def test_sweep_refuses_a_knob_every_row_ignores(task):
     with pytest.raises(ConfigError, match="Gaussian Soft-NMS .* every value gives the same"):
-        run_sweep(task, {"model.head.postprocess.method": ["soft_gaussian"],
-                         "model.head.postprocess.iou_threshold": [0.5, 0.7]})
+        run_sweep(task, {"model.head.postprocessor.method": ["soft_gaussian"],
+                         "model.head.postprocessor.iou_threshold": [0.5, 0.7]})
 
 
 def test_sweep_flags_ignored_rows_shows_every_metric_and_equals_eval(task):
-    result = run_sweep(task, {"model.head.postprocess.method": ["standard", "soft_gaussian"],
-                              "model.head.postprocess.iou_threshold": [0.5, 0.7]})
+    result = run_sweep(task, {"model.head.postprocessor.method": ["standard", "soft_gaussian"],
+                              "model.head.postprocessor.iou_threshold": [0.5, 0.7]})
     rows = {tuple(r["settings"].values()): r for r in result}
-    key = "model.head.postprocess.iou_threshold"
+    key = "model.head.postprocessor.iou_threshold"
     assert set(rows["soft_gaussian", 0.5]["ignored"]) == {key}
     assert not rows["standard", 0.5]["ignored"]
     np.testing.assert_equal(rows["soft_gaussian", 0.5]["metrics"],

@@ -209,7 +209,6 @@ def test_thresholds_are_applied_by_stage_and_mapped_back():
         val.boxes, torch.tensor([[5.0, 3, 15, 13], [6, 3, 16, 13], [25, 23, 30, 30]]))
     with pytest.raises(ConfigError, match="stage"):
         head.postprocess(outputs, batch, stage="train")
-    assert FasterRCNNHead.postprocess_args == ("postprocessor",)
     sweepable = set(head.postprocessor.sweepable)
     assert {"score_threshold", "iou_threshold", "max_detections"} <= sweepable
 

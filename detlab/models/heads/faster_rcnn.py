@@ -82,8 +82,6 @@ class FasterRCNNHead(Head):
     clipped to the image.
     """
 
-    postprocess_args: tuple[str, ...] = ("postprocessor",)
-
     def __init__(
         self,
         in_channels: Sequence[int],
