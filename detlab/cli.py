@@ -152,7 +152,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .data.datamodule import DataModule
     from .engine.outputs import categories
-    from .engine.predict_volume import check_not_dicom_file, is_volume_path, predict_volumes
+    from .commands.predict_volume import check_not_dicom_file, is_volume_path, predict_volumes
     from .engine.trainer import load_task
 
     inputs, overrides = _split_inputs(args.items)
@@ -268,8 +268,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 # subparser whose default ``func(args) -> int`` runs the command. One line per module.
 COMMAND_MODULES: tuple[str, ...] = (
     "detlab.engine.sweep",
-    "detlab.engine.show_data",
-    "detlab.engine.anchors_cmd",
+    "detlab.commands.show_data",
+    "detlab.commands.anchors_cmd",
     "detlab.commands.check_data",
     "detlab.commands.analyze",
     "detlab.commands.tune",
