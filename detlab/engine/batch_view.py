@@ -10,7 +10,6 @@ the wrong coordinates. The same picture is written at the start of every trainin
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -198,15 +198,9 @@ def load_task(path: str | Path, overrides: list[str] | None = None, *, trust: bo
 
 
 def add_trust_arguments(parser: Any) -> None:
-    """Add ``--trust-recipe`` and ``--recipe`` to a CLI subcommand that loads a checkpoint."""
-    parser.add_argument(
-        "--trust-recipe", action="store_true",
-        help="also import the dotted types and execute the recipe-file code stored in the "
-        "checkpoint (only for checkpoints from a source you trust; default: registered "
-        "types only, nothing from the checkpoint is executed)",
-    )
-    parser.add_argument(
-        "--recipe", default=None, metavar="RECIPE.py",
-        help="build the model from your own recipe file instead of the stored one; the "
-        "checkpoint then only provides the weights, which must fit",
-    )
+    """Add ``--trust-recipe`` and ``--recipe`` to a CLI subcommand that loads a checkpoint
+    (:func:`detlab.commands.cli_args.add_trust_arguments`; kept here for the commands that
+    import it from the engine)."""
+    from ..commands.cli_args import add_trust_arguments as add
+
+    add(parser)
