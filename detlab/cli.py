@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ConfigError, DetlabError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "command_names"]
 
 EXIT_USER_ERROR = 2
 
@@ -227,7 +227,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 def _command_stubs(module_name: str) -> list[tuple[str, str]]:
     """``(name, help)`` of each subcommand ``module_name``'s ``add_command`` adds, read from
-    its source with :mod:`ast` (the module is not imported: importing the command modules
+    its source with ``ast`` (the module is not imported: importing the command modules
     imports torch, which ``detlab --help`` must not wait for). Only literal
     ``add_parser("name", help="...")`` calls count; ``tests/test_cli_startup.py`` checks
     that they match what the module really registers."""
