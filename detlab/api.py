@@ -185,15 +185,20 @@ class Detector:
 
     # -- settings -----------------------------------------------------------------------------
     def setting_key(self, name: str) -> str:
-        """The recipe key a post-processing setting ``name`` changes: the head's
-        ``postprocessor.test.<name>`` slot when it has one, else its ``postprocess.<name>``,
-        ``test_postprocess.<name>``, or the head argument ``<name>`` (U-Net ``threshold``)."""
+        """The recipe key a post-processing setting ``name`` changes: in the head's
+        ``postprocessor`` slot (its ``test`` section when it has one), else its
+        ``postprocess.<name>`` or ``test_postprocess.<name>``, else the head argument
+        ``<name>`` (U-Net ``threshold``)."""
         head = self.task.recipe["model"].get("head") or {}
-        for slot, key in (("postprocessor", "model.head.postprocessor.test"),
-                          ("postprocess", "model.head.postprocess"),
-                          ("test_postprocess", "model.head.test_postprocess")):
-            if isinstance(head.get(slot), Mapping):
-                return f"{key}.{name}"
+        slot = head.get("postprocessor")
+        if isinstance(slot, Mapping):  # the one post-processing slot (postprocess/staged.py)
+            # predictions run the "test" stage; without a test section the common settings
+            # are the test ones
+            staged = isinstance(slot.get("test"), Mapping)
+            return f"model.head.postprocessor.{'test.' if staged else ''}{name}"
+        for slot_name in ("postprocess", "test_postprocess"):  # heads before that slot
+            if isinstance(head.get(slot_name), Mapping):
+                return f"model.head.{slot_name}.{name}"
         return f"model.head.{name}"
 
     def _task_for(self, settings: Mapping[str, Any]) -> Any:

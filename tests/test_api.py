@@ -177,3 +177,15 @@ def test_bad_inputs_are_detlab_errors(trained, tmp_path):
     torch.save({"weights": torch.zeros(2)}, plain)
     with pytest.raises(detlab.CheckpointError, match="not a detlab checkpoint"):
         detlab.Detector.from_checkpoint(plain)
+
+
+def test_setting_keys_follow_the_heads_post_processing_slot(trained):
+    _, run_dir = trained
+    model = detlab.Detector.from_checkpoint(run_dir / "checkpoints" / "last.ckpt",
+                                            device="cpu")
+    assert model.setting_key("threshold") == "model.head.threshold"
+    head = model.task.recipe["model"]["head"]
+    head["postprocessor"] = {"type": "BoxPostProcessor"}
+    assert model.setting_key("iou_threshold") == "model.head.postprocessor.iou_threshold"
+    head["postprocessor"]["test"] = {"score_threshold": 0.5}
+    assert model.setting_key("iou_threshold") == "model.head.postprocessor.test.iou_threshold"
