@@ -31,15 +31,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import torch
-
-from ..engine.callbacks import format_metrics
-from ..engine.checkpoint import add_trust_arguments
+from .cli_args import add_trust_arguments
 from ..errors import ConfigError
 from ..postprocess.staged import StagedPostprocessor
 from ..recipe import apply_overrides, parse_value
 from ..registry import EVALUATORS, HEADS
-from ..structures import to_device
 
 __all__ = [
     "parse_sweep", "split_values", "run_sweep", "sort_rows", "add_command", "SweepResult",
@@ -91,7 +87,7 @@ def _postprocessor_knob(key: str) -> str | None:
     return None
 
 
-def check_keys(grid: dict[str, list[Any]], head: torch.nn.Module) -> None:
+def check_keys(grid: dict[str, list[Any]], head: Any) -> None:
     """Refuse swept keys that could change the network's outputs (ConfigError naming them)."""
     from .sweep_sliced import is_slicing_key
 
@@ -189,14 +185,24 @@ def _combinations(task: Any, grid: dict[str, list[Any]], features: Any,
     return combos
 
 
-@torch.inference_mode()
 def run_sweep(task: Any, grid: dict[str, list[Any]], split: str = "val",
               limit: int | None = None) -> SweepResult:
     """Run ``task``'s model once over ``split`` and evaluate every combination of ``grid``.
 
     Returns rows sorted by the primary metric (best first).
     """
+    import torch  # here, not at import: `detlab sweep --help` must not load torch
+
+    with torch.inference_mode():
+        return _run_sweep(task, grid, split, limit)
+
+
+def _run_sweep(task: Any, grid: dict[str, list[Any]], split: str,
+               limit: int | None) -> SweepResult:
+    import torch
+
     from ..data.datamodule import DataModule
+    from ..structures import to_device
     from ..postprocess.slicing import SlicedInference
     from .sweep_sliced import is_slicing_key, run_sliced_sweep
 
@@ -314,6 +320,7 @@ def _cell(value: Any) -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run ``detlab sweep``."""
+    from ..engine.callbacks import format_metrics
     from ..engine.checkpoint import load_task
 
     grid = parse_sweep(args.items)

@@ -46,7 +46,7 @@ def _override(key: str, value: Any) -> str:
 
 def run_sliced_sweep(task: Any, grid: dict[str, list[Any]], data: Any, loader: Any,
                      device: Any, limit: int | None, result: Any) -> Any:
-    """Fill ``result`` (a :class:`~detlab.engine.sweep.SweepResult`) with one row per
+    """Fill ``result`` (a :class:`~detlab.commands.sweep.SweepResult`) with one row per
     combination of ``grid``, evaluated with sliced inference (module docstring)."""
     from ..postprocess.slicing import SlicedInference
 

@@ -48,7 +48,7 @@ from PIL import Image
 from ..checks import is_number
 from . import render
 from .positives_check import PositivesCheck, check_training_positives
-from .show_data import batch_summary, render_batch
+from .batch_view import batch_summary, render_batch
 
 __all__ = [
     "collapse_check", "assignment_collapse_check", "score_collapse_check", "DiagnosticsCallback",

@@ -9,7 +9,7 @@ import pytest
 
 from detlab.cli import main
 from detlab.data.datasets.synthetic_shapes import SyntheticShapes
-from detlab.engine.anchors_cmd import analyse, training_boxes
+from detlab.commands.anchors_cmd import analyse, training_boxes
 from detlab.ops.anchors import suggest_anchors
 
 ROOT = Path(__file__).resolve().parents[2]
