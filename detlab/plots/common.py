@@ -1,0 +1,54 @@
+"""Figure creation and output shared by the plot modules (Agg only, no pyplot state)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["new_figure", "panel_grid", "save_figure", "figure_to_array"]
+
+DPI = 100
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A ``Figure`` of ``width`` x ``height`` inches on an Agg canvas, with constrained layout
+    (titles, labels and legends do not overlap neighbouring panels)."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def panel_grid(n: int, columns: int = 4, panel: tuple[float, float] = (3.6, 2.7),
+               title: str = "") -> tuple[Figure, list]:
+    """A figure with ``n`` panels in rows of ``columns``; returns ``(figure, axes)`` with
+    exactly ``n`` axes (unused grid cells get none)."""
+    n = max(1, n)
+    columns = max(1, min(columns, n))
+    rows = math.ceil(n / columns)
+    fig = new_figure(panel[0] * columns, panel[1] * rows + (0.3 if title else 0.0))
+    axes = [fig.add_subplot(rows, columns, i + 1) for i in range(n)]
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return fig, axes
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as PNG to ``path`` (parents created; written to a temporary file and
+    renamed, so a viewer never sees half a picture)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=DPI)
+    tmp.replace(path)
+    return path
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """The rendered figure as ``(H, W, 3)`` uint8 RGB (for TensorBoard's ``add_image``)."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
