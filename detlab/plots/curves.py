@@ -62,8 +62,10 @@ def group_series(history: Mapping[int, Mapping[str, float]]
             title, label = panel_key(key)
             panels.setdefault(title, {}).setdefault(label, []).append((int(epoch), value))
 
-    def rank(title: str) -> int:
-        return 0 if title.startswith("train") else 1 if title.startswith("val") else 2
+    def rank(title: str) -> int:  # the total training loss first, then its terms
+        if title == "train loss":
+            return 0
+        return 1 if title.startswith("train") else 2 if title.startswith("val") else 3
 
     return dict(sorted(panels.items(), key=lambda kv: rank(kv[0])))
 

@@ -1,0 +1,186 @@
+"""Plots written during training, under ``<run>/plots/`` and (when the TensorBoard logger is
+active) as TensorBoard images; rank 0 only, once per epoch.
+
+* ``curves.png``: every epoch-level training loss term, validation metric and learning rate
+  (:mod:`detlab.plots.curves`), redrawn at the end of every training epoch;
+* detection (``CocoEvaluator``): ``pr_curve.png``, ``f1_curve.png``, ``confusion_matrix.png``
+  (:mod:`detlab.plots.detection`) after every validation;
+* segmentation (``SegmentationEvaluator``): ``froc.png`` (:mod:`detlab.plots.froc`);
+* TensorBoard also gets the learning rate (Lightning's ``LearningRateMonitor``) and, at the
+  end of fit, the resolved recipe as hparams with the final validation metrics (``hp/<name>``).
+
+A plot that fails to draw is reported as a warning naming the plot and the error; training
+goes on (a picture is never worth a lost run).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+__all__ = ["RunPlots", "plot_callbacks", "epoch_values"]
+
+
+def epoch_values(metrics: dict[str, Any], with_val: bool = True) -> dict[str, float]:
+    """Epoch-level ``train/*`` (``_epoch`` suffix dropped, ``_step`` values left out), ``lr-*``
+    and, if ``with_val``, ``val/*`` values of a Lightning metrics dict, as floats."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if key.endswith("_step") or not key.startswith(("train/", "val/", "lr-")):
+            continue
+        if key.startswith("val/") and not with_val:
+            continue
+        try:
+            out[key.removesuffix("_epoch")] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+class RunPlots(Callback):
+    """Draws the run's plots (see the module docstring) into ``<run_dir>/plots/``.
+
+    Args:
+        run_dir: the run folder.
+        confusion_iou: IoU at which the confusion matrix matches boxes.
+        confusion_conf: lowest confidence of a detection in the confusion matrix.
+    """
+
+    def __init__(self, run_dir: str | Path, confusion_iou: float = 0.5,
+                 confusion_conf: float = 0.25) -> None:
+        self.run_dir = Path(run_dir)
+        self.out_dir = self.run_dir / "plots"
+        self.confusion_iou = float(confusion_iou)
+        self.confusion_conf = float(confusion_conf)
+        self.history: dict[int, dict[str, float]] = {}
+        self._validated_epoch = -1
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """A resumed run starts its curves from the epochs already in ``metrics.csv``."""
+        if trainer.is_global_zero and not self.history:
+            self.history = _read_history(self.run_dir / "metrics.csv")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """After the module computed this epoch's metrics: the evaluator's plots."""
+        if trainer.sanity_checking:
+            return
+        self._validated_epoch = trainer.current_epoch
+        if not trainer.is_global_zero:
+            return
+        evaluator = getattr(pl_module, "evaluator", None)
+        if evaluator is not None:
+            for name, draw in _evaluator_plots(self, evaluator):
+                self._publish(trainer, name, draw)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Add this epoch's values to the history and redraw ``curves.png``."""
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        row = epoch_values(dict(trainer.callback_metrics),
+                           with_val=self._validated_epoch == epoch)
+        for opt in trainer.optimizers:
+            groups = opt.param_groups
+            for i, group in enumerate(groups):
+                # LearningRateMonitor's names, so a resumed run's CSV history continues them
+                name = f"lr-{type(opt).__name__}" + (f"/pg{i + 1}" if len(groups) > 1 else "")
+                row[name] = float(group["lr"])
+        self.history.setdefault(epoch, {}).update(row)
+        evaluator = getattr(pl_module, "evaluator", None)
+        primary = getattr(evaluator, "primary", None)
+        title = f"{self.run_dir.parent.name}/{self.run_dir.name}: epoch {epoch}"
+
+        def draw() -> Any:
+            from ..plots.curves import curves_figure
+
+            return curves_figure(self.history, title=title, primary=primary)
+
+        self._publish(trainer, "curves", draw)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """TensorBoard hparams: the resolved recipe with the final validation metrics."""
+        tb = _tensorboard(trainer)
+        recipe = getattr(pl_module, "recipe", None)
+        if tb is None or recipe is None or not trainer.is_global_zero:
+            return
+        metrics = {
+            f"hp/{k}": float(v) for k, v in getattr(pl_module, "last_metrics", {}).items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))
+        }
+        tb.log_hyperparams(json.loads(recipe.to_json()), metrics=metrics)
+
+    # -- output ---------------------------------------------------------------------------------
+    def _publish(self, trainer: pl.Trainer, name: str, draw: Any) -> None:
+        """Draw one figure, write ``plots/<name>.png`` and send it to TensorBoard."""
+        from ..plots.common import figure_to_array, save_figure
+
+        try:
+            fig = draw()
+            if fig is None:
+                return
+            save_figure(fig, self.out_dir / f"{name}.png")
+            tb = _tensorboard(trainer)
+            if tb is not None:
+                tb.experiment.add_image(f"plots/{name}", figure_to_array(fig),
+                                        trainer.global_step, dataformats="HWC")
+        except Exception as err:  # noqa: BLE001 - a plot must not end a run; reported
+            rank_zero_warn(f"plot {name!r} was not drawn: {type(err).__name__}: {err}")
+
+
+def _evaluator_plots(cb: RunPlots, evaluator: Any) -> list[tuple[str, Any]]:
+    """``(name, draw)`` pairs of the plots this evaluator supports."""
+    plots: list[tuple[str, Any]] = []
+    if callable(getattr(evaluator, "curve_data", None)):  # COCO boxes
+        from ..plots import detection as det
+
+        data = evaluator.curve_data()
+        names, records = data["class_names"], data["records"]
+        plots.append(("pr_curve", lambda: det.pr_figure(
+            data["precision"], names, data["recall_thresholds"], data["iou_thresholds"])))
+        plots.append(("f1_curve", lambda: det.f1_figure(
+            *det.f1_confidence(records, len(names)), names)))
+        plots.append(("confusion_matrix", lambda: det.confusion_figure(
+            det.confusion_matrix(records, len(names), cb.confusion_iou, cb.confusion_conf),
+            names, cb.confusion_iou, cb.confusion_conf)))
+    if callable(getattr(evaluator, "froc_curves", None)):  # segmentation lesions
+        from ..plots.froc import froc_figure
+
+        curves = evaluator.froc_curves()
+        if curves is not None:
+            plots.append(("froc", lambda: froc_figure(curves)))
+    return plots
+
+
+def _read_history(path: Path) -> dict[int, dict[str, float]]:
+    """Epoch-level values per epoch from a Lightning ``metrics.csv`` (empty when absent)."""
+    history: dict[int, dict[str, float]] = {}
+    if not path.is_file():
+        return history
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                epoch = int(float(row.get("epoch") or ""))
+            except ValueError:
+                continue
+            values = {k: v for k, v in row.items() if k and v not in (None, "")}
+            history.setdefault(epoch, {}).update(epoch_values(values))
+    return history
+
+
+def plot_callbacks(run_dir: str | Path) -> list[Callback]:
+    """The callbacks :func:`~detlab.engine.trainer.build_trainer` adds to every run: the
+    learning-rate monitor (per epoch, into the loggers) and :class:`RunPlots`."""
+    return [LearningRateMonitor(logging_interval="epoch"), RunPlots(run_dir)]
