@@ -6,6 +6,10 @@ active) as TensorBoard images; rank 0 only, once per epoch.
 * detection (``CocoEvaluator``): ``pr_curve.png``, ``f1_curve.png``, ``confusion_matrix.png``
   (:mod:`detlab.plots.detection`) after every validation;
 * segmentation (``SegmentationEvaluator``): ``froc.png`` (:mod:`detlab.plots.froc`);
+* overlays (:mod:`detlab.engine.plot_samples`): ``val_predictions.png`` (boxes with class
+  name and score), ``val_text.png`` (polygons: true positive / false positive / missed),
+  ``val_errors.png`` (TP / FP / FN pixels of the slices with the most wrong pixels) and
+  ``train_batch.png`` (the first training batch's boxes with a legend of the class names);
 * TensorBoard also gets the learning rate (Lightning's ``LearningRateMonitor``) and, at the
   end of fit, the resolved recipe as hparams with the final validation metrics (``hp/<name>``).
 
@@ -25,6 +29,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+
+from .plot_samples import SampleKeeper, train_batch_samples
 
 __all__ = ["RunPlots", "plot_callbacks", "epoch_values"]
 
@@ -66,6 +72,8 @@ class RunPlots(Callback):
         self.confusion_conf = float(confusion_conf)
         self.history: dict[int, dict[str, float]] = {}
         self._validated_epoch = -1
+        self._samples = SampleKeeper()
+        self._train_batch_drawn = False
 
     # -- hooks ----------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
@@ -73,8 +81,37 @@ class RunPlots(Callback):
         if trainer.is_global_zero and not self.history:
             self.history = _read_history(self.run_dir / "metrics.csv")
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        """The first training batch of this fit with class names (box data only)."""
+        if self._train_batch_drawn or not trainer.is_global_zero:
+            return
+        self._train_batch_drawn = True
+        samples = train_batch_samples(batch)
+        if samples:
+            from ..plots.detection import boxes_figure
+
+            names = _class_names(getattr(pl_module, "evaluator", None), samples)
+            self._publish(trainer, "train_batch", lambda: boxes_figure(
+                samples, names, f"first training batch (epoch {trainer.current_epoch}), "
+                "ground truth"))
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Forget the previous validation's images."""
+        self._samples.reset()
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Keep images for the overlays (rank 0)."""
+        if trainer.sanity_checking or not trainer.is_global_zero or not isinstance(outputs, list):
+            return
+        try:
+            self._samples.add(outputs, batch, getattr(pl_module, "evaluator", None))
+        except Exception as err:  # noqa: BLE001 - reported, the overlays are then partial
+            rank_zero_warn(f"overlay images not kept: {type(err).__name__}: {err}")
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        """After the module computed this epoch's metrics: the evaluator's plots."""
+        """After the module computed this epoch's metrics: the evaluator's plots, overlays."""
         if trainer.sanity_checking:
             return
         self._validated_epoch = trainer.current_epoch
@@ -84,6 +121,27 @@ class RunPlots(Callback):
         if evaluator is not None:
             for name, draw in _evaluator_plots(self, evaluator):
                 self._publish(trainer, name, draw)
+        epoch = trainer.current_epoch
+        kept = self._samples
+        if kept.boxes:
+            from ..plots.detection import boxes_figure
+
+            names = _class_names(evaluator, kept.boxes)
+            self._publish(trainer, "val_predictions", lambda: boxes_figure(
+                kept.boxes, names, f"validation predictions, epoch {epoch}",
+                min_score=self.confusion_conf))
+        if kept.polygons:
+            from ..plots.text import text_overlay_figure
+
+            self._publish(trainer, "val_text", lambda: text_overlay_figure(
+                kept.polygons, f"validation text polygons, epoch {epoch}"))
+        masks = kept.masks
+        if masks:
+            from ..plots.segmentation import segmentation_overlay_figure
+
+            self._publish(trainer, "val_errors", lambda: segmentation_overlay_figure(
+                masks, f"validation slices with the most wrong pixels, epoch {epoch} "
+                f"(threshold {getattr(evaluator, 'threshold', 0.5):g})"))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         """Add this epoch's values to the history and redraw ``curves.png``."""
@@ -138,6 +196,16 @@ class RunPlots(Callback):
                                         trainer.global_step, dataformats="HWC")
         except Exception as err:  # noqa: BLE001 - a plot must not end a run; reported
             rank_zero_warn(f"plot {name!r} was not drawn: {type(err).__name__}: {err}")
+
+
+def _class_names(evaluator: Any, samples: list[dict[str, Any]]) -> list[str]:
+    """The evaluator's class names, else ``class_<k>`` up to the largest label seen."""
+    names = getattr(evaluator, "class_names", None)
+    if names:
+        return list(names)
+    top = max((int(max(s["gt_labels"], default=-1)) for s in samples), default=-1)
+    top = max([top] + [int(max(s.get("labels", []), default=-1)) for s in samples])
+    return [f"class_{k}" for k in range(top + 1)]
 
 
 def _evaluator_plots(cb: RunPlots, evaluator: Any) -> list[tuple[str, Any]]:

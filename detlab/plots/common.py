@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["new_figure", "panel_grid", "save_figure", "figure_to_array"]
+__all__ = ["new_figure", "panel_grid", "save_figure", "figure_to_array", "image_grid", "class_colour"]
 
 DPI = 100
 
@@ -52,3 +52,20 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def image_grid(n: int, columns: int = 4, tile: float = 3.2,
+               title: str = "") -> tuple[Figure, list]:
+    """A figure of ``n`` image panels (axes off, square tiles of ``tile`` inches) in rows of
+    ``columns``; returns ``(figure, axes)``."""
+    fig, axes = panel_grid(n, columns=columns, panel=(tile, tile), title=title)
+    for ax in axes:
+        ax.set_axis_off()
+    return fig, axes
+
+
+def class_colour(k: int) -> tuple[float, float, float]:
+    """A distinct RGB colour (0..1) for class index ``k`` (matplotlib's tab10, cycled)."""
+    from matplotlib import colormaps
+
+    return tuple(colormaps["tab10"](int(k) % 10)[:3])

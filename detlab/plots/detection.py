@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from .common import new_figure, panel_grid
+from .common import class_colour, image_grid, new_figure, panel_grid
 
 __all__ = [
     "box_iou", "f1_confidence", "confusion_matrix", "pr_figure", "f1_figure",
-    "confusion_figure",
+    "confusion_figure", "boxes_figure",
 ]
 
 
@@ -205,4 +205,57 @@ def confusion_figure(cm: np.ndarray, class_names: Sequence[str], iou: float = 0.
                 if cm[i, j]:
                     ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
                             color="white" if share[i, j] > 0.5 else "black")
+    return fig
+
+
+def boxes_figure(samples: Sequence[dict[str, Any]], class_names: Sequence[str],
+                 title: str, min_score: float = 0.0, columns: int = 4) -> Figure:
+    """Images with boxes, coloured per class, with a legend of the class names.
+
+    Each sample: ``image`` ``(H, W, 3)`` uint8, ``gt_boxes`` ``(G, 4)`` xyxy px and
+    ``gt_labels``; optionally ``boxes``/``scores``/``labels`` (predictions, same px; drawn solid
+    with ``name score`` above each box, those below ``min_score`` left out) and ``name``
+    (panel title). Ground truth is dashed when predictions are drawn, solid otherwise.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    fig, axes = image_grid(len(samples), columns=columns, title=title)
+    used: set[int] = set()
+    has_pred = any(s.get("boxes") is not None for s in samples)
+    for ax, s in zip(axes, samples):
+        ax.imshow(s["image"])
+        ax.set_title(f"image {str(s.get('name', ''))[:34]}", fontsize=8)
+        for box, label in zip(np.asarray(s["gt_boxes"]).reshape(-1, 4),
+                              np.asarray(s["gt_labels"]).reshape(-1)):
+            used.add(int(label))
+            x0, y0, x1, y1 = box
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=1.2,
+                                   linestyle="--" if has_pred else "-",
+                                   edgecolor=class_colour(label)))
+        if s.get("boxes") is None:
+            continue
+        for box, score, label in zip(np.asarray(s["boxes"]).reshape(-1, 4),
+                                     np.asarray(s["scores"]).reshape(-1),
+                                     np.asarray(s["labels"]).reshape(-1)):
+            if score < min_score:
+                continue
+            used.add(int(label))
+            x0, y0, x1, y1 = box
+            colour = class_colour(label)
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=1.5,
+                                   edgecolor=colour))
+            name = class_names[label] if 0 <= label < len(class_names) else str(label)
+            ax.text(x0, y0, f"{name} {score:.2f}", fontsize=6, color="white", va="bottom",
+                    clip_on=True, bbox=dict(facecolor=colour, alpha=0.8, pad=0.5,
+                                            linewidth=0))
+    handles = [Line2D([], [], color=class_colour(k), linewidth=2,
+                      label=class_names[k] if k < len(class_names) else str(k))
+               for k in sorted(used)]
+    if has_pred:
+        handles.append(Line2D([], [], color="grey", linestyle="--", label="ground truth"))
+        handles.append(Line2D([], [], color="grey", label=f"prediction (score >= {min_score:g})"))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)),
+                   fontsize=8)
     return fig
