@@ -4,7 +4,7 @@
 * boxes (detection) and polygons (text): the first ``max_images`` validation images, with
   predictions and ground truth in original pixels (scaled with the picture);
 * masks (segmentation): the ``max_images`` validation slices with the most wrong pixels
-  (false positives + false negatives at the evaluator's threshold);
+  (false positives + false negatives at the evaluator's threshold; none without an error);
 * the first training batch with its ground-truth boxes (input pixels).
 """
 
@@ -125,6 +125,8 @@ class SampleKeeper:
         if gt.shape != hit.shape:
             return  # the evaluator reports this mismatch as a DataError
         error = int((hit ^ gt).sum())
+        if error == 0:
+            return  # nothing wrong to show
         self._order += 1
         if len(self._masks) >= self.max_images and error <= self._masks[0][0]:
             return

@@ -29,7 +29,7 @@ def froc_figure(curves: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
         name = class_names[c] if class_names and c < len(class_names) else f"class {c}"
         m = froc_sensitivities(fps, sens, rates)
         # extend the last operating point to the right edge: the sensitivity stays there
-        xs = np.concatenate([np.maximum(fps, lo), [hi]])
+        xs = np.concatenate([np.maximum(fps, lo), [max(hi, float(fps[-1]))]])
         ys = np.concatenate([sens, [sens[-1]]])
         (line,) = ax.plot(xs, ys, linewidth=1.5, label=f"{name}: FROC score {m['froc_score']:.3f}")
         at = [m[f"froc_sens@{r:g}"] for r in rates]
