@@ -7,9 +7,9 @@ from detlab.engine import render
 
 
 def test_colorbar_is_heatmap_scale():
-    picture = Image.new("RGB", (400, 50), (60, 60, 60))
+    picture = Image.new("RGB", (500, 50), (60, 60, 60))
     out = render.with_colorbar(picture, "probability / attention")
-    assert out.width == 400 and out.height == 50 + 12 + 24
+    assert out.width == 500 and out.height == 50 + 12 + 24
     assert np.array_equal(np.asarray(out)[:50], np.asarray(picture))  # picture kept as is
     bar = np.asarray(out)[50 + 4 + 6]  # a row through the bar
     lo = np.asarray(render.heatmap(np.zeros((1, 1))))[0, 0]
