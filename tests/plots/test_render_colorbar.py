@@ -12,6 +12,6 @@ def test_colorbar_is_heatmap_scale():
     assert out.width == 500 and out.height == 50 + 12 + 24
     assert np.array_equal(np.asarray(out)[:50], np.asarray(picture))  # picture kept as is
     bar = np.asarray(out)[50 + 4 + 6]  # a row through the bar
-    lo = np.asarray(render.heatmap(np.zeros((1, 1))))[0, 0]
-    hi = np.asarray(render.heatmap(np.ones((1, 1))))[0, 0]
+    lo = np.asarray(render.heatmap(np.zeros((2, 2))))[0, 0]
+    hi = np.asarray(render.heatmap(np.ones((2, 2))))[0, 0]
     assert np.array_equal(bar[8], lo) and np.array_equal(bar[8 + 255], hi)
