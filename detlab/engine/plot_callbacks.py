@@ -183,17 +183,24 @@ class RunPlots(Callback):
     # -- output ---------------------------------------------------------------------------------
     def _publish(self, trainer: pl.Trainer, name: str, draw: Any) -> None:
         """Draw one figure, write ``plots/<name>.png`` and send it to TensorBoard."""
-        from ..plots.common import figure_to_array, save_figure
+        from PIL import Image
+
+        from ..plots.common import figure_to_array
 
         try:
             fig = draw()
             if fig is None:
                 return
-            save_figure(fig, self.out_dir / f"{name}.png")
+            pixels = figure_to_array(fig)  # drawn once for the file and TensorBoard
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = self.out_dir / f"{name}.png"
+            tmp = path.with_name(path.name + ".tmp")
+            Image.fromarray(pixels).save(tmp, format="PNG")
+            tmp.replace(path)  # a viewer never sees half a picture
             tb = _tensorboard(trainer)
             if tb is not None:
-                tb.experiment.add_image(f"plots/{name}", figure_to_array(fig),
-                                        trainer.global_step, dataformats="HWC")
+                tb.experiment.add_image(f"plots/{name}", pixels, trainer.global_step,
+                                        dataformats="HWC")
         except Exception as err:  # noqa: BLE001 - a plot must not end a run; reported
             rank_zero_warn(f"plot {name!r} was not drawn: {type(err).__name__}: {err}")
 
