@@ -10,6 +10,8 @@ active) as TensorBoard images; rank 0 only, once per epoch.
   name and score), ``val_text.png`` (polygons: true positive / false positive / missed),
   ``val_errors.png`` (TP / FP / FN pixels of the slices with the most wrong pixels) and
   ``train_batch.png`` (the first training batch's boxes with a legend of the class names);
+* text: ``hmean_threshold.png``, precision / recall / H-mean of the first 32 validation images
+  (rank 0) with the head's post-processor at binarization thresholds 0.05 ... 0.95;
 * TensorBoard also gets the learning rate (Lightning's ``LearningRateMonitor``) and, at the
   end of fit, the resolved recipe as hparams with the final validation metrics (``hp/<name>``).
 
@@ -135,6 +137,9 @@ class RunPlots(Callback):
 
             self._publish(trainer, "val_text", lambda: text_overlay_figure(
                 kept.polygons, f"validation text polygons, epoch {epoch}"))
+        if kept.prob_maps:
+            self._publish(trainer, "hmean_threshold",
+                          lambda: _hmean_plot(kept.prob_maps, pl_module, evaluator, epoch))
         masks = kept.masks
         if masks:
             from ..plots.segmentation import segmentation_overlay_figure
@@ -203,6 +208,28 @@ class RunPlots(Callback):
                                         dataformats="HWC")
         except Exception as err:  # noqa: BLE001 - a plot must not end a run; reported
             rank_zero_warn(f"plot {name!r} was not drawn: {type(err).__name__}: {err}")
+
+
+def _hmean_plot(samples: list[dict[str, Any]], pl_module: Any, evaluator: Any,
+                epoch: int) -> Any:
+    """H-mean vs binarization threshold with the head's own post-processor (None when it
+    has no ``binarize_threshold``)."""
+    import numpy as np
+
+    from ..plots.text import hmean_figure, hmean_vs_threshold
+
+    pp = getattr(getattr(getattr(pl_module, "model", None), "head", None), "postprocessor", None)
+    if callable(getattr(pp, "for_stage", None)):  # a staged slot: the validation settings
+        pp = pp.for_stage("val")
+    if not hasattr(pp, "binarize_threshold"):
+        return None
+    thresholds = np.round(np.arange(0.05, 0.951, 0.05), 2)
+    curves = hmean_vs_threshold(samples, pp, thresholds,
+                                getattr(evaluator, "iou_threshold", 0.5),
+                                getattr(evaluator, "ignore_overlap", 0.5))
+    return hmean_figure(thresholds, curves, current=float(pp.binarize_threshold),
+                        title=f"H-mean vs binarization threshold, epoch {epoch} "
+                              f"({len(samples)} validation images)")
 
 
 def _class_names(evaluator: Any, samples: list[dict[str, Any]]) -> list[str]:

@@ -63,12 +63,15 @@ class SampleKeeper:
         self.max_images = max_images
         self.boxes: list[dict[str, Any]] = []
         self.polygons: list[dict[str, Any]] = []
+        self.prob_maps: list[dict[str, Any]] = []  # text: for H-mean vs binarization threshold
+        self.max_prob_maps = 32
         self._masks: list[tuple[int, int, dict[str, Any]]] = []  # heap (error, order, sample)
         self._order = 0
 
     def reset(self) -> None:
         """Forget the previous epoch's images."""
         self.boxes, self.polygons, self._masks, self._order = [], [], [], 0
+        self.prob_maps = []
 
     @property
     def masks(self) -> list[dict[str, Any]]:
@@ -79,6 +82,9 @@ class SampleKeeper:
         """Keep what this validation batch adds (see the module docstring)."""
         for i, pred in enumerate(preds or []):
             target, meta = batch.targets[i], batch.meta[i]
+            if pred.polygons is not None and "prob_map" in (pred.extras or {}) and len(
+                    self.prob_maps) < self.max_prob_maps:
+                self.prob_maps.append(self._prob_map_sample(pred, target, meta))
             if pred.boxes is not None and len(self.boxes) < self.max_images:
                 self.boxes.append(self._box_sample(batch.images[i], pred, target, meta))
             elif pred.polygons is not None and len(self.polygons) < self.max_images:
@@ -113,6 +119,19 @@ class SampleKeeper:
         return {"image": pic, "name": meta.get("image_id", ""),
                 "preds": [p * f for p in preds], "gts": [g * f for g in gts],
                 "pred_status": pred_status, "gt_status": gt_status}
+
+    def _prob_map_sample(self, pred: Prediction, target: dict[str, Any],
+                         meta: dict[str, Any]) -> dict[str, Any]:
+        from ..evaluation.text_hmean import _gt_polygons
+
+        gts = _gt_polygons(target, meta)
+        ignore = target.get("ignore")
+        ignore = np.zeros(len(gts), bool) if ignore is None else _numpy(ignore, bool).reshape(-1)
+        orig = meta.get("orig_size")
+        return {"prob_map": _numpy(pred.extras["prob_map"], np.float32),
+                "scale": tuple(float(v) for v in meta.get("scale", (1.0, 1.0))),
+                "orig_size": None if orig is None else tuple(int(v) for v in orig),
+                "gts": gts, "ignore": ignore}
 
     def _mask_sample(self, image: torch.Tensor, pred: Prediction, target: dict[str, Any],
                      meta: dict[str, Any], threshold: float) -> None:

@@ -55,3 +55,25 @@ def test_segmentation_overlay_colours_and_counts():
     fig = segmentation_overlay_figure([{"image": image, "pred": pred, "gt": gt, "name": "s3"}])
     assert fig.axes[0].get_title() == "s3  TP 1  FP 1  FN 2"
     assert _legend(fig) == ["true positive", "false positive", "false negative (missed)"]
+
+
+def test_hmean_vs_binarization_threshold():
+    from detlab.plots.text import hmean_figure, hmean_vs_threshold
+    from detlab.postprocess.db_polygons import DBPostProcessor
+
+    prob = np.zeros((64, 96), np.float32)
+    prob[24:40, 20:76] = 0.8          # one text kernel, probability 0.8
+    prob[4:10, 4:14] = 0.4            # a weaker blob: a false positive below 0.4 only
+    word = np.array([[14, 18], [82, 18], [82, 46], [14, 46]], float)
+    sample = {"prob_map": prob, "scale": (1.0, 1.0), "orig_size": (64, 96), "gts": [word],
+              "ignore": np.zeros(1, bool)}
+    pp = DBPostProcessor(box_threshold=0.3)
+    curves = hmean_vs_threshold([sample], pp, [0.3, 0.5, 0.85])
+    assert curves["precision"].tolist() == [0.5, 1.0, 0.0]   # the blob counts at 0.3
+    assert curves["recall"].tolist() == [1.0, 1.0, 0.0]      # nothing above 0.8
+    assert curves["hmean"][1] == 1.0 and pp.binarize_threshold == 0.3  # a copy was changed
+    fig = hmean_figure([0.3, 0.5, 0.85], curves, current=0.3)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["precision", "recall", "H-mean: best 1.000 at 0.50",
+                      "model's threshold 0.3"]
+    assert fig.axes[0].get_xlabel() == "binarization threshold"
