@@ -9,7 +9,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["new_figure", "panel_grid", "save_figure", "figure_to_array", "image_grid", "class_colour"]
+__all__ = ["new_figure", "panel_grid", "save_figure", "figure_to_array", "image_grid", "class_colour",
+           "halo"]
 
 DPI = 100
 
@@ -62,6 +63,15 @@ def image_grid(n: int, columns: int = 4, tile: float = 3.2,
     for ax in axes:
         ax.set_axis_off()
     return fig, axes
+
+
+def halo(width: float) -> list:
+    """Path effects that outline a line of ``width`` in black, so thin boxes and polygons
+    stay visible on any image colour."""
+    from matplotlib import patheffects
+
+    return [patheffects.Stroke(linewidth=width + 1.6, foreground="black", alpha=0.8),
+            patheffects.Normal()]
 
 
 def class_colour(k: int) -> tuple[float, float, float]:

@@ -75,7 +75,7 @@ def curves_figure(history: Mapping[int, Mapping[str, float]], title: str = "",
     """One panel per series group of ``history`` (see :func:`group_series`), epoch on x.
 
     ``primary`` (a metric name such as ``"AP"``) gets its panel title marked ``(primary)``.
-    Panels with several series have a legend; a single point is drawn as a marker.
+    Grouped panels (named series) have a legend; every point is marked.
     """
     panels = group_series(history)
     if not panels:
@@ -93,6 +93,6 @@ def curves_figure(history: Mapping[int, Mapping[str, float]], title: str = "",
         ax.xaxis.get_major_locator().set_params(integer=True)
         if name.startswith("train") and "loss" in name:
             ax.set_ylabel("loss", fontsize=8)
-        if len(series) > 1:
+        if any(series):  # a grouped panel names its series, even when only one is left
             ax.legend(fontsize=6, ncol=2 if len(series) > 4 else 1, loc="best")
     return fig

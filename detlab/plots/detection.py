@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from .common import class_colour, image_grid, new_figure, panel_grid
+from .common import class_colour, halo, image_grid, new_figure, panel_grid
 
 __all__ = [
     "box_iou", "f1_confidence", "confusion_matrix", "pr_figure", "f1_figure",
@@ -230,9 +230,9 @@ def boxes_figure(samples: Sequence[dict[str, Any]], class_names: Sequence[str],
                               np.asarray(s["gt_labels"]).reshape(-1)):
             used.add(int(label))
             x0, y0, x1, y1 = box
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=1.2,
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=1.3,
                                    linestyle="--" if has_pred else "-",
-                                   edgecolor=class_colour(label)))
+                                   edgecolor=class_colour(label), path_effects=halo(1.3)))
         if s.get("boxes") is None:
             continue
         for box, score, label in zip(np.asarray(s["boxes"]).reshape(-1, 4),
@@ -243,10 +243,10 @@ def boxes_figure(samples: Sequence[dict[str, Any]], class_names: Sequence[str],
             used.add(int(label))
             x0, y0, x1, y1 = box
             colour = class_colour(label)
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=1.5,
-                                   edgecolor=colour))
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=1.6,
+                                   edgecolor=colour, path_effects=halo(1.6)))
             name = class_names[label] if 0 <= label < len(class_names) else str(label)
-            ax.text(x0, y0, f"{name} {score:.2f}", fontsize=6, color="white", va="bottom",
+            ax.text(x0, y0, f"{name} {score:.2f}", fontsize=7, color="white", va="bottom",
                     clip_on=True, bbox=dict(facecolor=colour, alpha=0.8, pad=0.5,
                                             linewidth=0))
     handles = [Line2D([], [], color=class_colour(k), linewidth=2,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from .common import image_grid, new_figure
+from .common import halo, image_grid, new_figure
 
 __all__ = ["STATUS_COLOURS", "text_overlay_figure", "hmean_vs_threshold", "hmean_figure"]
 
@@ -40,14 +40,16 @@ def text_overlay_figure(samples: Sequence[dict[str, Any]], title: str = "",
             key = {1: "true positive", 0: "false positive"}.get(int(st), "not scored (don't care)")
             counts["TP" if st == 1 else "FP"] += int(st >= 0)
             ax.add_patch(Polygon(np.asarray(poly).reshape(-1, 2), closed=True, fill=False,
-                                 linewidth=1.4, edgecolor=STATUS_COLOURS[key]))
+                                 linewidth=1.4, edgecolor=STATUS_COLOURS[key],
+                                 path_effects=halo(1.4)))
         for poly, st in zip(s["gts"], s["gt_status"]):
             if st == 1:
                 continue
             key = "missed ground truth" if st == 0 else "not scored (don't care)"
             counts["missed"] += int(st == 0)
             ax.add_patch(Polygon(np.asarray(poly).reshape(-1, 2), closed=True, fill=False,
-                                 linewidth=1.4, linestyle="--", edgecolor=STATUS_COLOURS[key]))
+                                 linewidth=1.4, linestyle="--", edgecolor=STATUS_COLOURS[key],
+                                 path_effects=halo(1.4)))
         name = str(s.get("name", ""))[:24]
         ax.set_title(f"{name}  TP {counts['TP']}  FP {counts['FP']}  missed {counts['missed']}",
                      fontsize=8)
