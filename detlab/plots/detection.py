@@ -57,7 +57,7 @@ def _match_by_score(dt_boxes: np.ndarray, dt_scores: np.ndarray, gt_boxes: np.nd
 
 
 def f1_confidence(records: Sequence[dict[str, Any]], num_classes: int, iou: float = 0.5,
-                  points: int = 101) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  points: int = 1001) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """F1 of each class at confidence thresholds ``linspace(0, 1, points)``.
 
     Returns ``(thresholds (P,), f1 (K, P), has_gt (K,) bool)``: detections with
@@ -68,6 +68,8 @@ def f1_confidence(records: Sequence[dict[str, Any]], num_classes: int, iou: floa
     tp = np.zeros((num_classes, points))
     fp = np.zeros((num_classes, points))
     num_gt = np.zeros(num_classes)
+    hits: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
     for r in records:
         for k in range(num_classes):
             gmask = r["gt_labels"] == k
@@ -75,12 +77,17 @@ def f1_confidence(records: Sequence[dict[str, Any]], num_classes: int, iou: floa
             num_gt[k] += int((gmask & ~r["gt_ignore"]).sum())
             if not dmask.any():
                 continue
-            scores = r["dt_scores"][dmask]
-            hit = _match_by_score(r["dt_boxes"][dmask], scores, r["gt_boxes"][gmask],
-                                  r["gt_ignore"][gmask], iou)
-            above = scores[:, None] >= thresholds[None, :]
-            tp[k] += (above & (hit[:, None] == 1)).sum(0)
-            fp[k] += (above & (hit[:, None] == 0)).sum(0)
+            sc = r["dt_scores"][dmask]
+            hits[k].append(_match_by_score(r["dt_boxes"][dmask], sc, r["gt_boxes"][gmask],
+                                           r["gt_ignore"][gmask], iou))
+            scores[k].append(sc)
+    for k in range(num_classes):
+        if not scores[k]:
+            continue
+        sc, hit = np.concatenate(scores[k]), np.concatenate(hits[k])
+        for out, which in ((tp, sc[hit == 1]), (fp, sc[hit == 0])):
+            # number of scores >= each threshold
+            out[k] = len(which) - np.searchsorted(np.sort(which), thresholds, side="left")
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         recall = np.where(num_gt[:, None] > 0, tp / num_gt[:, None], 0.0)
@@ -123,7 +130,12 @@ def confusion_matrix(records: Sequence[dict[str, Any]], num_classes: int, iou: f
 
 
 def _class_legend(ax: Any, n: int) -> None:
-    ax.legend(fontsize=6 if n > 6 else 7, loc="lower left", ncol=1 + n // 12)
+    """A few entries inside the axes; more (one per class) beside them, never over curves."""
+    if n <= 4:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                  ncol=1 + n // 25)
 
 
 def pr_figure(precision: np.ndarray | None, class_names: Sequence[str],
@@ -132,7 +144,9 @@ def pr_figure(precision: np.ndarray | None, class_names: Sequence[str],
     of each class (legend ``name AP=...``) and the mean over classes (thick black).
     ``precision`` ``(T, R, K)`` from ``CocoEvaluator.curve_data()``; ``-1`` entries (class
     without ground truth) are left out."""
-    fig, axes = panel_grid(2, columns=2, panel=(5.0, 4.2), title="Precision-recall per class")
+    wide = len(class_names) > 3  # the legend goes beside each panel
+    fig, axes = panel_grid(2, columns=2, panel=(6.4 if wide else 5.0, 4.2),
+                           title="Precision-recall per class")
     t50 = int(np.argmin(np.abs(np.asarray(iou_thresholds) - 0.5)))
     for ax, name in zip(axes, ("IoU 0.5", "IoU 0.50:0.95")):
         curves = []
@@ -160,9 +174,9 @@ def f1_figure(thresholds: np.ndarray, f1: np.ndarray, has_gt: np.ndarray,
               class_names: Sequence[str], iou: float = 0.5) -> Figure:
     """F1 vs confidence threshold per class and averaged over the classes with ground truth
     (thick), the best average F1 marked with its threshold."""
-    fig = new_figure(6.0, 4.4)
-    ax = fig.add_subplot(1, 1, 1)
     shown = [k for k in range(len(class_names)) if has_gt[k]]
+    fig = new_figure(8.2 if len(shown) > 3 else 6.0, 4.4)  # room for a legend beside
+    ax = fig.add_subplot(1, 1, 1)
     for k in shown:
         ax.plot(thresholds, f1[k], linewidth=1, label=class_names[k])
     if shown:

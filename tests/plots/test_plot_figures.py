@@ -79,9 +79,9 @@ def test_confusion_matrix_hand_made():
 def test_f1_confidence_hand_made():
     thr, f1, has_gt = f1_confidence(_records(), 2)
     assert has_gt.tolist() == [True, True]
-    assert f1[0, 50] == pytest.approx(2 / 3)   # .9 TP and .8 FP: P 1/2, R 1
-    assert f1[0, 85] == pytest.approx(1.0)     # only .9
-    assert f1[0, 95] == 0.0 and f1[1].max() == 0.0
+    assert f1[0, 500] == pytest.approx(2 / 3)  # .9 TP and .8 FP: P 1/2, R 1
+    assert f1[0, 850] == pytest.approx(1.0)    # only .9
+    assert f1[0, 950] == 0.0 and f1[1].max() == 0.0
     fig = f1_figure(thr, f1, has_gt, ["on", "off"])
     labels = _legend(fig.axes[0])
     assert labels[:2] == ["on", "off"]
