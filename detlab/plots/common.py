@@ -24,13 +24,15 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def panel_grid(n: int, columns: int = 4, panel: tuple[float, float] = (3.6, 2.7),
-               title: str = "") -> tuple[Figure, list]:
-    """A figure with ``n`` panels in rows of ``columns``; returns ``(figure, axes)`` with
+               title: str = "", min_width: float = 0.0) -> tuple[Figure, list]:
+    """A figure with ``n`` panels in rows of ``columns`` (at least ``min_width`` inches wide,
+    so a title and a legend below fit over a single panel); returns ``(figure, axes)`` with
     exactly ``n`` axes (unused grid cells get none)."""
     n = max(1, n)
     columns = max(1, min(columns, n))
     rows = math.ceil(n / columns)
-    fig = new_figure(panel[0] * columns, panel[1] * rows + (0.3 if title else 0.0))
+    fig = new_figure(max(min_width, panel[0] * columns),
+                     panel[1] * rows + (0.3 if title else 0.0))
     axes = [fig.add_subplot(rows, columns, i + 1) for i in range(n)]
     if title:
         fig.suptitle(title, fontsize=12)
@@ -59,7 +61,8 @@ def image_grid(n: int, columns: int = 4, tile: float = 3.2,
                title: str = "") -> tuple[Figure, list]:
     """A figure of ``n`` image panels (axes off, square tiles of ``tile`` inches) in rows of
     ``columns``; returns ``(figure, axes)``."""
-    fig, axes = panel_grid(n, columns=columns, panel=(tile, tile), title=title)
+    # legends below image grids need ~8 inches (4 entries); titles about as much
+    fig, axes = panel_grid(n, columns=columns, panel=(tile, tile), title=title, min_width=8.0)
     for ax in axes:
         ax.set_axis_off()
     return fig, axes
