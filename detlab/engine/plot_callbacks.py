@@ -75,6 +75,7 @@ class RunPlots(Callback):
         self.history: dict[int, dict[str, float]] = {}
         self._validated_epoch = -1
         self._samples = SampleKeeper()
+        self._best_conf: float | None = None  # overlays show boxes from the best-F1 confidence
         self._train_batch_drawn = False
 
     # -- hooks ----------------------------------------------------------------------------------
@@ -131,7 +132,8 @@ class RunPlots(Callback):
             names = _class_names(evaluator, kept.boxes)
             self._publish(trainer, "val_predictions", lambda: boxes_figure(
                 kept.boxes, names, f"validation predictions, epoch {epoch}",
-                min_score=self.confusion_conf))
+                min_score=self.confusion_conf if self._best_conf is None else self._best_conf,
+                score_note="" if self._best_conf is None else ", best F1"))
         if kept.polygons:
             from ..plots.text import text_overlay_figure
 
@@ -252,8 +254,9 @@ def _evaluator_plots(cb: RunPlots, evaluator: Any) -> list[tuple[str, Any]]:
         names, records = data["class_names"], data["records"]
         plots.append(("pr_curve", lambda: det.pr_figure(
             data["precision"], names, data["recall_thresholds"], data["iou_thresholds"])))
-        plots.append(("f1_curve", lambda: det.f1_figure(
-            *det.f1_confidence(records, len(names)), names)))
+        thresholds, f1, has_gt = det.f1_confidence(records, len(names))
+        cb._best_conf = det.best_f1_threshold(thresholds, f1, has_gt)
+        plots.append(("f1_curve", lambda: det.f1_figure(thresholds, f1, has_gt, names)))
         plots.append(("confusion_matrix", lambda: det.confusion_figure(
             det.confusion_matrix(records, len(names), cb.confusion_iou, cb.confusion_conf),
             names, cb.confusion_iou, cb.confusion_conf)))

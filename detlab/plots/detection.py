@@ -19,7 +19,7 @@ from .common import class_colour, halo, image_grid, new_figure, panel_grid
 
 __all__ = [
     "box_iou", "f1_confidence", "confusion_matrix", "pr_figure", "f1_figure",
-    "confusion_figure", "boxes_figure",
+    "confusion_figure", "boxes_figure", "best_f1_threshold",
 ]
 
 
@@ -93,6 +93,17 @@ def f1_confidence(records: Sequence[dict[str, Any]], num_classes: int, iou: floa
         recall = np.where(num_gt[:, None] > 0, tp / num_gt[:, None], 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     return thresholds, f1, num_gt > 0
+
+
+def best_f1_threshold(thresholds: np.ndarray, f1: np.ndarray,
+                      has_gt: np.ndarray) -> float | None:
+    """The confidence threshold of the highest F1 averaged over the classes with ground truth
+    (ties: the highest threshold); None when no class has ground truth."""
+    shown = np.flatnonzero(has_gt)
+    if not len(shown):
+        return None
+    mean = f1[shown].mean(0)
+    return float(thresholds[len(mean) - 1 - int(np.argmax(mean[::-1]))])
 
 
 def confusion_matrix(records: Sequence[dict[str, Any]], num_classes: int, iou: float = 0.5,
@@ -181,8 +192,7 @@ def f1_figure(thresholds: np.ndarray, f1: np.ndarray, has_gt: np.ndarray,
         ax.plot(thresholds, f1[k], linewidth=1, label=class_names[k])
     if shown:
         mean = f1[shown].mean(0)
-        best = int(np.argmax(mean[::-1]))  # ties: the highest threshold
-        best = len(mean) - 1 - best
+        best = int(np.searchsorted(thresholds, best_f1_threshold(thresholds, f1, has_gt)))
         ax.plot(thresholds, mean, color="black", linewidth=2.5,
                 label=f"all classes: best F1 {mean[best]:.3f} at {thresholds[best]:.2f}")
         ax.axvline(thresholds[best], color="red", linestyle="--", linewidth=1)
@@ -223,13 +233,15 @@ def confusion_figure(cm: np.ndarray, class_names: Sequence[str], iou: float = 0.
 
 
 def boxes_figure(samples: Sequence[dict[str, Any]], class_names: Sequence[str],
-                 title: str, min_score: float = 0.0, columns: int = 4) -> Figure:
+                 title: str, min_score: float = 0.0, columns: int = 4,
+                 score_note: str = "") -> Figure:
     """Images with boxes, coloured per class, with a legend of the class names.
 
     Each sample: ``image`` ``(H, W, 3)`` uint8, ``gt_boxes`` ``(G, 4)`` xyxy px and
     ``gt_labels``; optionally ``boxes``/``scores``/``labels`` (predictions, same px; drawn solid
     with ``name score`` above each box, those below ``min_score`` left out) and ``name``
     (panel title). Ground truth is dashed when predictions are drawn, solid otherwise.
+    ``score_note`` follows the score limit in the legend (e.g. ``", best F1"``).
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
@@ -268,7 +280,8 @@ def boxes_figure(samples: Sequence[dict[str, Any]], class_names: Sequence[str],
                for k in sorted(used)]
     if has_pred:
         handles.append(Line2D([], [], color="grey", linestyle="--", label="ground truth"))
-        handles.append(Line2D([], [], color="grey", label=f"prediction (score >= {min_score:g})"))
+        handles.append(Line2D([], [], color="grey",
+                              label=f"prediction (score >= {min_score:.3g}{score_note})"))
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)),
                    fontsize=8)

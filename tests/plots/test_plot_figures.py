@@ -7,6 +7,7 @@ import torch
 from detlab.plots.common import save_figure
 from detlab.plots.curves import curves_figure, group_series
 from detlab.plots.detection import (
+    best_f1_threshold,
     confusion_figure,
     confusion_matrix,
     f1_confidence,
@@ -82,6 +83,7 @@ def test_f1_confidence_hand_made():
     assert f1[0, 500] == pytest.approx(2 / 3)  # .9 TP and .8 FP: P 1/2, R 1
     assert f1[0, 850] == pytest.approx(1.0)    # only .9
     assert f1[0, 950] == 0.0 and f1[1].max() == 0.0
+    assert best_f1_threshold(thr, f1, has_gt) == pytest.approx(0.9)  # highest of the ties
     fig = f1_figure(thr, f1, has_gt, ["on", "off"])
     labels = _legend(fig.axes[0])
     assert labels[:2] == ["on", "off"]
