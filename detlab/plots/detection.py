@@ -234,14 +234,16 @@ def confusion_figure(cm: np.ndarray, class_names: Sequence[str], iou: float = 0.
 
 def boxes_figure(samples: Sequence[dict[str, Any]], class_names: Sequence[str],
                  title: str, min_score: float = 0.0, columns: int = 4,
-                 score_note: str = "") -> Figure:
+                 score_note: str = "", max_boxes: int = 15) -> Figure:
     """Images with boxes, coloured per class, with a legend of the class names.
 
     Each sample: ``image`` ``(H, W, 3)`` uint8, ``gt_boxes`` ``(G, 4)`` xyxy px and
     ``gt_labels``; optionally ``boxes``/``scores``/``labels`` (predictions, same px; drawn solid
     with ``name score`` above each box, those below ``min_score`` left out) and ``name``
     (panel title). Ground truth is dashed when predictions are drawn, solid otherwise.
-    ``score_note`` follows the score limit in the legend (e.g. ``", best F1"``).
+    ``score_note`` follows the score limit in the legend (e.g. ``", best F1"``). At most
+    ``max_boxes`` predictions per image (highest scores); a label that would cover a
+    higher-scoring one is left out (its box is drawn).
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
@@ -261,18 +263,30 @@ def boxes_figure(samples: Sequence[dict[str, Any]], class_names: Sequence[str],
                                    edgecolor=class_colour(label), path_effects=halo(1.3)))
         if s.get("boxes") is None:
             continue
-        for box, score, label in zip(np.asarray(s["boxes"]).reshape(-1, 4),
-                                     np.asarray(s["scores"]).reshape(-1),
-                                     np.asarray(s["labels"]).reshape(-1)):
-            if score < min_score:
-                continue
+        boxes = np.asarray(s["boxes"]).reshape(-1, 4)
+        scores = np.asarray(s["scores"]).reshape(-1)
+        labels = np.asarray(s["labels"]).reshape(-1)
+        keep = np.flatnonzero(scores >= min_score)
+        keep = keep[np.argsort(-scores[keep], kind="stable")][:max_boxes]
+        # label size in image px (a panel is ~320 px wide): labels that would cover an
+        # earlier (higher-scoring) one are left out, their boxes are still drawn
+        px = max(s["image"].shape[:2]) / 320.0
+        placed: list[tuple[float, float, float]] = []
+        for i in keep:
+            box, score, label = boxes[i], scores[i], int(labels[i])
             used.add(int(label))
             x0, y0, x1, y1 = box
             colour = class_colour(label)
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=1.6,
                                    edgecolor=colour, path_effects=halo(1.6)))
             name = class_names[label] if 0 <= label < len(class_names) else str(label)
-            ax.text(x0, y0, f"{name} {score:.2f}", fontsize=7, color="white", va="bottom",
+            text = f"{name} {score:.2f}"
+            width, height = 5.2 * len(text) * px, 11 * px
+            if any(abs(x0 - qx) < max(width, qw) and abs(y0 - qy) < height
+                   for qx, qy, qw in placed):
+                continue
+            placed.append((x0, y0, width))
+            ax.text(x0, y0, text, fontsize=7, color="white", va="bottom",
                     clip_on=True, bbox=dict(facecolor=colour, alpha=0.8, pad=0.5,
                                             linewidth=0))
     handles = [Line2D([], [], color=class_colour(k), linewidth=2,

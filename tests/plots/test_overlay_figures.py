@@ -77,3 +77,14 @@ def test_hmean_vs_binarization_threshold():
     assert labels == ["precision", "recall", "H-mean: best 1.000 at 0.50",
                       "model's threshold 0.3"]
     assert fig.axes[0].get_xlabel() == "binarization threshold"
+
+
+def test_boxes_figure_keeps_labels_apart():
+    image = np.zeros((100, 100, 3), np.uint8)
+    boxes = np.array([[10, 10, 40, 40], [11, 11, 41, 41], [60, 60, 90, 90]] * 7, float)
+    scores = np.linspace(0.9, 0.5, len(boxes))
+    sample = {"image": image, "gt_boxes": np.zeros((0, 4)), "gt_labels": np.zeros(0, int),
+              "boxes": boxes, "scores": scores, "labels": np.zeros(len(boxes), int)}
+    ax = boxes_figure([sample], ["digit"], "val", max_boxes=15).axes[0]
+    assert len(ax.patches) == 15                        # the 15 highest scores
+    assert [t.get_text() for t in ax.texts] == ["digit 0.90", "digit 0.86"]  # one per spot
