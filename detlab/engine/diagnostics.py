@@ -392,7 +392,8 @@ class DiagnosticsCallback(Callback):
             tiles += row + [render.caption(render.fit(Image.new("RGB", size[::-1]), 160), "")
                             ] * (columns - len(row))
         title = f"epoch {epoch}: attention gates, coarse to fine (yellow = 1, passes the skip)"
-        render.grid(tiles, columns, title=title).save(
+        render.with_colorbar(render.grid(tiles, columns, title=title),
+                             "probability / attention").save(
             self.out / f"attention_epoch{epoch}.png")
 
 

@@ -43,6 +43,7 @@ from .callbacks import (
 )
 from .diagnostics import DiagnosticsCallback
 from .ema import build_ema
+from .plot_callbacks import plot_callbacks
 from .positives_check import PositivesCheck
 from .progress import build_progress_bar
 from .resume_check import check_resume
@@ -158,6 +159,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
         DatasetEpochSetter(),
         StepSeeder(int(cfg["seed"])),
         PositivesCheck(cfg["positives"], run_dir),  # on even without diagnostics
+        *plot_callbacks(run_dir),  # plots/*.png, TensorBoard images, lr, hparams
     ]
     if cfg["diagnostics"]:
         callbacks.append(DiagnosticsCallback(run_dir))
