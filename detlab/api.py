@@ -186,20 +186,11 @@ class Detector:
     # -- settings -----------------------------------------------------------------------------
     def setting_key(self, name: str) -> str:
         """The recipe key a post-processing setting ``name`` changes: in the head's
-        ``postprocessor`` slot (its ``test`` section when it has one), else its
-        ``postprocess.<name>`` or ``test_postprocess.<name>``, else the head argument
-        ``<name>`` (U-Net ``threshold``)."""
-        head = self.task.recipe["model"].get("head") or {}
-        slot = head.get("postprocessor")
-        if isinstance(slot, Mapping):  # the one post-processing slot (postprocess/staged.py)
-            # predictions run the "test" stage; without a test section the common settings
-            # are the test ones
-            staged = isinstance(slot.get("test"), Mapping)
-            return f"model.head.postprocessor.{'test.' if staged else ''}{name}"
-        for slot_name in ("postprocess", "test_postprocess"):  # heads before that slot
-            if isinstance(head.get(slot_name), Mapping):
-                return f"model.head.{slot_name}.{name}"
-        return f"model.head.{name}"
+        ``postprocessor`` slot (postprocess/staged.py), its ``test`` section when it has one
+        (predictions run the test stage; without one the common settings are the test ones)."""
+        slot = (self.task.recipe["model"].get("head") or {}).get("postprocessor")
+        staged = isinstance(slot, Mapping) and isinstance(slot.get("test"), Mapping)
+        return f"model.head.postprocessor.{'test.' if staged else ''}{name}"
 
     def _task_for(self, settings: Mapping[str, Any]) -> Any:
         """The task with ``settings`` applied: a copy of the model built from the recipe with
@@ -212,7 +203,15 @@ class Detector:
             from .recipe import apply_overrides
 
             recipe = copy.deepcopy(self.task.recipe)
-            texts = [f"{self.setting_key(k)}={v}" for k, v in key]
+            head = recipe["model"]["head"]
+            if not isinstance(head.get("postprocessor"), Mapping):
+                # the head's default post-processor: overrides of one setting keep the others
+                built = self.task.model.head.postprocessor.for_stage("test")
+                head["postprocessor"] = {"type": type(built).__name__}
+            slot = head["postprocessor"]
+            section = slot["test"] if isinstance(slot.get("test"), Mapping) else slot
+            # "+": a setting the recipe leaves at the post-processor's default is a new key
+            texts = [f"{'' if k in section else '+'}{self.setting_key(k)}={v}" for k, v in key]
             apply_overrides(recipe, texts)
             recipe.overrides = list(recipe.overrides) + texts
             variant = DetlabTask(recipe)

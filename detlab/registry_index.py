@@ -21,7 +21,8 @@ __all__ = ["REGISTRY_NAMES", "DISCOVER_PACKAGES", "component_modules", "source_i
 # The module-level names of the registries, as registering modules spell them.
 REGISTRY_NAMES = (
     "BACKBONES", "NECKS", "HEADS", "MODELS", "LOSSES", "ASSIGNERS", "POSTPROCESSORS", "DATASETS",
-    "TRANSFORMS", "SAMPLERS", "EVALUATORS", "OPTIMIZERS", "SCHEDULERS",
+    "TRANSFORMS", "SAMPLERS", "BOX_SAMPLERS", "BOX_HEADS", "EVALUATORS", "OPTIMIZERS",
+    "SCHEDULERS",
 )
 # Packages whose modules may register components.
 DISCOVER_PACKAGES = (

@@ -27,7 +27,7 @@ data['train'] = dict(type='CocoDetection', ann_file={ann!r}, img_dir={img!r}, im
 data['val'] = dict(data['train'])
 data['sampler'] = None
 evaluator['class_names'] = ['on', 'off']
-model['head']['postprocess']['score_threshold'] = 0.0
+model['head']['postprocessor']['score_threshold'] = 0.0
 """
 
 
@@ -122,7 +122,7 @@ def test_settings_equal_cli_overrides(yolo, tmp_path):
     result, img = yolo
     model = detlab.Detector.from_checkpoint(result.last_checkpoint, device="cpu")
     key = model.setting_key("score_threshold")
-    assert key == "model.head.postprocess.score_threshold"
+    assert key == "model.head.postprocessor.score_threshold"
     everything = model(img)
     scores = torch.cat([p.scores for p in everything])
     cut = float(scores.median())
@@ -183,8 +183,14 @@ def test_setting_keys_follow_the_heads_post_processing_slot(trained):
     _, run_dir = trained
     model = detlab.Detector.from_checkpoint(run_dir / "checkpoints" / "last.ckpt",
                                             device="cpu")
-    assert model.setting_key("threshold") == "model.head.threshold"
     head = model.task.recipe["model"]["head"]
+    del head["postprocessor"]  # a recipe that leaves the head's default post-processor
+    assert model.setting_key("threshold") == "model.head.postprocessor.threshold"
+    img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for thr in (0.3, 0.7):  # a setting the recipe never named still reaches the masks
+        pred = model(img, threshold=thr)[0]
+        assert pred.extras["threshold"] == thr
+        assert torch.equal(pred.mask, pred.probs >= thr)
     head["postprocessor"] = {"type": "BoxPostProcessor"}
     assert model.setting_key("iou_threshold") == "model.head.postprocessor.iou_threshold"
     head["postprocessor"]["test"] = {"score_threshold": 0.5}

@@ -205,3 +205,12 @@ def test_unknown_name_error_still_lists_every_registered_name():
     msg = str(err.value)
     assert "Did you mean: CIoULoss" in msg
     assert all(name in msg for name in ("WIoULoss", "DBLoss", "FocalTverskyLoss"))
+
+
+def test_the_source_index_knows_every_registry():
+    import detlab.registry as registry
+    from detlab.registry_index import REGISTRY_NAMES
+
+    defined = {name for name, obj in vars(registry).items()
+               if isinstance(obj, registry.Registry)}
+    assert defined == set(REGISTRY_NAMES)
