@@ -55,6 +55,18 @@ def resolve_transform(type_: Any, key: str = "") -> Any:
     )
 
 
+def _moves_boxes(transforms: Sequence[Any]) -> int:
+    """How many of ``transforms`` may change boxes or the image shape (compositions count as
+    many as they hold, since they could)."""
+    count = 0
+    for t in transforms:
+        if isinstance(t, A.ImageOnlyTransform):
+            continue
+        inner = getattr(t, "transforms", None)
+        count += len(inner) + 1 if inner is not None else 1
+    return count
+
+
 def build_transforms(
     cfgs: Sequence[Any] | None,
     *,
@@ -92,7 +104,11 @@ def build_transforms(
     extra: dict[str, Any] = {}
     if task == "detection":
         extra["bbox_params"] = A.BboxParams(
-            format="pascal_voc", label_fields=["labels"], min_visibility=0.0, clip=True
+            format="pascal_voc", label_fields=["labels"], min_visibility=0.0, clip=True,
+            # Boxes are filtered after every transform by default; with at most one transform
+            # that can move them (the rest pixel-only) the final filter gives the same boxes,
+            # and the per-transform filters were a fifth of a sample's time.
+            check_each_transform=_moves_boxes(built) > 1,
         )
     elif task == "text":
         extra["keypoint_params"] = A.KeypointParams(format="xy", remove_invisible=False)

@@ -77,3 +77,29 @@ def test_normalize_is_bit_identical_to_the_formula():
     image = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     ref = (image.astype(np.float32) / 255.0 - ds.mean) / ds.std
     assert torch.equal(ds.normalize(image), torch.from_numpy(ref.transpose(2, 0, 1).copy()))
+
+
+def test_one_box_moving_transform_filters_boxes_once_with_the_same_result():
+    import albumentations as A
+
+    from detlab.data.transforms import build_transforms
+
+    cfg = [dict(type="HorizontalFlip", p=0.5),
+           dict(type="RandomBrightnessContrast", brightness_limit=0.2, contrast_limit=0.2)]
+    fast = build_transforms(cfg, task="detection")
+    assert fast.processors["bboxes"].params.check_each_transform is False
+    two = build_transforms(cfg + [dict(type="Affine", scale=(0.5, 1.5), p=1.0)],
+                           task="detection")
+    assert two.processors["bboxes"].params.check_each_transform is True
+    ref = A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.2, 0.2)],
+                    bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"],
+                                             min_visibility=0.0, clip=True))
+    image = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    boxes = np.array([[0, 0, 30, 20], [29, 19, 30, 20], [5, 5, 6, 6]], np.float32)
+    for seed in range(20):
+        fast.set_random_seed(seed)
+        ref.set_random_seed(seed)
+        a = fast(image=image, bboxes=boxes, labels=np.arange(3))
+        b = ref(image=image, bboxes=boxes, labels=np.arange(3))
+        assert np.array_equal(a["image"], b["image"])
+        assert np.array_equal(a["bboxes"], b["bboxes"]) and list(a["labels"]) == list(b["labels"])
