@@ -24,7 +24,8 @@ What it does:
 
 A run is one epoch (400 images) on a freshly built loader, so worker start-up is included for
 both. Runs alternate between the libraries (the CPU is shared) and the medians are printed with
-the ratio detlab / Ultralytics. ``--profile`` prints a cProfile of one detlab epoch in the main
+the ratio detlab / Ultralytics, in images/s and in images per CPU-second (main process plus
+workers, from /proc: steadier than wall time on a shared machine). ``--profile`` prints a cProfile of one detlab epoch in the main
 process (``num_workers=0``).
 """
 
@@ -102,6 +103,24 @@ def make_data(root: Path, n: int = N_IMAGES, seed: int = 0,
         + "".join(f"  {k}: {v}\n" for k, v in enumerate(CLASS_NAMES)))
 
 
+def tree_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of process ``pid`` (default: this one) and all its live
+    descendants, from /proc (Linux); loader workers are descendants. 0.0 elsewhere."""
+    pid = os.getpid() if pid is None else pid
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                total += sum(tree_cpu_seconds(int(c)) for c in f.read().split())
+    except (OSError, ValueError, IndexError):
+        pass
+    return total
+
+
 # -- 2. detlab --------------------------------------------------------------------------------
 def detlab_cfg(root: Path, img_size: int, workers: int, cache: str | None) -> dict:
     """The ``data`` section of the benchmark: YOLO txt + helmet augmentation + oversampler."""
@@ -114,16 +133,17 @@ def detlab_cfg(root: Path, img_size: int, workers: int, cache: str | None) -> di
     return cfg
 
 
-def detlab_epoch(module) -> float:
-    """images/s of one epoch on a freshly built train loader (worker start-up included)."""
-    t0 = time.perf_counter()
+def detlab_epoch(module) -> tuple[float, float]:
+    """``(images/s, CPU ms per image)`` of one epoch on a freshly built train loader (worker
+    start-up included; CPU of this process and its workers)."""
+    c0, t0 = tree_cpu_seconds(), time.perf_counter()
     loader = module.train_dataloader()
     n = 0
     for batch in loader:
         n += batch.images.shape[0]
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, tree_cpu_seconds() - c0  # workers still alive
     del loader
-    return n / dt
+    return n / dt, 1e3 * cpu / n
 
 
 def detlab_module(root: Path, img_size: int, workers: int, cache: str | None):
@@ -164,16 +184,19 @@ def ultra_worker(root: str, img_size: int, mode: str, cache: str | None) -> None
     cfg = get_cfg(overrides=overrides)
     data = check_det_dataset(str(Path(root) / "data.yaml"))
     dataset = build_yolo_dataset(cfg, data["train"], 8, data, mode="train", stride=32)
-    t0 = time.perf_counter()
+    c0, t0 = tree_cpu_seconds(), time.perf_counter()
     loader = build_dataloader(dataset, 8, 1, shuffle=True)
     n = 0
     for batch in loader:
         n += int(batch["img"].shape[0])
-    print(json.dumps({"ips": n / (time.perf_counter() - t0)}))
+    dt, cpu = time.perf_counter() - t0, tree_cpu_seconds() - c0
+    print(json.dumps({"ips": n / dt, "cpu_ms": 1e3 * cpu / n}))
 
 
-def ultra_run(python: str, root: Path, img_size: int, mode: str, cache: str | None) -> float:
-    """images/s of one Ultralytics epoch in a subprocess with ``python``."""
+def ultra_run(python: str, root: Path, img_size: int, mode: str, cache: str | None
+              ) -> tuple[float, float]:
+    """``(images/s, CPU ms per image)`` of one Ultralytics epoch in a subprocess with
+    ``python``."""
     cmd = [python, __file__, "--ultra-worker", "--root", str(root), "--sizes", str(img_size),
            "--ultra-mode", mode, "--cache", cache or "none"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -181,7 +204,8 @@ def ultra_run(python: str, root: Path, img_size: int, mode: str, cache: str | No
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
-            return float(json.loads(line)["ips"])
+            res = json.loads(line)
+            return float(res["ips"]), float(res["cpu_ms"])
     raise RuntimeError(f"Ultralytics run failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
 
 
@@ -220,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no Ultralytics interpreter at {args.ultra_python!r}: detlab numbers only")
     for size in args.sizes:
         modules = {c: detlab_module(args.root, size, args.workers, c) for c in caches}
-        times: dict[str, list[float]] = {}
+        times: dict[str, list[tuple[float, float]]] = {}
         for _ in range(args.runs):
             for c, module in modules.items():
                 times.setdefault(f"detlab cache={c}", []).append(detlab_epoch(module))
@@ -228,16 +252,20 @@ def main(argv: list[str] | None = None) -> int:
                 for c in caches:
                     times.setdefault(f"ultralytics {mode} cache={c}", []).append(
                         ultra_run(ultra, args.root, size, mode, c))
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
+               for k, v in times.items()}
         print(f"\n{size} px, {N_IMAGES} images, batch 8, {args.workers} worker(s), "
-              f"{args.runs} runs (median images/s, runs in brackets)")
-        for k, v in med.items():
-            print(f"  {k:<36} {v:7.1f}  [{', '.join(f'{t:.0f}' for t in times[k])}]")
+              f"{args.runs} runs: median images/s (runs) | median CPU ms per image, main "
+              "process + workers")
+        for k, (ips, cpu) in med.items():
+            runs = ", ".join(f"{r[0]:.0f}" for r in times[k])
+            print(f"  {k:<36} {ips:7.1f}  [{runs}]  | {cpu:6.2f} ms")
         for c in caches:
             for mode in args.ultra_modes if ultra else ():
-                ref = med[f"ultralytics {mode} cache={c}"]
-                print(f"  ratio detlab / ultralytics {mode} (cache={c}): "
-                      f"{med[f'detlab cache={c}'] / ref:.2f}x")
+                ips, cpu = med[f"ultralytics {mode} cache={c}"]
+                d_ips, d_cpu = med[f"detlab cache={c}"]
+                print(f"  detlab / ultralytics {mode} (cache={c}): images/s {d_ips / ips:.2f}x, "
+                      f"images per CPU-second {cpu / d_cpu:.2f}x")
     return 0
 
 
