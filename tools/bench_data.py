@@ -1,4 +1,4 @@
-"""Training data pipeline throughput: detlab's YOLO-txt loader against Ultralytics' on the same files.
+"""Training data pipeline throughput: detlab's YOLO-txt loader against Ultralytics'.
 
 Usage::
 
@@ -25,8 +25,8 @@ What it does:
 A run is one epoch (400 images) on a freshly built loader, so worker start-up is included for
 both. Runs alternate between the libraries (the CPU is shared) and the medians are printed with
 the ratio detlab / Ultralytics, in images/s and in images per CPU-second (main process plus
-workers, from /proc: steadier than wall time on a shared machine). ``--profile`` prints a cProfile of one detlab epoch in the main
-process (``num_workers=0``).
+workers, from /proc: steadier than wall time on a shared machine). ``--profile`` prints a
+cProfile of one detlab epoch in the main process (``num_workers=0``).
 """
 
 from __future__ import annotations

@@ -2,15 +2,15 @@
 
 Decoding a PNG/JPEG and resizing it to the input size are the most expensive steps of a
 training sample, and they are the same every epoch. The cache keeps, per image, the decoded
-image after the dataset's deterministic resize (:meth:`InputGeometry.resize_image`) and before
-any augmentation, so a cached sample goes through the same augmentation, padding and
-normalization as an uncached one and is the same tensor (tests/data/test_cache.py). Like
-Ultralytics' ``cache=``:
+image after the dataset's deterministic resize
+(:meth:`~detlab.data.geometry.InputGeometry.resize_image`) and before any augmentation, so
+a cached sample goes through the same augmentation, padding and normalization as an uncached
+one and is the same tensor (tests/data/test_cache.py). Like Ultralytics' ``cache=``:
 
-* ``"ram"``: filled once in the main process (threads: OpenCV decodes without the GIL) when the
-  data module builds the dataset, before loader workers start; forked workers share the pages.
-  With the ``spawn`` start method (macOS, Windows) each worker gets a copy.
-* ``"disk"``: one ``.npy`` per image under ``dir`` (default ``$XDG_CACHE_HOME/detlab/images``,
+* ``"ram"``: filled once in the main process (threads: OpenCV decodes without the GIL) when a
+  loader is built (the geometry is final then), before its workers start; forked workers
+  share the pages. With the ``spawn`` start method (macOS, Windows) each worker gets a copy.
+* ``"disk"``: one ``.npz`` per image under ``dir`` (default ``$XDG_CACHE_HOME/detlab/images``,
   else ``~/.cache/detlab/images``), named by a hash of the image's absolute path, its size and
   modification time and the resize settings, so an edited image or another ``img_size`` is a
   miss, never a stale hit. Only for datasets that read image files.
@@ -145,7 +145,8 @@ class ImageCache:
         return self.directory / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
 
     def check_room(self, dataset: Any, name: str) -> int:
-        """Log the estimate (:func:`estimate_bytes`) and refuse it beyond the free room."""
+        """Log the estimate (:func:`~detlab.data.cache.estimate_bytes`); refuse it beyond the
+        free room."""
         need = estimate_bytes(dataset)
         if self.mode == "ram":
             room, where = available_ram(), "available memory"
@@ -199,7 +200,7 @@ class ImageCache:
         log.info("%s: %d images cached (%s)", name, len(self), self.mode)
 
     def ensure(self, dataset: Any, name: str = "dataset") -> None:
-        """:meth:`fill` unless the cache already holds ``dataset`` at its current geometry."""
+        """``fill`` unless the cache already holds ``dataset`` at its current geometry."""
         if self._key != self.resize_key(dataset):
             self.fill(dataset, name)
 
@@ -222,7 +223,7 @@ class ImageCache:
 
 
 def build_cache(cfg: Any) -> ImageCache | None:
-    """``data.cache`` → :class:`ImageCache` (``None``: no cache)."""
+    """``data.cache`` → :class:`~detlab.data.cache.ImageCache` (``None``: no cache)."""
     if cfg is None or cfg is False:
         return None
     if isinstance(cfg, str):

@@ -181,7 +181,7 @@ def letterbox_geometry(
     Defaults: ``img_size=default_img_size``, keep the ratio, pad each side to a multiple of
     ``stride=32`` with gray 114, centred. ``geometry`` is an :class:`InputGeometry` or a dict of
     its fields over these defaults. In the shorthand ``stride=None`` means ``pad="size"`` (pad
-    to ``img_size x img_size``). Keys left :data:`UNSET` are not given.
+    to ``img_size x img_size``). Keys left ``UNSET`` are not given.
 
     Raises:
         ConfigError: both ``geometry`` and a shorthand key, an unknown key, or a bad value

@@ -179,7 +179,7 @@ class DetectionDataset(Dataset):
     def input_geometry(cls, geometry: InputGeometry | Mapping[str, Any] | None = None,
                        **shorthand: Any) -> InputGeometry:
         """The :class:`~detlab.data.geometry.InputGeometry` of ``geometry`` or of the flat
-        shorthand (``img_size``, ``stride``, ``scale_up``, ``pad_value``; :data:`UNSET`: not
+        shorthand (``img_size``, ``stride``, ``scale_up``, ``pad_value``; ``UNSET``: not
         given), with this class's ``default_img_size``."""
         return letterbox_geometry(cls.__name__, geometry, cls.default_img_size, **shorthand)
 

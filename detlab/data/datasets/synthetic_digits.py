@@ -74,8 +74,8 @@ class SyntheticDigits(DetectionDataset):
         stretch: ``(min, max)`` extra height/width factor on top of the glyph's own ratio.
         transforms, geometry, mean, std: see
             :class:`~detlab.data.datasets.detection_base.DetectionDataset`.
-        img_size, stride, scale_up, pad_value: shorthand for ``geometry`` (same class); ``img_size=None``
-            (default) keeps ``image_size``.
+        img_size, stride, scale_up, pad_value: shorthand for ``geometry`` (same class);
+            ``img_size=None`` (the default) keeps ``image_size``.
     """
 
     default_img_size = None  # keep image_size unless told

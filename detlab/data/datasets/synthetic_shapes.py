@@ -54,8 +54,8 @@ class SyntheticShapes(DetectionDataset):
         min_size, max_size: object side range in px (``max_size`` default: short side / 3).
         transforms, geometry, mean, std: see
             :class:`~detlab.data.datasets.detection_base.DetectionDataset`.
-        img_size, stride, scale_up, pad_value: shorthand for ``geometry`` (same class); ``img_size=None``
-            (default) keeps ``image_size``.
+        img_size, stride, scale_up, pad_value: shorthand for ``geometry`` (same class);
+            ``img_size=None`` (the default) keeps ``image_size``.
     """
 
     default_img_size = None  # keep image_size unless told
