@@ -165,3 +165,16 @@ def test_datamodule_cache_with_a_worker_gives_the_uncached_batches(root, tmp_pat
     with pytest.raises(ConfigError, match="data.cache"):
         DataModule(dict(train=dict(type="YoloDetection", root=str(root),
                                    class_names=["a", "b"]), cache="vram")).check()
+
+
+def test_mosaic_reads_the_cache_and_gives_the_same_samples(root):
+    from detlab.data.mosaic import MosaicDataset
+
+    plain = MosaicDataset(_dataset(root, img_size=64), p=1.0, seed=1)
+    base = _dataset(root, img_size=64)
+    base.image_cache = ImageCache("ram")
+    base.image_cache.fill(base, "x")
+    cached = MosaicDataset(base, p=1.0, seed=1)
+    for i in range(3):
+        _same(SeededDataset(plain, 2)[i], SeededDataset(cached, 2)[i])
+    assert base.image_cache.hits >= 3 * 4 and base.image_cache.misses == 0

@@ -248,16 +248,24 @@ class DetectionDataset(Dataset):
                               ann.ignore, (h, w), False, ann.source)
         return ann
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def load_resized(self, index: int
+                     ) -> tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[int, int],
+                                Annotations]:
+        """Image ``index`` after the geometry's resize, before augmentation (from
+        ``image_cache`` when set): ``(image, boxes in it, scale (sy, sx), original (h, w),
+        annotations with pixel boxes in the original image)``."""
         if self.image_cache is not None:
-            # the decoded image after the deterministic resize, before any augmentation
             resized, orig = self.image_cache.get(self, index)
             ann = self.pixel_annotations(self.annotations(index), orig)
             scale = (resized.shape[0] / orig[0], resized.shape[1] / orig[1])
-            return self._finish(resized, self.geometry.scale_boxes(ann.boxes, scale), scale,
-                                orig, ann)
+            return resized, self.geometry.scale_boxes(ann.boxes, scale), scale, orig, ann
         image, ann = self.load_raw(index)
-        return self.make_sample(image, ann)
+        resized, boxes, scale = self.geometry.resize_image(image, ann.boxes)
+        return resized, boxes, scale, (int(image.shape[0]), int(image.shape[1])), ann
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        resized, boxes, scale, orig, ann = self.load_resized(index)
+        return self._finish(resized, boxes, scale, orig, ann)
 
     def make_sample(
         self, image: np.ndarray, ann: Annotations, extra_meta: dict[str, Any] | None = None
