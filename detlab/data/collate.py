@@ -64,7 +64,7 @@ def collate(samples: list[dict[str, Any]], size_divisor: int = 32) -> Batch:
     ws = [s["image"].shape[-1] for s in samples]
     height = int(math.ceil(max(hs) / size_divisor) * size_divisor)
     width = int(math.ceil(max(ws) / size_divisor) * size_divisor)
-    images = torch.stack([pad_to(s["image"], height, width) for s in samples])
+    images = _stack_padded([s["image"] for s in samples], height, width)
     targets = []
     for s in samples:
         target = dict(s.get("target", {}))
@@ -78,6 +78,31 @@ def collate(samples: list[dict[str, Any]], size_divisor: int = 32) -> Batch:
     if torch.utils.data.get_worker_info() is not None:
         targets = PackedTargets(targets)  # few shared-memory segments on the way out
     return Batch(images=images, targets=targets, meta=meta)
+
+
+def _stack_padded(images: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
+    """``(B, C, height, width)``: each image at the top-left, zeros elsewhere (as ``pad_to`` +
+    ``torch.stack``). Written straight into the output, and in a loader worker into shared
+    memory, as torch's default collate does: the batch then crosses to the main process without
+    the copy pickling would make (a 39 MB copy per batch of 8 at 640 px in float32)."""
+    first = images[0]
+    if any(im.dtype != first.dtype or im.shape[:-2] != first.shape[:-2] for im in images):
+        return torch.stack([pad_to(im, height, width) for im in images])
+    shape = (len(images), *first.shape[:-2], height, width)
+    if torch.utils.data.get_worker_info() is not None:
+        numel = int(torch.Size(shape).numel())
+        storage = first._typed_storage()._new_shared(numel, device=first.device)
+        out = first.new(storage).resize_(shape)
+    else:
+        out = first.new_empty(shape)
+    for i, im in enumerate(images):
+        h, w = im.shape[-2:]
+        out[i, ..., :h, :w] = im
+        if h < height:
+            out[i, ..., h:, :] = 0
+        if w < width:
+            out[i, ..., :h, w:] = 0
+    return out
 
 
 def _packable(targets: list[dict[str, Any]], key: str) -> bool:

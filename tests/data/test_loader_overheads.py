@@ -45,17 +45,20 @@ class _Samples(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
-        return {"image": torch.rand(3, 8, 8, generator=g),
+        return {"image": torch.rand(3, 6 + i, 9 - i, generator=g),  # padded to 16 x 16
                 "target": {"boxes": torch.rand(i, 4, generator=g), "labels": torch.arange(i)},
                 "meta": {"image_id": i}}
 
 
 def test_worker_batches_equal_in_process_batches():
-    a = list(DataLoader(_Samples(), batch_size=2, collate_fn=Collate(8)))
-    b = list(DataLoader(_Samples(), batch_size=2, collate_fn=Collate(8), num_workers=1))
+    a = list(DataLoader(_Samples(), batch_size=2, collate_fn=Collate(16)))
+    b = list(DataLoader(_Samples(), batch_size=2, collate_fn=Collate(16), num_workers=1))
     assert type(a[0].targets) is list and type(b[0].targets) is list
-    for x, y in zip(a, b):
-        assert torch.equal(x.images, y.images) and x.meta == y.meta
+    for k, (x, y) in enumerate(zip(a, b)):
+        pairs = [_Samples()[2 * k + j]["image"] for j in range(2)]
+        ref = torch.stack([torch.nn.functional.pad(im, (0, 16 - im.shape[2], 0, 16 - im.shape[1]))
+                           for im in pairs])  # zeros bottom/right, as documented
+        assert torch.equal(x.images, ref) and torch.equal(y.images, ref) and x.meta == y.meta
         for tx, ty in zip(x.targets, y.targets):
             assert all(torch.equal(tx[k], ty[k]) for k in tx)
 
