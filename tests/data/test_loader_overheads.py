@@ -82,7 +82,7 @@ def test_normalize_is_bit_identical_to_the_formula():
     assert torch.equal(ds.normalize(image), torch.from_numpy(ref.transpose(2, 0, 1).copy()))
 
 
-def test_one_box_moving_transform_filters_boxes_once_with_the_same_result():
+def test_flips_and_pixel_transforms_filter_boxes_once_with_the_same_result():
     import albumentations as A
 
     from detlab.data.transforms import build_transforms
@@ -94,6 +94,8 @@ def test_one_box_moving_transform_filters_boxes_once_with_the_same_result():
     two = build_transforms(cfg + [dict(type="Affine", scale=(0.5, 1.5), p=1.0)],
                            task="detection")
     assert two.processors["bboxes"].params.check_each_transform is True
+    crop = build_transforms([dict(type="Crop", x_max=10, y_max=10)], task="detection")
+    assert crop.processors["bboxes"].params.check_each_transform is True  # may empty a box
     ref = A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.2, 0.2)],
                     bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"],
                                              min_visibility=0.0, clip=True))
