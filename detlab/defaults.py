@@ -67,6 +67,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "persistent_workers": None,     # defaults to num_workers > 0
     "root": None,                   # data folder/list for datasets taking `root` (CT studies)
     "classes": None,                # class names once, in label order (detlab.classes)
+    "cache": None,                  # "ram" / "disk": decoded, resized images (detlab.data.cache)
 }
 
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}

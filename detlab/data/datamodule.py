@@ -11,6 +11,10 @@ Keys of ``data``::
     sampler              optional sampler config for training (e.g. PositiveOversampler)
     root                 data location given to every train/val/test dataset that takes a
                          ``root`` argument and sets none (``data.root=/data/Task`` on the CLI)
+    cache                optional "ram" / "disk" (or dict(mode="disk", dir=...)): decoded,
+                         resized, un-augmented images of train/val/test are cached, filled
+                         before the loader's workers start, with the memory estimate logged
+                         first (:mod:`detlab.data.cache`)
     multi_scale          optional (low, high): each training batch is resized to a random
                          multiple of size_divisor in [low, high] x the train dataset's img_size
                          (:class:`~detlab.data.multiscale.MultiScaleCollate`); with high > 1
@@ -109,11 +113,16 @@ class DataModule(pl.LightningDataModule):
         # first epoch of a resumed run (set by fit from the checkpoint), else None
         self.start_epoch: int | None = None
         self._datasets: dict[str, Dataset] = {}
+        self._caches: dict[int, Any] = {}
 
     def check(self) -> None:
         """Build the train dataset (and val when set), the train sampler and collate: every
         path, class name and data key is checked here, before the model is built."""
         dataset = self.dataset("train")
+        if self.cfg.get("cache") is not None:
+            from .cache import build_cache
+
+            build_cache(self.cfg["cache"])  # a bad data.cache fails before the model is built
         if self.cfg.get("val") is not None:
             self.dataset("val")
         if self.cfg.get("sampler") is not None:
@@ -170,6 +179,27 @@ class DataModule(pl.LightningDataModule):
             )
         return {**cfg, "root": root}
 
+    def _fill_cache(self, dataset: Dataset, split: str) -> None:
+        """``data.cache``: attach an :class:`~detlab.data.cache.ImageCache` to the detection
+        dataset inside ``dataset`` and fill it, in this process, before workers start. Called
+        when a loader is built, so the geometry is final (multi-scale may change it)."""
+        if self.cfg.get("cache") is None:
+            return
+        from .cache import build_cache
+        from .wrappers import base_detection_dataset
+
+        try:
+            base = base_detection_dataset(dataset)
+        except ConfigError:
+            raise ConfigError(
+                f"data.cache={self.cfg['cache']!r} caches detection datasets' images, but "
+                f"data.{split} is {type(dataset).__name__}; set data.cache=None") from None
+        cache = self._caches.get(id(base))
+        if cache is None:
+            cache = self._caches[id(base)] = build_cache(self.cfg["cache"])
+            base.image_cache = cache
+        cache.ensure(base, f"data.{split}")
+
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool,
                 sampler: Any = None, collate: Any = None) -> DataLoader:
         batching: dict[str, Any] = {"batch_size": batch_size, "sampler": sampler,
@@ -213,8 +243,10 @@ class DataModule(pl.LightningDataModule):
         if self.cfg.get("sampler") is not None:
             sampler = SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset,
                                      seed=self.seed)
+        collate = self.train_collate(dataset)
+        self._fill_cache(dataset, "train")
         loader = self._loader(seeded, self.batch_size, shuffle=True, sampler=sampler,
-                              collate=self.train_collate(dataset))
+                              collate=collate)
         set_epoch = getattr(loader.batch_sampler.sampler, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(epoch)
@@ -230,10 +262,12 @@ class DataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Loader over ``data.val`` in dataset order (batch size ``val_batch_size``)."""
+        self._fill_cache(self.dataset("val"), "val")
         return self._loader(self.dataset("val"), self.val_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         """Loader over ``data.test`` (``data.val`` when there is none), in dataset order."""
+        self._fill_cache(self.dataset("test"), "test")
         return self._loader(self.dataset("test"), self.val_batch_size, shuffle=False)
 
     def predict_loader(self, paths: list[str]) -> DataLoader:

@@ -29,7 +29,8 @@ import numpy as np
 from ..errors import ConfigError
 from .letterbox import pad_to_stride, resize_keep_ratio
 
-__all__ = ["InputGeometry", "RESIZE_MODES", "PAD_MODES"]
+__all__ = ["InputGeometry", "RESIZE_MODES", "PAD_MODES", "UNSET", "LETTERBOX_SHORTHAND",
+           "letterbox_geometry"]
 
 RESIZE_MODES = ("long_side", "fixed")
 PAD_MODES = ("none", "stride", "size")
@@ -122,6 +123,16 @@ class InputGeometry:
                 [sx, sy, sx, sy], np.float32)
         return image, boxes, (sy, sx)
 
+    def scale_boxes(self, boxes: np.ndarray | None, scale: tuple[float, float]
+                    ) -> np.ndarray | None:
+        """``boxes`` (N, 4) xyxy px of the original image in the resized one, ``scale`` as
+        :meth:`resize_image` returns it (the boxes it would return, without the image)."""
+        if self.img_size is None or boxes is None:
+            return boxes
+        sy, sx = scale
+        return np.asarray(boxes, np.float32).reshape(-1, 4) * np.array(
+            [sx, sy, sx, sy], np.float32)
+
     def pad_image(self, image: np.ndarray, boxes: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
         """Pad the resized ``image`` per ``pad``; boxes shift. Returns ``(image, boxes,
@@ -141,3 +152,79 @@ class InputGeometry:
         image, boxes, pad = self.pad_image(image, boxes)
         return image, boxes, {"orig_size": orig, "scale": scale, "input_size": content,
                               "pad": pad}
+
+
+class _Unset:
+    """Default of the letterbox shorthand keys: not given (``geometry`` or the dataset's
+    default decides)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __reduce__(self) -> str:
+        return "UNSET"  # pickles (loader workers) as the module's one instance
+
+
+UNSET: Any = _Unset()
+LETTERBOX_SHORTHAND = ("img_size", "stride", "scale_up", "pad_value")
+
+
+def letterbox_geometry(
+    owner: str,
+    geometry: Mapping[str, Any] | InputGeometry | None = None,
+    default_img_size: int | None = 640,
+    **shorthand: Any,
+) -> InputGeometry:
+    """The letterbox :class:`InputGeometry` of a detection dataset, from ``geometry`` or from
+    the documented flat shorthand (``img_size``, ``stride``, ``scale_up``, ``pad_value``).
+
+    Defaults: ``img_size=default_img_size``, keep the ratio, pad each side to a multiple of
+    ``stride=32`` with gray 114, centred. ``geometry`` is an :class:`InputGeometry` or a dict of
+    its fields over these defaults. In the shorthand ``stride=None`` means ``pad="size"`` (pad
+    to ``img_size x img_size``). Keys left ``UNSET`` are not given.
+
+    Raises:
+        ConfigError: both ``geometry`` and a shorthand key, an unknown key, or a bad value
+            (the message names ``owner.<key>``).
+    """
+    unknown = set(shorthand) - set(LETTERBOX_SHORTHAND)
+    if unknown:
+        raise TypeError(f"letterbox_geometry: unknown shorthand {sorted(unknown)}")
+    given = {k: v for k, v in shorthand.items() if v is not UNSET}
+    if geometry is not None and given:
+        keys = ", ".join(f"{owner}.{k}={v!r}" for k, v in given.items())
+        raise ConfigError(
+            f"{keys} and {owner}.geometry both set the input geometry: give it once, e.g. "
+            f"geometry=dict({', '.join(f'{k}={v!r}' for k, v in given.items())}, ...) (on the "
+            "command line <dataset key>.geometry.img_size=...), or drop geometry")
+    base = InputGeometry(img_size=default_img_size, resize="long_side", scale_up=True,
+                         pad="stride", stride=32, pad_value=114.0, center=True)
+    if isinstance(geometry, InputGeometry):
+        return geometry
+    if geometry is not None:
+        if not isinstance(geometry, Mapping):
+            raise ConfigError(
+                f"{owner}.geometry={geometry!r}: expected a dict of InputGeometry fields "
+                f"{sorted(InputGeometry.__dataclass_fields__)} or an InputGeometry (the old "
+                "positional img_size, stride, scale_up, pad_value are keyword-only shorthand)")
+        return InputGeometry.from_config({**base.to_config(), **dict(geometry)})
+    img_size = given.get("img_size", default_img_size)
+    if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int)
+                                 or img_size < 1):
+        raise ConfigError(f"{owner}.img_size={img_size!r}: expected a positive int or None")
+    stride = given.get("stride", 32)
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int)
+                               or stride < 1):
+        raise ConfigError(f"{owner}.stride={stride!r}: expected a positive int or None")
+    if stride is None and img_size is None:
+        raise ConfigError(f"{owner}: stride=None pads to img_size, so img_size cannot be None")
+    pad_value = given.get("pad_value", 114.0)
+    try:
+        pad_value = float(pad_value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{owner}.pad_value={pad_value!r}: expected a gray level in "
+                          "[0, 255]") from None
+    return InputGeometry(img_size=img_size, resize="long_side",
+                         scale_up=bool(given.get("scale_up", True)),
+                         pad="stride" if stride is not None else "size", stride=stride or 32,
+                         pad_value=pad_value, center=True)

@@ -161,9 +161,16 @@ class MosaicDataset(Dataset):
         cy, cx = center
         canvas = np.full((size, size, 3), int(self.dataset.pad_value), np.uint8)
         boxes, labels, ignore = [], [], []
+        g = self.dataset.geometry
+        # the dataset's own resize is this one: take it (and data.cache) instead of decoding
+        same_resize = g.resize == "long_side" and g.img_size == size
         for quadrant, j in enumerate(indices):
-            raw, ann = self.dataset.load_raw(j)
-            raw, img_boxes, _ = resize_keep_ratio(raw, ann.boxes, size, self.dataset.scale_up)
+            if same_resize:
+                raw, img_boxes, _, _, ann = self.dataset.load_resized(j)
+            else:
+                raw, ann = self.dataset.load_raw(j)
+                raw, img_boxes, _ = resize_keep_ratio(raw, ann.boxes, size,
+                                                      self.dataset.scale_up)
             h, w = raw.shape[:2]
             # Top-left corner of the image on the canvas, per quadrant.
             x0 = cx - w if quadrant in (0, 2) else cx

@@ -110,7 +110,10 @@ def global_generators(seed: int) -> Iterator[None]:
         saved = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     random.seed(seed)
     np.random.seed(seed)
-    torch.random.manual_seed(seed)  # CPU generator only: data loading does not use CUDA
+    # The CPU generator only: data loading does not use CUDA, and torch.manual_seed would also
+    # queue a lazy CUDA seeding call with a formatted stack trace per sample (~1 ms in a
+    # loader's deep stack, and a list that grows with every sample until CUDA starts).
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...registry import DATASETS
 from ..file_checks import check_image_files
+from ..geometry import UNSET, InputGeometry
 from ..validation import (
     DEFAULT_MAX_BAD_FRACTION,
     FAR_FACTOR,
@@ -61,8 +62,9 @@ class CocoDetection(DetectionDataset):
             outside ``img_dir``.
         max_bad_fraction: largest fraction of boxes that may be dropped (zero area, outside
             the image) before building fails.
-        transforms, img_size, stride, scale_up, pad_value, mean, std: see
+        transforms, geometry, mean, std: see
             :class:`~detlab.data.datasets.detection_base.DetectionDataset`.
+        img_size, stride, scale_up, pad_value: shorthand for ``geometry`` (same class).
     """
 
     def __init__(
@@ -70,18 +72,21 @@ class CocoDetection(DetectionDataset):
         ann_file: str | Path | None,
         img_dir: str | Path | None,
         transforms: Sequence[Any] | None = None,
-        img_size: int | None = 640,
+        img_size: int | None = UNSET,
         classes: Sequence[str] | None = None,
         check_files: bool = False,
-        stride: int | None = 32,
-        scale_up: bool = True,
-        pad_value: float = 114,
+        stride: int | None = UNSET,
+        scale_up: bool = UNSET,
+        pad_value: float = UNSET,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        geometry: Mapping[str, Any] | InputGeometry | None = None,
         allow_outside_root: bool = False,
         max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
-        super().__init__(transforms, img_size, stride, scale_up, pad_value, mean, std)
+        geometry = self.input_geometry(geometry, img_size=img_size, stride=stride,
+                                       scale_up=scale_up, pad_value=pad_value)
+        super().__init__(transforms, geometry, mean, std)
         max_bad_fraction = check_bad_fraction(max_bad_fraction, "CocoDetection")
         for arg, value in (("ann_file", ann_file), ("img_dir", img_dir)):
             if value is None or str(value) == "":

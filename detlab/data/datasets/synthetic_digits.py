@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -12,6 +12,7 @@ import numpy as np
 
 from ...errors import ConfigError
 from ...registry import DATASETS
+from ..geometry import UNSET, InputGeometry
 from .detection_base import IMAGENET_MEAN, IMAGENET_STD, Annotations, DetectionDataset
 from .synthetic_shapes import _size_pair, sample_rng
 
@@ -71,11 +72,13 @@ class SyntheticDigits(DetectionDataset):
         max_numbers, max_digits: numbers per image and digits per number (>= 1).
         digit_height: ``(min, max)`` digit height in px.
         stretch: ``(min, max)`` extra height/width factor on top of the glyph's own ratio.
-        transforms, img_size, stride, scale_up, pad_value, mean, std: see
-            :class:`~detlab.data.datasets.detection_base.DetectionDataset`; ``img_size=None``
-            (default) keeps ``image_size``.
+        transforms, geometry, mean, std: see
+            :class:`~detlab.data.datasets.detection_base.DetectionDataset`.
+        img_size, stride, scale_up, pad_value: shorthand for ``geometry`` (same class);
+            ``img_size=None`` (the default) keeps ``image_size``.
     """
 
+    default_img_size = None  # keep image_size unless told
     class_names = [str(d) for d in range(10)]
 
     def __init__(
@@ -85,18 +88,21 @@ class SyntheticDigits(DetectionDataset):
         seed: int = 0,
         split: str = "train",
         transforms: Sequence[Any] | None = None,
-        img_size: int | None = None,
+        img_size: int | None = UNSET,
         max_numbers: int = 2,
         max_digits: int = 4,
         digit_height: Sequence[float] = (10, 40),
         stretch: Sequence[float] = (1.1, 1.8),
-        stride: int | None = 32,
-        scale_up: bool = True,
-        pad_value: float = 114,
+        stride: int | None = UNSET,
+        scale_up: bool = UNSET,
+        pad_value: float = UNSET,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        geometry: Mapping[str, Any] | InputGeometry | None = None,
     ) -> None:
-        super().__init__(transforms, img_size, stride, scale_up, pad_value, mean, std)
+        geometry = self.input_geometry(geometry, img_size=img_size, stride=stride,
+                                       scale_up=scale_up, pad_value=pad_value)
+        super().__init__(transforms, geometry, mean, std)
         self.height, self.width = _size_pair(image_size)
         for arg, value in (("num_samples", num_samples), ("max_numbers", max_numbers),
                            ("max_digits", max_digits)):

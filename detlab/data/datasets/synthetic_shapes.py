@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -11,6 +11,7 @@ import numpy as np
 
 from ...errors import ConfigError
 from ...registry import DATASETS
+from ..geometry import UNSET, InputGeometry
 from .detection_base import IMAGENET_MEAN, IMAGENET_STD, Annotations, DetectionDataset
 
 __all__ = ["SyntheticShapes", "sample_rng"]
@@ -51,11 +52,13 @@ class SyntheticShapes(DetectionDataset):
         seed, split: select the random stream (``"train"`` and ``"val"`` differ).
         max_objects: at most this many objects per image (0 .. max_objects, uniform).
         min_size, max_size: object side range in px (``max_size`` default: short side / 3).
-        transforms, img_size, stride, scale_up, pad_value, mean, std: see
-            :class:`~detlab.data.datasets.detection_base.DetectionDataset`; ``img_size=None``
-            (default) keeps ``image_size``.
+        transforms, geometry, mean, std: see
+            :class:`~detlab.data.datasets.detection_base.DetectionDataset`.
+        img_size, stride, scale_up, pad_value: shorthand for ``geometry`` (same class);
+            ``img_size=None`` (the default) keeps ``image_size``.
     """
 
+    default_img_size = None  # keep image_size unless told
     class_names = ["rectangle", "ellipse", "triangle"]
 
     def __init__(
@@ -65,17 +68,20 @@ class SyntheticShapes(DetectionDataset):
         seed: int = 0,
         split: str = "train",
         transforms: Sequence[Any] | None = None,
-        img_size: int | None = None,
+        img_size: int | None = UNSET,
         max_objects: int = 6,
         min_size: int = 4,
         max_size: int | None = None,
-        stride: int | None = 32,
-        scale_up: bool = True,
-        pad_value: float = 114,
+        stride: int | None = UNSET,
+        scale_up: bool = UNSET,
+        pad_value: float = UNSET,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        geometry: Mapping[str, Any] | InputGeometry | None = None,
     ) -> None:
-        super().__init__(transforms, img_size, stride, scale_up, pad_value, mean, std)
+        geometry = self.input_geometry(geometry, img_size=img_size, stride=stride,
+                                       scale_up=scale_up, pad_value=pad_value)
+        super().__init__(transforms, geometry, mean, std)
         self.height, self.width = _size_pair(image_size)
         max_size = min(self.height, self.width) // 3 if max_size is None else max_size
         for arg, value, low in (("num_samples", num_samples, 1), ("max_objects", max_objects, 0),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -36,6 +36,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...registry import DATASETS
 from ..file_checks import check_image_files, image_size
+from ..geometry import UNSET, InputGeometry
 from ..validation import (
     DEFAULT_MAX_BAD_FRACTION,
     DataReport,
@@ -180,8 +181,9 @@ class VocDetection(DetectionDataset):
             outside ``img_dir``.
         max_bad_fraction: largest fraction of boxes that may be dropped (no area inside the
             image) before building fails.
-        transforms, img_size, stride, scale_up, pad_value, mean, std: see
+        transforms, geometry, mean, std: see
             :class:`~detlab.data.datasets.detection_base.DetectionDataset`.
+        img_size, stride, scale_up, pad_value: shorthand for ``geometry`` (same class).
     """
 
     def __init__(
@@ -191,19 +193,22 @@ class VocDetection(DetectionDataset):
         classes: Sequence[str] | str | None = None,
         difficult: Literal["ignore", "drop", "keep"] = "ignore",
         transforms: Sequence[Any] | None = None,
-        img_size: int | None = 640,
+        img_size: int | None = UNSET,
         ann_dir: str = "Annotations",
         img_dir: str = "JPEGImages",
         check_files: bool = False,
-        stride: int | None = 32,
-        scale_up: bool = True,
-        pad_value: float = 114,
+        stride: int | None = UNSET,
+        scale_up: bool = UNSET,
+        pad_value: float = UNSET,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        geometry: Mapping[str, Any] | InputGeometry | None = None,
         allow_outside_root: bool = False,
         max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
-        super().__init__(transforms, img_size, stride, scale_up, pad_value, mean, std)
+        geometry = self.input_geometry(geometry, img_size=img_size, stride=stride,
+                                       scale_up=scale_up, pad_value=pad_value)
+        super().__init__(transforms, geometry, mean, std)
         max_bad_fraction = check_bad_fraction(max_bad_fraction, "VocDetection")
         if root is None or str(root) == "":
             raise DataError("VocDetection.root is not set: give the VOC folder holding "
