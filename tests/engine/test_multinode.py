@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "fracture_unet.py"
 OVERRIDES = [
     "data.train.num_samples=8", "data.val.num_samples=7", "data.train.image_size=64",
-    "data.val.image_size=64", "+data.val.positive_fraction=0.6", "data.batch_size=2", "data.num_workers=0",
+    "data.val.image_size=64", "+data.val.positive_fraction=0.6", "data.batch_size=2",
+    "data.num_workers=0",
     "train.max_epochs=1", "train.progress_bar=false", "train.num_threads=1",
     "model.head.decoder_channels=[16, 16, 16, 8, 8]", "model.backbone.name=resnet10t",
     "train.accelerator=cpu", "train.num_nodes=2", "train.devices=1", "train.strategy=ddp",
