@@ -75,6 +75,8 @@ def test_two_nodes_log_the_metrics_of_one_process(tmp_path):
     assert "Starting with 2 processes" in logs[0], logs[0][-2000:]  # one per node
 
     run_dir = work / "fracture_unet" / "version_0"
+    # one run folder: node 1 chose version_1 before it knew its rank, and must not create it
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]
     with open(run_dir / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("val/pr_auc")]
     assert len(rows) == 1
