@@ -2,7 +2,7 @@
 
     python tools/bench_train.py FAMILY [--device cpu|cuda] [--precision 32-true|bf16-mixed|16-mixed]
         [--channels-last] [--compile] [--batch B] [--size S] [--steps N] [--runs R]
-        [--threads T] [--no-peer] [--set KEY=VALUE ...]
+        [--threads T] [--no-peer] [--timeout SECONDS] [--set KEY=VALUE ...]
 
 FAMILY and its peer (both built from scratch, no weights, forward + loss + backward + AdamW step):
 
@@ -31,10 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import resource
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -255,13 +258,27 @@ class Side:
             else os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen([python, __file__, *argv], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
         self.info = self._read()
 
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
     def _read(self) -> dict:
-        for line in self.proc.stdout:  # libraries may print; our answers are JSON objects
+        while True:  # libraries may print; our answers are JSON objects
+            try:
+                line = self.lines.get(timeout=self.timeout)
+            except queue.Empty:
+                self.proc.kill()
+                raise RuntimeError(f"{self.name} worker gave no answer in {self.timeout:.0f} s "
+                                   "(--timeout)") from None
+            if line is None:
+                raise RuntimeError(f"{self.name} worker exited with {self.proc.wait()}")
             if line.startswith("{"):
                 return json.loads(line)
-        raise RuntimeError(f"{self.name} worker exited with {self.proc.wait()}")
 
     def ask(self) -> dict:
         self.proc.stdin.write("run\n")
@@ -272,7 +289,7 @@ class Side:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             try:
-                self.proc.wait(self.timeout)
+                self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
@@ -308,6 +325,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: default)")
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="seconds a worker may take to build or to answer one run")
     parser.add_argument("--ultra-python", default=ULTRA_PYTHON)
     parser.add_argument("--set", action="append", default=[], help="detlab recipe override")
     parser.add_argument("--worker", choices=["detlab", "peer"], help=argparse.SUPPRESS)
@@ -316,14 +335,16 @@ def main() -> None:
     args.size, args.batch = args.size or default_size, args.batch or default_batch
     if args.worker:
         return worker(args.family, args.worker, args)
-    argv = [a for a in sys.argv[1:]]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the workers
+    argv = list(sys.argv[1:])
     peer_python, why = _peer_python(args.family, args)
-    timeout = 60.0
-    sides = {"detlab": Side("detlab", sys.executable, [*argv, "--worker", "detlab"], timeout)}
-    if peer_python:
-        sides["peer"] = Side("peer", peer_python, [*argv, "--worker", "peer"], timeout)
-    results: dict[str, list[dict]] = {k: [] for k in sides}
-    try:
+    timeout = args.timeout
+    sides: dict[str, Side] = {}
+    try:  # built one after the other: the first does not time the second's start-up
+        sides["detlab"] = Side("detlab", sys.executable, [*argv, "--worker", "detlab"], timeout)
+        if peer_python:
+            sides["peer"] = Side("peer", peer_python, [*argv, "--worker", "peer"], timeout)
+        results: dict[str, list[dict]] = {k: [] for k in sides}
         for run in range(args.runs):
             for name in (list(sides) if run % 2 == 0 else list(sides)[::-1]):
                 results[name].append(sides[name].ask())
