@@ -16,7 +16,8 @@ FAMILY and its peer (both built from scratch, no weights, forward + loss + backw
 * ``unet``: ``UNetEncoder`` (32 ... 512 channels, 5 levels) + ``AttentionUNetHead`` (decoder
   256 ... 32, the fracture recipe's loss) vs MONAI's ``AttentionUnet`` with the same channels
   and ``DiceFocalLoss``, 1-channel images, binary masks.
-* ``dbnet``: ``recipes/receipt_dbnet.py``'s model on a batch of its synthetic data; no peer is
+* ``dbnet``: ``recipes/receipt_dbnet.py``'s model on a batch of its synthetic data (the
+  recipe's image size: ``--size`` does not apply, the input shape is printed); no peer is
   installed (MMOCR / PaddleOCR are not), so only absolute numbers are printed.
 
 Both sides run in their own worker process (so peak RSS is per side) and take turns: run ``r``
@@ -231,7 +232,11 @@ def worker(family: str, side: str, args: argparse.Namespace) -> None:
     for _ in range(2):  # warm-up: allocator, cudnn autotuning, compilation
         step()
     sync()
-    print(json.dumps(dict(ready=True, params=params, gflops=gflops)), flush=True)
+    images = data["img"] if isinstance(data, dict) else data[0] if isinstance(data, tuple) \
+        else data.images
+    shape = list(images.shape) if isinstance(images, torch.Tensor) else [len(images),
+                                                                         *images[0].shape]
+    print(json.dumps(dict(ready=True, params=params, gflops=gflops, input=shape)), flush=True)
     for line in sys.stdin:
         if line.strip() != "run":
             break
@@ -312,6 +317,7 @@ def _peer_python(family: str, args: argparse.Namespace) -> tuple[str | None, str
 
 
 def main() -> None:
+    """Parse the command line; drive both workers (or be one, with the hidden --worker)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("family", choices=list(FAMILIES))
     parser.add_argument("--device", default="cpu")
@@ -361,7 +367,7 @@ def main() -> None:
         med[name] = (statistics.median(ips), max(r["peak_mib"] for r in runs))
         info = sides[name].info
         print(f"{name:<8} {info['params']:>8.2f} {info['gflops']:>7.2f} {med[name][0]:>8.2f} "
-              f"{med[name][1]:>9.0f}  {[round(v, 2) for v in ips]}")
+              f"{med[name][1]:>9.0f}  {[round(v, 2) for v in ips]}  input {info['input']}")
     if "peer" not in med:
         print(f"peer skipped: {why}")
         return
