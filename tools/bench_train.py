@@ -24,7 +24,9 @@ Both sides run in their own worker process (so peak RSS is per side) and take tu
 times ``--steps`` steps of each, alternating which goes first; medians over ``--runs`` runs and
 the ratios detlab / peer are printed. Peak memory: the worker's peak RSS on CPU
 (``ru_maxrss``, includes the interpreter and libraries), ``torch.cuda.max_memory_allocated``
-on CUDA. GFLOPs are of one forward pass of one image (``torch.utils.flop_counter``).
+on CUDA. GFLOPs are of one forward pass of one image (``torch.utils.flop_counter``), in eval
+mode; for ``frcnn`` they depend on how many proposals survive the untrained RPN's NMS, so
+its GFLOP/s ratio is not a like-for-like number.
 """
 
 from __future__ import annotations
