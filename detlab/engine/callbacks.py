@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -86,6 +87,7 @@ class AppendingCSVLogger(CSVLogger):
     """``CSVLogger`` that appends to ``metrics.csv`` when resuming into the same run folder."""
 
     @property
+    @rank_zero_experiment  # as CSVLogger's: other ranks get a no-op, create no run folder
     def experiment(self) -> ExperimentWriter:  # type: ignore[override]
         """The CSV writer of this run (created on first use; appends to an existing file)."""
         if self._experiment is None:

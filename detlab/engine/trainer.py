@@ -240,7 +240,8 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
         monitor=evaluator is not None, extra_callbacks=extra_callbacks,
     )
     try:
-        _write_run_files(run_dir, recipe)
+        if trainer.is_global_zero:  # other ranks pick their own version_N before they know
+            _write_run_files(run_dir, recipe)  # the rank; rank 0's folder is the run's
         trainer.fit(task, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except DetlabError:
         # A configuration or data error found once training started (first batch, a worker):

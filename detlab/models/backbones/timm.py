@@ -92,10 +92,17 @@ class TimmBackbone(nn.Module):
             timm_kwargs["pretrained_cfg_overlay"] = dict(file=str(checkpoint), source="")
         elif pretrained:
             _local_weights_or_reachable_hub(name, timm_kwargs)
-        self.body = _create(name, pretrained, in_chans, timm_kwargs, checkpoint)
+        try:
+            self.body = _create(name, pretrained, in_chans, timm_kwargs, checkpoint)
+        except ConfigError:
+            if out_indices is not None:  # timm fails with a bare IndexError on a missing level
+                _check_out_indices(name, out_indices, _feature_levels(name, in_chans, timm_kwargs))
+            raise
         info = getattr(self.body, "feature_info", None)
         if not isinstance(info, timm.models.FeatureInfo):
             raise ConfigError(f"TimmBackbone: timm model {name!r} does not support features_only")
+        if out_indices is not None:  # timm accepts unordered/duplicate levels, mislabelling them
+            _check_out_indices(name, out_indices, info.info)
         self.channels: list[int] = [int(c) for c in info.channels()]
         self.strides: list[int] = [int(s) for s in info.reduction()]
         self.frozen_stages = frozen_stages
@@ -136,6 +143,41 @@ class TimmBackbone(nn.Module):
         """Feature maps, finest first: ``[(B, channels[i], H/strides[i], W/strides[i])]``."""
         feats = self.body(images)
         return list(feats.values()) if isinstance(feats, Mapping) else list(feats)
+
+
+def _feature_levels(name: str, in_chans: int, kwargs: dict) -> list[dict]:
+    """timm's ``feature_info`` dicts of every level of ``name`` (shapes only, no weights)."""
+    extra = {k: v for k, v in kwargs.items() if k not in ("out_indices", "pretrained_cfg_overlay")}
+    try:
+        with torch.device("meta"):  # no memory, no init cost
+            body = timm.create_model(name, features_only=True, in_chans=in_chans, **extra)
+    except Exception:  # some models compute values (.item()) at init: build on CPU instead
+        body = _create(name, False, in_chans, extra, None)
+    return list(body.feature_info.info)
+
+
+def _check_out_indices(name: str, out_indices: Sequence[int], levels: list[dict]) -> None:
+    """Raise ConfigError unless ``out_indices`` are distinct, increasing levels of the model.
+
+    Negative indices count from the last level (timm's convention). Order matters: timm returns
+    maps in network order but reports channels in the given order, so unordered indices would
+    give the neck wrong channel counts.
+    """
+    n = len(levels)
+    ok = all(-n <= i < n for i in out_indices)
+    positive = [i % n for i in out_indices] if ok else []
+    if ok and all(a < b for a, b in zip(positive, positive[1:])):
+        return
+    table = "; ".join(f"{i}: stride {d['reduction']}, {d['num_chs']} ch" for i, d in
+                      enumerate(levels))
+    last3 = tuple(range(max(0, n - 3), n))
+    raise ConfigError(
+        f"TimmBackbone: out_indices {tuple(out_indices)!r} are not valid for timm model "
+        f"{name!r}: it has {n} feature levels, so out_indices must be distinct, increasing "
+        f"ints in 0..{n - 1} (or -{n}..-1 from the end); levels: {table}. E.g. "
+        f"out_indices={last3!r} for strides "
+        f"{', '.join(str(levels[i]['reduction']) for i in last3)}"
+    )
 
 
 def _under(mod_name: str, feature_module: str) -> bool:
