@@ -274,6 +274,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "detlab.commands.analyze",
     "detlab.commands.tune",
     "detlab.commands.lr_find",
+    "detlab.commands.export",
 )
 
 

@@ -1,0 +1,173 @@
+"""The exported graph against the checkpoint, on a real batch, with onnxruntime.
+
+Raw outputs: the largest absolute difference per output must be <= ``atol`` (1e-4).
+Post-processed boxes: every image keeps the same number of boxes with the same labels as the
+checkpoint's own post-processing (scores within ``atol``, coordinates within ``BOX_ATOL`` px);
+segmentation masks must be identical; probability maps within ``atol``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .graphs import RawGraph, head_family, test_postprocessor
+from .onnx import require
+
+__all__ = ["ParityReport", "session", "run_session", "check_parity"]
+
+ATOL = 1e-4
+#: Kept box coordinates (input pixels): the decode multiplies raw distances by the stride (up to
+#: 64), so float32 rounding of the raw outputs (~1e-5) grows to ~1e-3 px there.
+BOX_ATOL = 1e-2
+
+
+@dataclass
+class ParityReport:
+    """What :func:`check_parity` measured: ``max_abs_diff`` per compared output, problems
+    (empty when parity holds) and, for box graphs, the kept boxes per image."""
+
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+    differing_pixels: dict[str, int] = field(default_factory=dict)
+    batch_size: int = 0
+    atol: float = ATOL
+    box_atol: float = BOX_ATOL
+
+    @property
+    def ok(self) -> bool:
+        """Whether parity holds."""
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        """Human-readable report lines (printed by ``detlab export``)."""
+        out = [f"parity vs onnxruntime on {self.batch_size} val image(s) (atol {self.atol:g}"
+               + (f", kept box coordinates {self.box_atol:g} px" if self.kept else "") + "):"]
+        out += [f"  {name}: max abs diff {diff:.3g}" for name, diff in self.max_abs_diff.items()]
+        out += [f"  {name}: {n} pixel(s) differ" for name, n in self.differing_pixels.items()]
+        if self.kept:
+            out.append(f"  kept boxes per image: {self.kept} (identical to the checkpoint's)"
+                       if self.ok else f"  kept boxes per image (onnx): {self.kept}")
+        out += [f"  FAILED: {p}" for p in self.problems]
+        out.append("  parity: " + ("ok" if self.ok else "FAILED"))
+        return out
+
+
+def session(path: str | Path) -> Any:
+    """An onnxruntime CPU session for ``path``, using as many threads as torch does."""
+    require("onnxruntime")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # warnings about unused initializers are not the user's
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_session(sess: Any, images: Tensor | np.ndarray, per_image: bool) -> list[np.ndarray]:
+    """The session's outputs for ``images`` ``(B, C, H, W)``: one run, or one run per image
+    (a fixed batch of 1) with outputs concatenated along axis 0."""
+    arr = images.detach().cpu().float().numpy() if isinstance(images, Tensor) else images
+    if not per_image:
+        return sess.run(None, {"images": arr})
+    runs = [sess.run(None, {"images": arr[i : i + 1]}) for i in range(arr.shape[0])]
+    return [np.concatenate([r[j] for r in runs], axis=0) for j in range(len(runs[0]))]
+
+
+def _diff(a: Any, b: np.ndarray) -> float:
+    a = np.asarray(a.detach().cpu() if isinstance(a, Tensor) else a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.abs(a - b).max()) if a.size else 0.0
+
+
+def _compare_boxes(report: ParityReport, i: int, ref: tuple[Tensor, Tensor, Tensor],
+                   got: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    rb, rs, rl = (t.detach().cpu() for t in ref)
+    gb, gs, gl = got
+    report.kept.append(len(gb))
+    if len(gb) != len(rb) or not np.array_equal(gl.astype(np.int64), rl.numpy()):
+        report.problems.append(f"image {i}: onnx keeps {len(gb)} boxes (labels "
+                               f"{gl.tolist()[:10]}), the checkpoint {len(rb)} "
+                               f"({rl.tolist()[:10]})")
+        return
+    for name, r, g in (("boxes", rb, gb), ("scores", rs, gs)):
+        report.max_abs_diff[name] = max(report.max_abs_diff.get(name, 0.0), _diff(r, g))
+
+
+def check_parity(model: nn.Module, graph: nn.Module, onnx_path: str | Path, images: Tensor,
+                 dynamic_batch: bool, atol: float = ATOL) -> ParityReport:
+    """Compare ``graph`` exported at ``onnx_path`` with ``model`` on ``images`` (module
+    docstring). A fixed-batch file runs image by image; a dynamic one in one run."""
+    family = head_family(model.head)
+    report = ParityReport(batch_size=int(images.shape[0]), atol=atol)
+    sess = session(onnx_path)
+    names = [o.name for o in sess.get_outputs()]
+    per_image = not dynamic_batch or family == "faster_rcnn"
+    with torch.no_grad():
+        if family == "faster_rcnn":  # one image per run: proposals differ in number
+            _faster_rcnn(report, model, graph, sess, names, images)
+        else:
+            got = dict(zip(names, run_session(sess, images, per_image)))
+            if isinstance(graph, RawGraph):
+                for name, ref in zip(names, graph(images)):
+                    report.max_abs_diff[name] = _diff(ref, got[name])
+            elif family == "yolo":
+                _yolo(report, model, images, got)
+            else:
+                for name, ref in zip(names, graph(images)):
+                    if ref.dtype == torch.bool:
+                        wrong = int((ref.cpu().numpy() != got[name]).sum())
+                        report.differing_pixels[name] = wrong
+                        if wrong:
+                            report.problems.append(f"{name}: {wrong} pixel(s) differ")
+                    else:
+                        report.max_abs_diff[name] = _diff(ref, got[name])
+    for name, diff in report.max_abs_diff.items():
+        limit = report.box_atol if (report.kept and name == "boxes") else atol
+        if not diff <= limit:
+            report.problems.append(f"{name}: max abs diff {diff:.3g} > {limit:g}")
+    return report
+
+
+def _yolo(report: ParityReport, model: nn.Module, images: Tensor,
+          got: dict[str, np.ndarray]) -> None:
+    """Reference: the head's own decode + BoxPostProcessor (input pixels, before the clip to
+    the original image that predict adds on both paths)."""
+    head = model.head
+    out = model(images)
+    boxes = head.decode(out["box_dist"], out["anchor_points"], out["strides"])
+    ref = test_postprocessor(head).batched(boxes, out["cls_logits"].float().sigmoid())
+    for i, det in enumerate(ref):
+        n = int(got["num_detections"][i])
+        _compare_boxes(report, i, det, (got["boxes"][i, :n], got["scores"][i, :n],
+                                        got["labels"][i, :n]))
+
+
+def _faster_rcnn(report: ParityReport, model: nn.Module, graph: nn.Module, sess: Any,
+                 names: list[str], images: Tensor) -> None:
+    from ..structures import Batch
+
+    raw = isinstance(graph, RawGraph)
+    for i in range(images.shape[0]):
+        image = images[i : i + 1]
+        got = dict(zip(names, sess.run(None, {"images": image.cpu().numpy()})))
+        if raw:
+            for name, ref in zip(names, graph(image)):
+                key = name
+                report.max_abs_diff[key] = max(report.max_abs_diff.get(key, 0.0),
+                                               _diff(ref, got[name]))
+            continue
+        h, w = (int(v) for v in image.shape[-2:])
+        meta = {"scale": (1.0, 1.0), "pad": (0, 0), "orig_size": (h, w), "input_size": (h, w)}
+        pred = model.predict(Batch(images=image, meta=[meta]), stage="test")[0]
+        _compare_boxes(report, i, (pred.boxes, pred.scores, pred.labels),
+                       (got["boxes"], got["scores"], got["labels"]))
