@@ -148,6 +148,9 @@ def _val_category_ids(data: Any) -> list[int] | None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if str(args.checkpoint).endswith(".onnx"):  # an exported model: onnxruntime
+        from .export.runtime import predict_command
+        return predict_command(args)
     import torch
 
     from .data.datamodule import DataModule

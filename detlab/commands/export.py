@@ -28,6 +28,7 @@ def add_command(subparsers: Any) -> None:
     """Add ``detlab export`` to the CLI's subparsers."""
     from ..engine.checkpoint import add_trust_arguments
     from ..export.onnx import DEFAULT_OPSET
+    from .cli_args import allow_intermixed
 
     p = subparsers.add_parser(
         "export", help="export a checkpoint to ONNX and check it against onnxruntime",
@@ -51,4 +52,5 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="fixed input size (default: the val batch's padded size)")
     add_trust_arguments(p)
+    allow_intermixed(p)  # overrides may follow the options
     p.set_defaults(func=cmd_export)

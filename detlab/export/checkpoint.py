@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
-from .graphs import build_graph, head_family, output_names, test_postprocessor
+from .graphs import (batched_outputs, build_graph, head_family, output_names,
+                     test_postprocessor)
 from .onnx import DEFAULT_OPSET, check_opset, export_onnx, require
 from .parity import ParityReport, check_parity
 
@@ -140,10 +141,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, fmt: str = "on
     graph = build_graph(model, with_postprocess)
     example = images[:1]
     names = output_names(graph, example)
+    batched = None if family == "faster_rcnn" else batched_outputs(graph, images)
     meta = export_metadata(task, family=family, input_spec=spec, category_ids=ids, size=size,
                            with_postprocess=with_postprocess, dynamic_batch=dynamic_batch,
                            names=names)
+    meta["detlab.batched_outputs"] = batched
     with torch.no_grad():
         path = export_onnx(graph, example, out, output_names=names, metadata=meta,
-                           opset=opset, dynamic_batch=dynamic_batch)
-    return path, check_parity(model, graph, path, images, dynamic_batch)
+                           opset=opset, batched=batched if dynamic_batch else None)
+    return path, check_parity(model, graph, path, images, dynamic_batch, batched)

@@ -28,7 +28,8 @@ from torchvision.ops import boxes as box_ops
 
 from ..errors import ConfigError
 
-__all__ = ["FAMILIES", "head_family", "test_postprocessor", "RawGraph", "build_graph", "output_names"]
+__all__ = ["FAMILIES", "head_family", "test_postprocessor", "RawGraph", "build_graph", "output_names",
+           "batched_outputs"]
 
 #: Head class name (or a base class's) -> family name stored in the ONNX metadata.
 FAMILIES = {"YOLOHead": "yolo", "FasterRCNNHead": "faster_rcnn", "DBHead": "db",
@@ -217,6 +218,15 @@ def build_graph(model: nn.Module, with_postprocess: bool) -> nn.Module:
                 "loops). Set model.head.postprocessor.test.method=standard or export without "
                 "--with-postprocess")
     return _POSTPROCESS[family](model).eval()
+
+
+def batched_outputs(graph: nn.Module, images: Tensor) -> list[bool]:
+    """Per output of ``graph``: whether its first axis is the batch (it grows from a batch
+    of one to two images; anchor points and strides do not)."""
+    one = images[:1]
+    two = torch.cat([one, one]) if images.shape[0] < 2 else images[:2]
+    with torch.no_grad():
+        return [a.dim() > 0 and a.shape[0] != b.shape[0] for a, b in zip(graph(one), graph(two))]
 
 
 def output_names(graph: nn.Module, images: Tensor) -> list[str]:

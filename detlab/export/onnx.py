@@ -67,17 +67,18 @@ def check_opset(opset: int) -> int:
 
 def export_onnx(graph: nn.Module, images: Tensor, out: str | Path, *, output_names: list[str],
                 metadata: dict[str, Any], opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = False) -> Path:
+                batched: list[bool] | None = None) -> Path:
     """Trace ``graph`` on ``images`` ``(B, C, H, W)`` and write ``out`` with ``metadata``.
 
     Args:
         graph: a module of :mod:`detlab.export.graphs` (eval mode).
-        images: an example input; H and W are fixed in the file, B too unless ``dynamic_batch``.
+        images: an example input; H and W are fixed in the file, B too unless ``batched``.
         out: the ``.onnx`` path (parent folders are created).
         output_names: one name per graph output.
         metadata: ``detlab.*`` key -> JSON-able value, stored as ``metadata_props``.
         opset: ONNX opset (:func:`check_opset`).
-        dynamic_batch: make the batch axis of the input and of batch-shaped outputs symbolic.
+        batched: dynamic batch: per output, whether its first axis is the batch (those and
+            the input get a symbolic ``batch`` axis); ``None``: fixed batch.
     """
     require("onnx")
     import onnx
@@ -86,13 +87,9 @@ def export_onnx(graph: nn.Module, images: Tensor, out: str | Path, *, output_nam
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dynamic_axes = None
-    if dynamic_batch:
+    if batched is not None:
         dynamic_axes = {"images": {0: "batch"}}
-        with torch.no_grad():
-            sample = graph(images)
-        for name, value in zip(output_names, sample):
-            if value.dim() and value.shape[0] == images.shape[0] and name != "proposals":
-                dynamic_axes[name] = {0: "batch"}
+        dynamic_axes.update({name: {0: "batch"} for name, b in zip(output_names, batched) if b})
     with warnings.catch_warnings(), torch.no_grad():
         # tracer warnings about Python ints taken from shapes: the input size is fixed on purpose
         warnings.simplefilter("ignore")

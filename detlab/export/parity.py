@@ -8,6 +8,7 @@ segmentation masks must be identical; probability maps within ``atol``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,14 +72,18 @@ def session(path: str | Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_session(sess: Any, images: Tensor | np.ndarray, per_image: bool) -> list[np.ndarray]:
+def run_session(sess: Any, images: Tensor | np.ndarray, per_image: bool,
+                batched: Sequence[bool] | None = None) -> list[np.ndarray]:
     """The session's outputs for ``images`` ``(B, C, H, W)``: one run, or one run per image
-    (a fixed batch of 1) with outputs concatenated along axis 0."""
+    (a fixed batch of 1), batch-shaped outputs (``batched``, default all) concatenated along
+    axis 0 and the others (anchor points, strides) taken from the first run."""
     arr = images.detach().cpu().float().numpy() if isinstance(images, Tensor) else images
     if not per_image:
         return sess.run(None, {"images": arr})
     runs = [sess.run(None, {"images": arr[i : i + 1]}) for i in range(arr.shape[0])]
-    return [np.concatenate([r[j] for r in runs], axis=0) for j in range(len(runs[0]))]
+    batched = [True] * len(runs[0]) if batched is None else list(batched)
+    return [np.concatenate([r[j] for r in runs], axis=0) if batched[j] else runs[0][j]
+            for j in range(len(runs[0]))]
 
 
 def _diff(a: Any, b: np.ndarray) -> float:
@@ -104,9 +109,11 @@ def _compare_boxes(report: ParityReport, i: int, ref: tuple[Tensor, Tensor, Tens
 
 
 def check_parity(model: nn.Module, graph: nn.Module, onnx_path: str | Path, images: Tensor,
-                 dynamic_batch: bool, atol: float = ATOL) -> ParityReport:
+                 dynamic_batch: bool, batched: Sequence[bool] | None = None,
+                 atol: float = ATOL) -> ParityReport:
     """Compare ``graph`` exported at ``onnx_path`` with ``model`` on ``images`` (module
-    docstring). A fixed-batch file runs image by image; a dynamic one in one run."""
+    docstring). A fixed-batch file runs image by image (``batched``: which outputs have a
+    batch axis, :func:`~detlab.export.graphs.batched_outputs`); a dynamic one in one run."""
     family = head_family(model.head)
     report = ParityReport(batch_size=int(images.shape[0]), atol=atol)
     sess = session(onnx_path)
@@ -116,7 +123,7 @@ def check_parity(model: nn.Module, graph: nn.Module, onnx_path: str | Path, imag
         if family == "faster_rcnn":  # one image per run: proposals differ in number
             _faster_rcnn(report, model, graph, sess, names, images)
         else:
-            got = dict(zip(names, run_session(sess, images, per_image)))
+            got = dict(zip(names, run_session(sess, images, per_image, batched)))
             if isinstance(graph, RawGraph):
                 for name, ref in zip(names, graph(images)):
                     report.max_abs_diff[name] = _diff(ref, got[name])
