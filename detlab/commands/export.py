@@ -41,8 +41,10 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="recipe overrides (e.g. model.head.postprocessor.test.score_threshold"
                    "=0.25 for the exported post-processing)")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
-    p.add_argument("--out", required=True, metavar="F", help="the file to write (.onnx)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"],
+                   help="export format: onnx (default), or torchscript (a traced module; "
+                   "detlab predict runs only .onnx files)")
+    p.add_argument("--out", required=True, metavar="F", help="the file to write (.onnx, .pt)")
     p.add_argument("--dynamic-batch", action="store_true",
                    help="symbolic batch size (not for Faster R-CNN)")
     p.add_argument("--with-postprocess", action="store_true",

@@ -7,6 +7,7 @@ One module per job:
   sigmoid/threshold, DB's probability map);
 * :mod:`~detlab.export.onnx`: ``torch.onnx.export`` with the metadata a deployed model needs
   (input geometry, normalization, class names, head family) stored as ONNX ``metadata_props``;
+* :mod:`~detlab.export.torchscript`: the second format, a traced TorchScript module;
 * :mod:`~detlab.export.parity`: the exported graph against the checkpoint on a real val batch
   (onnxruntime);
 * :mod:`~detlab.export.runtime`: ``detlab predict MODEL.onnx``: onnxruntime over image files,

@@ -104,7 +104,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, fmt: str = "on
     Args:
         checkpoint: a ``.ckpt`` written by ``detlab train``.
         out: the file to write.
-        fmt: ``"onnx"`` (the only format).
+        fmt: ``"onnx"``, or ``"torchscript"`` (a traced module, :mod:`detlab.export.torchscript`;
+            ``opset`` unused).
         dynamic_batch: symbolic batch axis (traced at batch 1, checked on the val batch).
             Faster R-CNN refuses it: its RPN's per-image loop is unrolled by tracing.
         with_postprocess: put the test-stage post-processing in the graph
@@ -118,10 +119,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, fmt: str = "on
     """
     from ..engine.checkpoint import load_task
 
-    if fmt != "onnx":
-        raise ConfigError(f"detlab export: --format {fmt!r}: expected 'onnx'")
-    require("onnx", "onnxruntime")
-    check_opset(opset)
+    if fmt not in ("onnx", "torchscript"):
+        raise ConfigError(f"detlab export: --format {fmt!r}: expected 'onnx' or 'torchscript'")
+    if fmt == "onnx":
+        require("onnx", "onnxruntime")
+        check_opset(opset)
     task = load_task(checkpoint, overrides, trust=trust, recipe=recipe)
     model = task.model.eval()
     family = head_family(model.head)
@@ -146,6 +148,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, fmt: str = "on
                            with_postprocess=with_postprocess, dynamic_batch=dynamic_batch,
                            names=names)
     meta["detlab.batched_outputs"] = batched
+    if fmt == "torchscript":
+        from .torchscript import check_torchscript, export_torchscript
+
+        path = export_torchscript(graph, example, out, meta)
+        per_image = not dynamic_batch or family == "faster_rcnn"
+        return path, check_torchscript(graph, path, images, names, per_image)
     with torch.no_grad():
         path = export_onnx(graph, example, out, output_names=names, metadata=meta,
                            opset=opset, batched=batched if dynamic_batch else None)

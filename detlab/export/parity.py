@@ -40,6 +40,7 @@ class ParityReport:
     batch_size: int = 0
     atol: float = ATOL
     box_atol: float = BOX_ATOL
+    runtime: str = "onnxruntime"
 
     @property
     def ok(self) -> bool:
@@ -48,7 +49,7 @@ class ParityReport:
 
     def lines(self) -> list[str]:
         """Human-readable report lines (printed by ``detlab export``)."""
-        out = [f"parity vs onnxruntime on {self.batch_size} val image(s) (atol {self.atol:g}"
+        out = [f"parity vs {self.runtime} on {self.batch_size} val image(s) (atol {self.atol:g}"
                + (f", kept box coordinates {self.box_atol:g} px" if self.kept else "") + "):"]
         out += [f"  {name}: max abs diff {diff:.3g}" for name, diff in self.max_abs_diff.items()]
         out += [f"  {name}: {n} pixel(s) differ" for name, n in self.differing_pixels.items()]

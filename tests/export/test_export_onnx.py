@@ -120,3 +120,17 @@ def test_errors(checkpoints, tmp_path, capsys, monkeypatch):
     assert main(["export", str(checkpoints("yolo")), "--out", out]) == 2
     err = capsys.readouterr().err
     assert "onnxruntime" in err and "pip install 'detlab[export]'" in err
+
+
+@pytest.mark.parametrize("family", ["yolo", "unet"])
+def test_torchscript_second_format(checkpoints, tmp_path, family):
+    path, report = export_checkpoint(checkpoints(family), tmp_path / "m.pt", fmt="torchscript",
+                                     with_postprocess=True, dynamic_batch=True)
+    assert report.ok and report.runtime == "TorchScript", report.lines()
+    extra = {"detlab.json": ""}
+    loaded = torch.jit.load(str(path), _extra_files=extra)
+    meta = json.loads(extra["detlab.json"])
+    assert meta["detlab.postprocess"] == "graph" and "detlab.input_spec" in meta
+    channels = meta["detlab.input_spec"]["channels"]
+    h, w = meta["detlab.input_size"]
+    assert loaded(torch.zeros(3, channels, h, w))[0].shape[0] == 3  # traced at 1, runs 3
