@@ -7,6 +7,8 @@ One module per job:
   sigmoid/threshold, DB's probability map);
 * :mod:`~detlab.export.onnx`: ``torch.onnx.export`` with the metadata a deployed model needs
   (input geometry, normalization, class names, head family) stored as ONNX ``metadata_props``;
+* :mod:`~detlab.export.checkpoint`: checkpoint -> val batch -> graph -> file -> parity report
+  (what ``detlab export`` runs);
 * :mod:`~detlab.export.torchscript`: the second format, a traced TorchScript module;
 * :mod:`~detlab.export.parity`: the exported graph against the checkpoint on a real val batch
   (onnxruntime);
