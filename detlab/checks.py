@@ -21,7 +21,12 @@ __all__ = [
 
 def is_number(value: Any) -> bool:
     """True for a finite ``int``/``float`` that is not a ``bool``."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (10**400) is no usable setting
+        return False
 
 
 def is_int(value: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ConfigError, DetlabError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "command_names"]
 
 EXIT_USER_ERROR = 2
 
@@ -59,57 +59,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device() -> Any:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _predictions(task: Any, loader: Any, device: Any, limit: int | None = None,
-                 data: Any = None) -> Any:
-    """``(predictions, batch)`` per batch of ``loader``: the one inference loop of ``eval``
-    and ``predict`` (same stage, same post-processing, predictions in original pixels);
-    sliced when the recipe sets ``inference.slicing`` (:mod:`detlab.engine.sliced`).
-    Callers hold ``torch.inference_mode()`` around the loop."""
-    from .postprocess.slicing import SlicedInference
-
-    settings = SlicedInference.from_recipe(task.recipe)
-    if settings is not None:
-        from .engine.sliced import sliced_predictions
-
-        yield from sliced_predictions(task, data, loader, settings, device, limit)
-        return
-    for i, batch in enumerate(loader):
-        if limit is not None and i >= limit:
-            break
-        batch = batch.to(device)
-        yield task.model.predict(batch, stage="test"), batch
-
-
-def _evaluate(task: Any, split: str, limit: int | None = None) -> dict[str, float]:
-    from .data.datamodule import DataModule
-
-    data = DataModule(task.recipe.section("data"), size_divisor=task.model.size_divisor)
-    loader = data.val_dataloader() if split == "val" else data.test_dataloader()
-    if task.evaluator is None:
-        raise ConfigError("the checkpoint's recipe has no 'evaluator' section")
-    device = _device()
-    task.to(device)
-    task.evaluator.reset()
-    import torch
-
-    with torch.inference_mode():
-        for preds, batch in _predictions(task, loader, device, limit, data):
-            task.evaluator.update(preds, batch)
-    return task.evaluator.compute()
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.callbacks import format_metrics
+    from .engine.inference import evaluate
     from .engine.trainer import load_task
 
     task = load_task(args.checkpoint, args.overrides, trust=args.trust_recipe, recipe=args.recipe)
-    metrics = _evaluate(task, args.split)
+    metrics = evaluate(task, args.split)
     print(format_metrics(metrics, task.evaluator.primary))
     report = getattr(task.evaluator, "format_histogram", None)
     if callable(report) and not args.quiet:
@@ -153,9 +109,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return predict_command(args)
     import torch
 
-    from .data.datamodule import DataModule
+    from .commands.predict_volume import check_not_dicom_file, is_volume_path, predict_volumes
+    from .engine.inference import data_module, default_device, file_loader, is_box_head, predictions
     from .engine.outputs import categories
-    from .engine.predict_volume import check_not_dicom_file, is_volume_path, predict_volumes
     from .engine.trainer import load_task
 
     inputs, overrides = _split_inputs(args.items)
@@ -164,12 +120,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for p in inputs:
         check_not_dicom_file(p)
     task = load_task(args.checkpoint, overrides, trust=args.trust_recipe, recipe=args.recipe)
-    if args.save_probs and _is_box_head(task):
+    if args.save_probs and is_box_head(task):
         raise ConfigError(
             f"--save-probs: this checkpoint's head ({type(task.model.head).__name__}) predicts "
             "boxes, which have no probability map to save; drop --save-probs (the scores are "
             "in the JSON files)")
-    device = _device()
+    device = default_device()
     task.to(device)
     out_dir = Path(args.out)
     volumes = [p for p in inputs if is_volume_path(p)]  # .nii/.nii.gz files, DICOM folders
@@ -180,10 +136,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         inputs = [p for p in inputs if p not in volumes]
         if not inputs and args.split is None:
             return 0
-    data = DataModule(task.recipe.section("data"), size_divisor=task.model.size_divisor)
+    data = data_module(task)
     loaders = []
     if inputs:
-        loaders.append((data.predict_loader(inputs), _val_category_ids(data)))
+        loaders.append((file_loader(data, inputs), _val_category_ids(data)))
     if args.split is not None:
         split_loader = data.val_dataloader() if args.split == "val" else data.test_dataloader()
         loaders.append((split_loader, _category_ids(data.dataset(args.split))))
@@ -194,11 +150,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for loader, ids in loaders:
         cat_ids = ids if ids is not None else cat_ids
         with torch.inference_mode():
-            for preds, batch in _predictions(task, loader, device, data=data):
+            for preds, batch in predictions(task, loader, device, data=data):
                 for pred, meta in zip(preds, batch.meta):
                     coco.extend(_write_one(args, task, pred, meta, names, ids))
                     count += 1
-    if coco or _is_box_head(task):
+    if coco or is_box_head(task):
         (out_dir / "results.json").write_text(json.dumps(coco))
         num_classes = int(getattr(task.model.head, "num_classes", 0) or 0)
         (out_dir / "categories.json").write_text(
@@ -225,14 +181,6 @@ def _write_one(args: argparse.Namespace, task: Any, pred: Any, meta: dict[str, A
     if args.yolo_txt:
         write_yolo_txt(pred, meta, out_dir)
     return coco_results(pred, meta, names, ids)
-
-
-def _is_box_head(task: Any) -> bool:
-    """Whether the checkpoint's head predicts boxes (YOLO, Faster R-CNN and subclasses)."""
-    from .models.heads.faster_rcnn import FasterRCNNHead
-    from .models.heads.yolo import YOLOHead
-
-    return isinstance(task.model.head, (YOLOHead, FasterRCNNHead))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -270,9 +218,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 # Modules that add commands of their own: each defines ``add_command(subparsers)`` which adds a
 # subparser whose default ``func(args) -> int`` runs the command. One line per module.
 COMMAND_MODULES: tuple[str, ...] = (
-    "detlab.engine.sweep",
-    "detlab.engine.show_data",
-    "detlab.engine.anchors_cmd",
+    "detlab.commands.sweep",
+    "detlab.commands.show_data",
+    "detlab.commands.anchors_cmd",
     "detlab.commands.check_data",
     "detlab.commands.analyze",
     "detlab.commands.tune",
@@ -281,17 +229,57 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def _command_stubs(module_name: str) -> list[tuple[str, str]]:
+    """``(name, help)`` of each subcommand ``module_name``'s ``add_command`` adds, read from
+    its source with ``ast`` (the module is not imported: importing the command modules
+    imports torch, which ``detlab --help`` must not wait for). Only literal
+    ``add_parser("name", help="...")`` calls count; ``tests/test_cli_startup.py`` checks
+    that they match what the module really registers."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"command module {module_name!r} not found")
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    out = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "add_parser" and node.args
+                and isinstance(node.args[0], ast.Constant)):
+            helps = [k.value for k in node.keywords if k.arg == "help"]
+            text = helps[0].value if helps and isinstance(helps[0], ast.Constant) else None
+            out.append((str(node.args[0].value), text))
+    return out
+
+
+def command_names(parser: argparse.ArgumentParser) -> list[str]:
+    """The subcommand names of a parser from :func:`build_parser`."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
 # -- parser -------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``detlab`` command (also used to generate the CLI docs)."""
-    from .commands.cli_args import allow_intermixed
-    from .engine.checkpoint import add_trust_arguments
+def build_parser(full: bool | str = True) -> argparse.ArgumentParser:
+    """The argument parser of the ``detlab`` command (also used to generate the CLI docs).
+
+    Args:
+        full: ``True``: every subcommand with all its arguments (imports every command module);
+            a command name: only that command's module is imported, the others are listed
+            with their help line (what :func:`main` builds, so ``detlab X --help`` imports no
+            other command); ``False``: no command module imported (``detlab --help``).
+    """
+    from . import __version__
+    from .commands.cli_args import add_trust_arguments, allow_intermixed
 
     parser = argparse.ArgumentParser(
         prog="detlab",
         description="Train, evaluate and run detlab models from Python recipe files.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--version", action="version", version=f"detlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -354,8 +342,23 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).add_command(sub)
+        stubs = _command_stubs(module_name)
+        if full is True or any(name == full for name, _ in stubs):
+            importlib.import_module(module_name).add_command(sub)
+        else:  # listed with its help; its arguments are added when it is the one asked for
+            for name, text in stubs:
+                sub.add_parser(name, help=text, add_help=False)
     return parser
+
+
+def _requested_command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first item that is not a top-level option)."""
+    for item in argv:
+        if item == "--":
+            return None
+        if not item.startswith("-"):
+            return item
+    return None
 
 
 def _setup_logging() -> None:
@@ -376,7 +379,17 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``detlab`` console script; returns the exit status."""
     _setup_logging()
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    requested = _requested_command(argv)
+    parser = build_parser(full=requested or False)
+    names = command_names(parser)
+    if requested is not None and requested not in names:
+        from .registry import closest
+
+        hint = closest(requested, names, 1)
+        parser.error(f"unknown command {requested!r}"
+                     + (f"; did you mean {hint[0]!r}?" if hint else "")
+                     + f" (commands: {', '.join(names)})")
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("DETLAB_DEBUG") == "1"
     try:

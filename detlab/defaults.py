@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TRAIN_DEFAULTS", "DATA_DEFAULTS", "SECTION_DEFAULTS"]
+__all__ = ["TRAIN_DEFAULTS", "DETLAB_TRAIN_KEYS", "DATA_DEFAULTS", "SECTION_DEFAULTS"]
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "max_epochs": 10,               # epochs to train
@@ -35,12 +35,21 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "deterministic": False,
     "num_sanity_val_steps": 0,
     "progress_bar": True,
+    "progress_every": 20,           # without a terminal (CI logs, a file): one progress line
+                                    # (loss, it/s) every N training steps and at epoch ends
     "diagnostics": True,            # probability histograms, collapse warning, attention maps
     # before training: count what the data gives to learn, stop (or warn) when it is nothing
     # (detlab.engine.positives_check); None turns it off
     "positives": {"min_fraction": 0.0, "min_kept": 0.1, "on_empty": "error",
                   "max_samples": 64, "max_lost": 0.5, "min_size": None},
 }
+
+# The ``train`` keys detlab reads itself; every other key is the ``lightning.pytorch.Trainer``
+# argument of the same name, passed through (detlab.engine.trainer.trainer_arguments).
+DETLAB_TRAIN_KEYS: frozenset[str] = frozenset({
+    "optimizer", "scheduler", "ema", "seed", "num_threads", "work_dir", "progress_bar",
+    "progress_every", "diagnostics", "positives",
+})
 
 DATA_DEFAULTS: dict[str, Any] = {
     "train": None,

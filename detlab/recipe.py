@@ -3,14 +3,18 @@
 A recipe is a Python file whose public top-level dicts (``model``, ``data``, ``train``,
 ``evaluator`` …) describe a run. A variant loads its parent explicitly and edits it::
 
-    from detlab.recipe import load_parent
-    _base = load_parent("fracture_unet.py")          # path relative to this file
-    model, data, train, evaluator = (_base[k] for k in ("model", "data", "train", "evaluator"))
+    from detlab.recipe import parent
+    model, data, train, evaluator = parent("fracture_unet.py")   # relative to this file
     train["max_epochs"] = 30
+
+(:func:`load_parent` returns every section of the parent as a dict.)
 
 Overrides are ``dotted.key=value`` strings; values are Python literals (``3``, ``0.5``,
 ``[1, 2]``, ``(2, 3)``, ``None``/``null``, ``true``/``True``) or bare strings. A key that does not
-exist is an error naming the closest existing key; ``+dotted.key=value`` adds a new key.
+exist is an error naming the closest existing key; ``+dotted.key=value`` adds a new key. A
+bare name given to a component dict (``model.head.box_loss=WIoULoss``) replaces its ``type`` and
+keeps the arguments the new class accepts; the ones it does not accept are dropped with a
+logged warning that names them.
 
 The resolved recipe (classes written as registered names or ``module.Class`` paths) and the text
 and sha256 of every recipe file involved are what runs and checkpoints store, so a checkpoint
@@ -26,6 +30,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import logging
 import re
 import sys
 import types
@@ -33,13 +38,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .checks import is_int
 from .errors import ConfigError
-from .registry import REGISTRIES, closest
+from .registry import REGISTRIES, accepted_arguments, closest
 
 __all__ = [
     "Recipe",
     "load",
     "load_parent",
+    "parent",
     "apply_overrides",
     "parse_override",
     "to_jsonable",
@@ -53,6 +60,7 @@ __all__ = [
 # Sections detlab itself reads; others are kept and passed along untouched.
 SECTIONS = ("model", "data", "train", "evaluator")
 _MODULE_PREFIX = "detlab_recipe_"
+log = logging.getLogger("detlab.recipe")
 
 
 class Recipe(dict):
@@ -200,24 +208,70 @@ def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _parent_path(relative: str | Path, caller_depth: int) -> tuple[Path, Path | None,
+                                                                   dict[str, dict[str, str]]]:
+    """The parent file ``relative`` names (relative to the recipe being loaded, or to the file
+    ``caller_depth`` frames up when called outside :func:`load`), the calling file, and the
+    provenance table the parent's text goes into."""
+    if not _loading_stack:
+        caller = Path(inspect.stack()[caller_depth].filename)
+        files: dict[str, dict[str, str]] = {}
+    else:
+        caller, files = _loading_stack[-1]
+    target = Path(relative).expanduser()
+    if not target.is_absolute():
+        target = (caller.parent / target).resolve()
+    return target, caller, files
+
+
 def load_parent(relative: str | Path) -> dict[str, Any]:
     """Load a parent recipe from inside a recipe file, relative to that file.
 
-    Returns a deep copy of the parent's sections, to be edited in plain Python.
+    Returns a deep copy of the parent's sections (``{name: dict}``), to be edited in plain
+    Python.
+
+    Raises:
+        ConfigError: the parent file does not exist (naming the resolved path and the caller).
     """
-    if not _loading_stack:
-        frame = inspect.stack()[1]
-        base_dir = Path(frame.filename).parent
-        files: dict[str, dict[str, str]] = {}
-    else:
-        current, files = _loading_stack[-1]
-        base_dir = current.parent
-    target = Path(relative)
-    if not target.is_absolute():
-        target = (base_dir / target).resolve()
+    target, caller, files = _parent_path(relative, 2)
+    return _load_parent_file(target, caller, files, "load_parent")
+
+
+def _load_parent_file(target: Path, caller: Path | None, files: dict[str, dict[str, str]],
+                      who: str) -> dict[str, Any]:
     if not target.is_file():
-        raise ConfigError(f"load_parent: parent recipe not found: {target}")
+        raise ConfigError(
+            f"{who}: parent recipe not found: {target}"
+            + (f" (named in {caller}, paths are relative to it)" if caller else "")
+        )
     return copy.deepcopy(_sections(_exec_file(target, files)))
+
+
+def parent(relative: str | Path, *keys: str) -> tuple[dict[str, Any], ...]:
+    """The sections of a parent recipe, for a variant in one line::
+
+        model, data, train, evaluator = parent("helmet_yolo_p2.py")
+        model, train, evaluator = parent("fracture_unet.py", "model", "train", "evaluator")
+
+    ``relative`` is relative to the calling recipe file; ``keys`` default to
+    ``("model", "data", "train", "evaluator")``. Each section is a deep copy (editing it leaves
+    the parent's file and other variants alone).
+
+    Raises:
+        ConfigError: the parent file is missing, or has no section named in ``keys`` (naming
+            the file and the sections it has).
+    """
+    target, caller, files = _parent_path(relative, 2)
+    sections = _load_parent_file(target, caller, files, "parent")
+    wanted = keys or SECTIONS
+    missing = [k for k in wanted if k not in sections]
+    if missing:
+        raise ConfigError(
+            f"parent: recipe {target} has no section(s) {', '.join(map(repr, missing))} "
+            f"(it has: {', '.join(sorted(sections)) or '-'}); name the ones to take: "
+            f"parent({str(relative)!r}, {', '.join(repr(k) for k in sections)})"
+        )
+    return tuple(sections[k] for k in wanted)
 
 
 def component_types(data: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -368,8 +422,8 @@ def _check_type(key: str, old: Any, new: Any) -> Any:
         if not isinstance(new, bool):
             raise ConfigError(f"override {key}={new!r}: expected a boolean (true/false)")
         return new
-    if isinstance(old, (int, float)) and not isinstance(old, bool):
-        if isinstance(new, bool) or not isinstance(new, (int, float)):
+    if is_int(old) or isinstance(old, float):
+        if not (is_int(new) or isinstance(new, float)):  # inf allowed: 1e999 is a literal
             kind = "an integer" if isinstance(old, int) else "a number"
             raise ConfigError(f"override {key}={new!r}: expected {kind} (current value {old!r})")
         if isinstance(old, int) and isinstance(new, float) and not new.is_integer():
@@ -378,41 +432,59 @@ def _check_type(key: str, old: Any, new: Any) -> Any:
     if isinstance(old, (list, tuple)) and not isinstance(new, (list, tuple)):
         raise ConfigError(f"override {key}={new!r}: expected a list (current value {old!r})")
     if isinstance(old, dict) and not isinstance(new, dict):
-        if isinstance(new, str):  # replacing a component by name: type only
-            return {"type": new}
+        if isinstance(new, str):  # replacing a component by name
+            return _replace_type(key, old, new)
         raise ConfigError(f"override {key}={new!r}: expected a dict (current value {old!r})")
     return new
+
+
+def _component_class(type_: Any) -> Any:
+    """The class a component ``type`` names (registered name, dotted path or the class), or
+    ``None`` when it names nothing importable."""
+    if type_ is None:
+        return None
+    if inspect.isclass(type_) or callable(type_):
+        return type_
+    for registry in REGISTRIES.values():
+        if type_ in registry:
+            return registry.get(type_)
+    if "." in str(type_):
+        try:
+            return REGISTRIES["models"].get(type_)  # any registry resolves dotted paths
+        except ConfigError:
+            return None
+    return None
 
 
 def _is_component_argument(node: dict[str, Any], name: str) -> bool:
     """Whether ``name`` is a constructor argument of the component ``node["type"]`` names
     (so ``model.head.threshold=0.3`` works when the recipe relies on the default)."""
-    type_ = node.get("type")
-    if type_ is None:
-        return False
-    cls = None
-    if inspect.isclass(type_) or callable(type_):
-        cls = type_
-    else:
-        for registry in REGISTRIES.values():
-            if type_ in registry:
-                cls = registry.get(type_)
-                break
-        else:
-            if "." in str(type_):
-                try:
-                    cls = REGISTRIES["models"].get(type_)  # any registry resolves dotted paths
-                except ConfigError:
-                    cls = None
+    cls = _component_class(node.get("type"))
     if cls is None:
         return False
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params and params[name].kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
-    )
+    accepted, _ = accepted_arguments(cls)
+    return name in accepted
+
+
+def _replace_type(key: str, old: dict[str, Any], new: str) -> dict[str, Any]:
+    """``old`` with its ``type`` replaced by ``new``, keeping the arguments the new class
+    accepts (all of them when it takes ``**kwargs``); the others are dropped, with a warning."""
+    cls = _component_class(new)
+    args = {k: v for k, v in old.items() if k != "type"}
+    if cls is None:
+        kept, why = {}, f"type {new!r} is not a registered name or an importable class"
+    else:
+        accepted, var_kw = accepted_arguments(cls)
+        kept = {k: v for k, v in args.items() if var_kw or k in accepted}
+        why = f"{getattr(cls, '__name__', new)} does not accept them"
+    dropped = {k: v for k, v in args.items() if k not in kept}
+    if dropped:
+        log.warning(
+            "override %s=%s: dropped %s (%s); kept %s",
+            key, new, ", ".join(f"{k}={v!r}" for k, v in dropped.items()), why,
+            ", ".join(f"{k}={v!r}" for k, v in kept.items()) or "no arguments",
+        )
+    return {"type": new, **kept}
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -469,9 +541,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 # -- JSON ---------------------------------------------------------------------------------------
 def _class_ref(obj: Any) -> str:
     for registry in REGISTRIES.values():
-        for name, cls in registry._items.items():
-            if cls is obj:
-                return name
+        name = registry.name_of(obj)
+        if name is not None:
+            return name
     module = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", None)
     if not module or not qualname or "<locals>" in qualname:

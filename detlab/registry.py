@@ -21,12 +21,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import pkgutil
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .errors import ConfigError, DetlabError
+from .registry_index import REGISTRY_NAMES, component_modules, source_index
 
 __all__ = [
     "Registry",
@@ -41,29 +41,23 @@ __all__ = [
     "DATASETS",
     "TRANSFORMS",
     "SAMPLERS",
+    "BOX_SAMPLERS",
+    "BOX_HEADS",
     "EVALUATORS",
     "OPTIMIZERS",
     "SCHEDULERS",
     "discover",
     "closest",
     "check_dotted_target",
+    "accepted_arguments",
 ]
 
-# Packages whose modules register components; imported once by :func:`discover`.
-_DISCOVER_PACKAGES = (
-    "detlab.models",
-    "detlab.losses",
-    "detlab.assigners",
-    "detlab.postprocess",
-    "detlab.evaluation",
-    "detlab.data",
-    "detlab.engine",
-)
 _discovered = False
 
 
 def discover() -> None:
-    """Import every detlab module that registers components (idempotent).
+    """Import every detlab module that registers components (idempotent): the ones
+    :func:`~detlab.registry_index.component_modules` finds in the source, not the whole package.
 
     Modules whose optional dependency is missing (e.g. ``pyclipper`` for text heads) are
     skipped; using one of their components then raises an error that names the package.
@@ -72,17 +66,12 @@ def discover() -> None:
     if _discovered:
         return
     _discovered = True
-    for pkg_name in _DISCOVER_PACKAGES:
+    for module_name in component_modules():
         try:
-            pkg = importlib.import_module(pkg_name)
-        except ModuleNotFoundError:
-            continue
-        for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg_name + "."):
-            try:
-                importlib.import_module(info.name)
-            except ModuleNotFoundError as err:  # optional extra not installed
-                if err.name and err.name.split(".")[0] == "detlab":
-                    raise
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as err:  # optional extra not installed
+            if err.name and err.name.split(".")[0] == "detlab":
+                raise
 
 
 def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
@@ -115,6 +104,22 @@ class Registry:
         self.kind = kind
         self.base = base
         self._items: dict[str, Any] = {}
+        self._source_name: str | None = None  # "LOSSES" for detlab's own (source_index)
+
+    def _load(self, name: str) -> None:
+        """Make sure ``name`` is registered if any detlab module registers it: import the one
+        module the source index names, else (a name the index does not know) every one."""
+        if name in self._items:
+            return
+        module = source_index().get(self._source_name or "", {}).get(name)
+        if module is not None:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as err:  # optional extra not installed
+                if err.name and err.name.split(".")[0] == "detlab":
+                    raise
+        if name not in self._items:
+            discover()
 
     # -- registration -------------------------------------------------------------------------
     def register(self, obj: Any = None, *, name: str | None = None) -> Any:
@@ -155,12 +160,21 @@ class Registry:
         for key in self.names():
             yield key, self._items[key]
 
+    def name_of(self, obj: Any) -> str | None:
+        """The name ``obj`` is registered under, or ``None``. Looks only at what is registered
+        so far (no :func:`discover`): an object that exists was imported, so it registered."""
+        for key, value in self._items.items():
+            if value is obj:
+                return key
+        return None
+
     def describe(self) -> list[tuple[str, str]]:
         """(name, first docstring line) for every registered entry."""
         return [(k, _first_doc_line(v)) for k, v in self.items()]
 
     def __contains__(self, name: str) -> bool:
-        discover()
+        if isinstance(name, str):
+            self._load(name)
         return name in self._items
 
     def get(self, type_: Any) -> Any:
@@ -171,9 +185,7 @@ class Registry:
             raise ConfigError(
                 f"'type' of a {self.kind} must be a name, a dotted path or a class, got {type_!r}"
             )
-        if type_ in self._items:
-            return self._items[type_]
-        discover()
+        self._load(type_)
         if type_ in self._items:
             return self._items[type_]
         if "." in type_:
@@ -279,8 +291,9 @@ def check_dotted_target(path: str, target: Any, kind: str = "component") -> None
         )
 
 
-def _accepted(target: Any) -> tuple[set[str], bool]:
-    """Names ``target`` accepts as keywords, and whether it takes ``**kwargs``."""
+def accepted_arguments(target: Any) -> tuple[set[str], bool]:
+    """The names ``target`` (a class or function) accepts as keyword arguments, and whether it
+    takes ``**kwargs`` (also ``True`` when it has no readable signature)."""
     try:
         sig = inspect.signature(target)
     except (TypeError, ValueError):
@@ -295,7 +308,7 @@ def _accepted(target: Any) -> tuple[set[str], bool]:
 
 
 def _merge_defaults(target: Any, kwargs: dict, defaults: dict) -> dict:
-    accepted, var_kw = _accepted(target)
+    accepted, var_kw = accepted_arguments(target)
     merged = dict(kwargs)
     for k, v in defaults.items():
         if k not in merged and (var_kw or k in accepted):
@@ -307,7 +320,7 @@ def _check_renamed(target: Any, kwargs: dict, key: str) -> None:
     # A component lists arguments it no longer takes in ``renamed_args`` (old name -> new
     # key relative to its own): a recipe using one is told the new key, not "unknown".
     renamed = getattr(target, "renamed_args", None) or {}
-    accepted, _ = _accepted(target)
+    accepted, _ = accepted_arguments(target)
     for old in kwargs:
         if old in renamed and old not in accepted:
             new = renamed[old]  # relative to ``key`` unless it names a recipe section
@@ -317,7 +330,7 @@ def _check_renamed(target: Any, kwargs: dict, key: str) -> None:
 
 
 def _check_kwargs(target: Any, kwargs: dict, kind: str, where: str) -> None:
-    accepted, var_kw = _accepted(target)
+    accepted, var_kw = accepted_arguments(target)
     if var_kw:
         return
     unknown = [k for k in kwargs if k not in accepted]
@@ -350,6 +363,9 @@ POSTPROCESSORS = Registry("postprocessor")
 DATASETS = Registry("dataset")
 TRANSFORMS = Registry("transform")
 SAMPLERS = Registry("sampler")
+# Two-stage detector parts: RoI/anchor sampling and the RoI box head of FasterRCNNHead.
+BOX_SAMPLERS = Registry("box sampler")
+BOX_HEADS = Registry("box head")
 EVALUATORS = Registry("evaluator")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
@@ -365,8 +381,11 @@ REGISTRIES: dict[str, Registry] = {
     "datasets": DATASETS,
     "transforms": TRANSFORMS,
     "samplers": SAMPLERS,
+    "box_samplers": BOX_SAMPLERS,
+    "box_heads": BOX_HEADS,
     "evaluators": EVALUATORS,
     "optimizers": OPTIMIZERS,
     "schedulers": SCHEDULERS,
 }
-
+for _var in REGISTRY_NAMES:  # each registry finds its names in the source index under this
+    globals()[_var]._source_name = _var

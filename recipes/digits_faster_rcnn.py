@@ -13,13 +13,14 @@ with other jobs (load average 1.4-5; train.num_threads=1, use None on a machine 
 reaching AP 0.62, AP50 0.91, AP75 0.77 (AP_small 0.62, AR100 0.70) on the 160 validation images.
 
     detlab train recipes/digits_faster_rcnn.py
-    detlab train recipes/digits_faster_rcnn.py model.head.box_loss=CIoULoss +model.head.box_loss.weight=10.0
-    detlab eval runs/digits_faster_rcnn/version_0/checkpoints/best.ckpt        # test_postprocess
+    detlab train recipes/digits_faster_rcnn.py model.head.roi.loss_box=CIoULoss +model.head.roi.loss_box.weight=10.0
+    detlab eval runs/digits_faster_rcnn/version_0/checkpoints/best.ckpt        # postprocessor.test
     detlab predict runs/digits_faster_rcnn/version_0/checkpoints/best.ckpt photo.jpg --out preds/
 
 Real SVHN (COCO-style JSON): data.train=dict(type="CocoDetection", …), img_size=320, a
-pretrained backbone (checkpoint=…) and the 5-level anchors (4, 8, 12, 24, 48) with ratios
-(0.5, 1.0, 1.5, 2.0) on FPN levels (2, 3, 4, 5, 6).
+pretrained backbone (checkpoint=…) and the 5-level anchors
+rpn.anchor_generator=dict(sizes=(4, 8, 12, 24, 48), aspect_ratios=(0.5, 1.0, 1.5, 2.0)) on FPN
+levels (2, 3, 4, 5, 6).
 """
 
 from detlab.models.heads import FasterRCNNHead
@@ -36,27 +37,42 @@ model = dict(
     head=dict(
         type=FasterRCNNHead,
         num_classes=10,
-        # One size group per FPN level (P2, P3, P4), sizes in input px; ratios are height/width.
-        # From `detlab anchors` (k-means ratios, stride-scaled sizes): anchors on the grids reach
-        # IoU >= 0.7 with 47 % of the boxes instead of 38 % for ((8, 12), (16, 24), (32, 48)) x
-        # (1, 1.5, 2); AP 0.603 -> 0.623, AP75 0.743 -> 0.770 in the default run.
-        anchor_sizes=((10, 14.5), (20, 28.5), (40.5, 57)),
-        aspect_ratios=(1.5, 1.86, 2.17),
-        rpn_pre_nms_topk=dict(train=1000, test=500),
-        rpn_post_nms_topk=dict(train=300, test=100),
-        roi_sampling_ratio=1,      # 1 point per RoIAlign bin: half the CPU cost of 2 at 7x7
-        box_head="two_mlp",
-        representation_size=256,
-        roi_batch_size=128,
-        roi_positive_fraction=0.25,
-        # Smooth L1 on deltas (torchvision's). For CIoULoss / DIoULoss / GIoULoss (decoded boxes)
-        # use weight=10.0: the loss is averaged over all sampled RoIs, not only positives.
-        box_loss=dict(type="SmoothL1Loss", beta=1 / 9),
-        cls_loss=None,             # softmax CE; or dict(type="FocalLoss", activation="softmax", alpha=None, gamma=2.0)
+        rpn=dict(
+            # One size group per FPN level (P2, P3, P4), sizes in input px; ratios are
+            # height/width. Anchors per location (sizes x ratios) size the RPN head. From
+            # `detlab anchors` (k-means ratios, stride-scaled sizes): anchors on the grids reach
+            # IoU >= 0.7 with 47 % of the boxes instead of 38 % for ((8, 12), (16, 24), (32, 48))
+            # x (1, 1.5, 2); AP 0.603 -> 0.623, AP75 0.743 -> 0.770 in the default run.
+            anchor_generator=dict(sizes=((10, 14.5), (20, 28.5), (40.5, 57)),
+                                  aspect_ratios=(1.5, 1.86, 2.17)),
+            assigner=dict(type="MaxIoUAssigner", pos_iou=0.7, neg_iou=0.3,
+                          low_quality_matches=True),
+            sampler=dict(type="BalancedSampler", num=256, pos_fraction=0.5),
+            pre_nms_topk=dict(train=1000, test=500),
+            post_nms_topk=dict(train=300, test=100),
+            nms=dict(iou_threshold=0.7, score_threshold=0.0),
+        ),
+        roi=dict(
+            # 1 sampling point per RoIAlign bin: half the CPU cost of 2 at 7x7
+            roi_align=dict(output_size=7, sampling_ratio=1),
+            assigner=dict(type="MaxIoUAssigner", pos_iou=0.5, neg_iou=0.5),
+            sampler=dict(type="BalancedSampler", num=128, pos_fraction=0.25),
+            box_head=dict(type="TwoMLPBoxHead", representation_size=256),
+            box_coder=dict(weights=(10.0, 10.0, 5.0, 5.0)),
+            # Smooth L1 on deltas (torchvision's). For CIoULoss / DIoULoss / GIoULoss (decoded
+            # boxes) use weight=10.0: the loss is averaged over all sampled RoIs, not positives.
+            loss_box=dict(type="SmoothL1Loss", beta=1 / 9),
+            # softmax CE; or dict(type="FocalLoss", activation="softmax", alpha=None, gamma=2.0)
+            loss_cls=None,
+        ),
         # Validation during training scores AP, which wants every candidate (low threshold);
-        # `eval`/`predict` use the test settings (e.g. score 0.7 / NMS 0.3 for deployment).
-        val_postprocess=dict(score_threshold=0.05, iou_threshold=0.5, max_detections=100),
-        test_postprocess=dict(score_threshold=0.05, iou_threshold=0.5, max_detections=100),
+        # `eval`/`predict` use the test settings (e.g. test=dict(score_threshold=0.7,
+        # iou_threshold=0.3) for deployment).
+        postprocessor=dict(
+            type="BoxPostProcessor",
+            val=dict(score_threshold=0.05, iou_threshold=0.5, max_detections=100),
+            test=dict(score_threshold=0.05, iou_threshold=0.5, max_detections=100),
+        ),
     ),
 )
 

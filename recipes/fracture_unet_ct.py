@@ -14,10 +14,9 @@ backbone's ``in_chans`` follows) rather than overriding ``data.train.*`` on the 
 See docs/guides/fracture_ct.md.
 """
 
-from detlab.recipe import load_parent
+from detlab.recipe import parent
 
-_base = load_parent("fracture_unet.py")
-model, train, evaluator = _base["model"], _base["train"], _base["evaluator"]
+model, train, evaluator = parent("fracture_unet.py", "model", "train", "evaluator")
 
 # Bone window (level 500, width 1500) as in the synthetic recipe; add e.g.
 # dict(level=40, width=400) for soft tissue: each window is one more set of channels.

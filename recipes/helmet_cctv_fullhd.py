@@ -26,10 +26,9 @@ Each strategy of docs/guides/tiny_objects.md is one override:
     detlab sweep runs/helmet_cctv_fullhd/version_0/checkpoints/best.ckpt inference.slicing.merge=nms,greedy_nmm
 """
 
-from detlab.recipe import load_parent
+from detlab.recipe import parent
 
-_base = load_parent("helmet_yolo_p2.py")
-model, data, train, evaluator = (_base[k] for k in ("model", "data", "train", "evaluator"))
+model, data, train, evaluator = parent("helmet_yolo_p2.py")
 
 FRAME = (1080, 1920)                         # (h, w) of a CCTV frame
 IMG_SIZE = 640                               # network input: crops and tiles at scale 1

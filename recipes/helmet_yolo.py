@@ -7,10 +7,9 @@ so the effect of P2 on tiny objects is one comparison of two runs:
 Compare AP and AP_rel_tiny (objects below 0.1 % of the image area) of the two runs.
 """
 
-from detlab.recipe import load_parent
+from detlab.recipe import parent
 
-_base = load_parent("helmet_yolo_p2.py")
-model, data, train, evaluator = (_base[k] for k in ("model", "data", "train", "evaluator"))
+model, data, train, evaluator = parent("helmet_yolo_p2.py")
 
 model["backbone"]["out_indices"] = (2, 3, 4)   # strides 8, 16, 32
 model["neck"]["levels"] = (3, 4, 5)

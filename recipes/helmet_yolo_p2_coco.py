@@ -19,10 +19,9 @@ the same files: add ``"data.classes=['helmet_on']"``.
 instead, set data.train.img_size=None and add a crop to data.train.transforms (see the parent).
 """
 
-from detlab.recipe import load_parent
+from detlab.recipe import parent
 
-_base = load_parent("helmet_yolo_p2.py")
-model, data, train, evaluator = (_base[k] for k in ("model", "data", "train", "evaluator"))
+model, data, train, evaluator = parent("helmet_yolo_p2.py")
 
 IMG_SIZE = 1280
 

@@ -11,10 +11,9 @@ Needs a GPU: HRNet-W44 + the 256-channel DB neck at 1024 px is ~650 GFLOP per im
 (torch.utils.flop_counter), ~2 TFLOP per image for a training step.
 """
 
-from detlab.recipe import load_parent
+from detlab.recipe import parent
 
-_base = load_parent("receipt_dbnet.py")
-model, data, train, evaluator = (_base[k] for k in ("model", "data", "train", "evaluator"))
+model, data, train, evaluator = parent("receipt_dbnet.py")
 
 model["backbone"].update(
     name="hrnet_w44",

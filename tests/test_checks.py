@@ -34,3 +34,11 @@ def test_check_int_bool_choice_list():
         check_int_list("B", "l", [1, 0], low=1, length=2)
     with pytest.raises(ConfigError, match="list of ints"):
         check_int_list("B", "l", "12")
+
+
+def test_huge_int_is_not_a_number():
+    from detlab.checks import is_number
+
+    assert not is_number(10**400)
+    with pytest.raises(ConfigError, match="must be a number"):
+        check_float("A", "x", 10**400)

@@ -118,7 +118,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "not a detlab checkpoint" in _error(capsys, ["eval", str(plain)])
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(os.urandom(64))
-    assert "cannot read checkpoint" in _error(capsys, ["eval", str(garbage)])
+    assert "not a detlab checkpoint: " in _error(capsys, ["eval", str(garbage)])
     assert "unknown kind" in _error(capsys, ["list", "headz"])
 
 

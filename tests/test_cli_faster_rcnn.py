@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from detlab.cli import main
-from detlab.engine.sweep import run_sweep
+from detlab.commands.sweep import run_sweep
 from detlab.engine.trainer import load_task
 
 from conftest import ROOT
@@ -18,7 +18,7 @@ TINY = [
     "data.val.image_size=64", "data.train.digit_height=[8, 24]", "data.val.digit_height=[8, 24]",
     "data.batch_size=4", "data.num_workers=0", "train.max_epochs=1", "train.progress_bar=false",
     "train.scheduler=None", "model.backbone.name=resnet10t", "model.neck.out_channels=16",
-    "model.head.representation_size=32", "model.head.roi_batch_size=32",
+    "model.head.roi.box_head.representation_size=32", "model.head.roi.sampler.num=32",
 ]
 
 
@@ -38,18 +38,18 @@ def test_digits_train_eval_predict(tmp_path, capsys):
         assert key in header, key
     metrics_json = tmp_path / "m.json"
     assert main(["eval", str(run_dir / "checkpoints/best.ckpt"),
-                 "model.head.test_postprocess.score_threshold=0.3", "--json", str(metrics_json)]) == 0
+                 "model.head.postprocessor.test.score_threshold=0.3", "--json", str(metrics_json)]) == 0
     metrics = json.loads(metrics_json.read_text())
     assert {"AP", "AP50", "AP75", "AP_small", "AR100"} <= set(metrics)
-    # sweep re-runs only test_postprocess on cached outputs: same numbers as eval
+    # sweep re-runs only the test post-processor on cached outputs: same numbers as eval
     swept = run_sweep(load_task(run_dir / "checkpoints/best.ckpt"),
-                      {"model.head.test_postprocess.score_threshold": [0.3]})
+                      {"model.head.postprocessor.test.score_threshold": [0.3]})
     np.testing.assert_equal(swept[0]["metrics"], metrics)  # NaN-aware: empty size buckets
     image = tmp_path / "house.png"
     Image.fromarray((np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)).save(image)
     out = tmp_path / "pred"
     assert main(["predict", str(run_dir / "checkpoints/last.ckpt"), str(image),
-                 "model.head.test_postprocess.score_threshold=0.0", "--out", str(out)]) == 0
+                 "model.head.postprocessor.test.score_threshold=0.0", "--out", str(out)]) == 0
     record = json.loads((out / "house.json").read_text())
     assert record["orig_size"] == [50, 70]
     assert len(record["boxes_xyxy"]) == len(record["scores"]) == len(record["labels"]) > 0

@@ -68,7 +68,7 @@ def test_frame_smaller_than_tile_is_predicted_whole(yolo, monkeypatch):
 
 def test_sweep_merge_knobs_reuse_tile_outputs(yolo, monkeypatch, tmp_path, capsys):
     ckpt, _, _ = yolo
-    from detlab.engine.sweep import run_sweep
+    from detlab.commands.sweep import run_sweep
     from detlab.engine.trainer import load_task
     from detlab.models.model import Model
 
@@ -106,7 +106,7 @@ def test_bad_slicing_setting_is_one_error_line(yolo, capsys):
 def test_sweep_head_and_merge_knobs_together(yolo, monkeypatch, tmp_path):
     # A head post-processing key too: the raw tile outputs are cached, the head re-runs.
     ckpt, _, _ = yolo
-    from detlab.engine.sweep import run_sweep
+    from detlab.commands.sweep import run_sweep
     from detlab.engine.trainer import load_task
     from detlab.models.model import Model
 

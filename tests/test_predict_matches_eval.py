@@ -114,7 +114,7 @@ def test_yolo_predict_equals_eval(tmp_path, monkeypatch):
 
 FRCNN_BODY = YOLO_BODY.replace("['0', '1']", "[str(d) for d in range(10)]")
 FRCNN_TINY = ["model.backbone.name=resnet10t", "model.neck.out_channels=16",
-              "model.head.representation_size=32", "model.head.roi_batch_size=32",
+              "model.head.roi.box_head.representation_size=32", "model.head.roi.sampler.num=32",
               "train.scheduler=None"]
 
 
@@ -123,7 +123,7 @@ def test_faster_rcnn_predict_equals_eval(tmp_path, monkeypatch):
     recipe = _recipe(tmp_path / "frcnn.py", "digits_faster_rcnn.py",
                      FRCNN_BODY.format(ann=str(ann), img=str(img)))
     ckpt = _train(recipe, tmp_path / "runs", FRCNN_TINY)
-    low = ["model.head.test_postprocess.score_threshold=0.0"]
+    low = ["model.head.postprocessor.test.score_threshold=0.0"]
     seen = _eval_predictions(monkeypatch, ckpt, low)
     out = tmp_path / "pred"
     assert main(["predict", str(ckpt), *(str(img / f"im{i}.png") for i in range(3)), *low,

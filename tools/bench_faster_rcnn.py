@@ -9,8 +9,8 @@ Both are built from scratch (``weights=None, weights_backbone=None``) with the s
   ``min_size = max_size = size`` so its transform keeps the input size (by default it resizes
   to 800 px);
 * detlab: ``TimmBackbone("resnet50")`` + ``FPN(levels=(2..6), norm="batch")`` +
-  ``FasterRCNNHead(rpn_conv_depth=2, box_head="conv", box_head_norm="batch",
-  roi_levels=(2, 3, 4, 5))`` with the same anchors, top-k, sampling and thresholds. Left
+  ``FasterRCNNHead(rpn=dict(conv_depth=2), roi=dict(roi_align=dict(levels=(2, 3, 4, 5)),
+  box_head=dict(type="ConvFCBoxHead", norm="batch")))`` with the same anchors, top-k, sampling and thresholds. Left
   different: detlab's P6 is a stride-2 3x3 conv (torchvision: max pool), and detlab normalizes
   images in the data pipeline while torchvision's model does it (plus a resize call) itself.
 
@@ -46,9 +46,11 @@ def detlab_model(size: int) -> Model:
         neck=dict(type="FPN", out_channels=256, levels=(2, 3, 4, 5, 6), norm="batch"),
         head=dict(
             type="FasterRCNNHead", num_classes=NUM_CLASSES,
-            anchor_sizes=(32, 64, 128, 256, 512), aspect_ratios=(0.5, 1.0, 2.0),
-            rpn_conv_depth=2, roi_levels=(2, 3, 4, 5), box_head="conv", box_head_norm="batch",
-            conv_channels=(256, 256, 256, 256), representation_size=1024,
+            rpn=dict(anchor_generator=dict(sizes=(32, 64, 128, 256, 512),
+                                           aspect_ratios=(0.5, 1.0, 2.0)), conv_depth=2),
+            roi=dict(roi_align=dict(levels=(2, 3, 4, 5)),
+                     box_head=dict(type="ConvFCBoxHead", conv_channels=(256, 256, 256, 256),
+                                   representation_size=1024, norm="batch")),
         ),
     )
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..checks import check_float, check_int
 from ..ops.boxes import aligned_iou
 from ..registry import ASSIGNERS
 from .base import AssignResult, build_result, check_gt, pick_best_gt, points_in_boxes
@@ -38,16 +38,9 @@ class ATSSAssigner:
     """
 
     def __init__(self, topk: int = 9, anchor_size: float = 5.0) -> None:
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise ConfigError(f"ATSSAssigner: topk must be an int >= 1, got {topk!r}")
-        if isinstance(anchor_size, bool) or not isinstance(anchor_size, (int, float)) or (
-            anchor_size <= 0
-        ):
-            raise ConfigError(
-                f"ATSSAssigner: anchor_size must be a number > 0, got {anchor_size!r}"
-            )
-        self.topk = topk
-        self.anchor_size = float(anchor_size)
+        self.topk = check_int("ATSSAssigner", "topk", topk, low=1)
+        self.anchor_size = check_float("ATSSAssigner", "anchor_size", anchor_size, low=0.0,
+                                       low_open=True)
 
     def __repr__(self) -> str:
         return f"ATSSAssigner(topk={self.topk}, anchor_size={self.anchor_size})"

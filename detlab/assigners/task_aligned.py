@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..checks import check_choice, check_float, check_int
 from ..ops.boxes import aligned_iou
 from ..registry import ASSIGNERS
 from .base import (
@@ -55,24 +55,12 @@ class TaskAlignedAssigner:
         iou_kind: Literal["iou", "ciou"] = "iou",
         eps: float = 1e-9,
     ) -> None:
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise ConfigError(f"TaskAlignedAssigner: topk must be an int >= 1, got {topk!r}")
-        for arg, value in (("alpha", alpha), ("beta", beta)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(
-                    f"TaskAlignedAssigner: {arg} must be a number >= 0, got {value!r}"
-                )
-        if iou_kind not in ("iou", "ciou"):
-            raise ConfigError(
-                f"TaskAlignedAssigner: iou_kind must be 'iou' or 'ciou', got {iou_kind!r}"
-            )
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
-            raise ConfigError(f"TaskAlignedAssigner: eps must be a number in (0, 1), got {eps!r}")
-        self.topk = topk
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.iou_kind = iou_kind
-        self.eps = float(eps)
+        owner = "TaskAlignedAssigner"
+        self.topk = check_int(owner, "topk", topk, low=1)
+        self.alpha = check_float(owner, "alpha", alpha, low=0.0)
+        self.beta = check_float(owner, "beta", beta, low=0.0)
+        self.iou_kind = check_choice(owner, "iou_kind", iou_kind, ("iou", "ciou"))
+        self.eps = check_float(owner, "eps", eps, low=0.0, high=1.0, low_open=True, high_open=True)
 
     def __repr__(self) -> str:
         return (

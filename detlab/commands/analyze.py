@@ -25,24 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..evaluation.analysis import (
-    IOU_THRESHOLDS,
-    Ceiling,
-    MatchedPairs,
-    ap_per_threshold,
-    box_iou,
-    bucket_masks,
-    error_summary,
-    match_records,
-    noise_ceiling,
-)
 from ..evaluation.coco_api import mean_valid
 from .analysis_plots import GalleryItem, ap_curve_png, gallery_png, iou_histogram_png
+
+if TYPE_CHECKING:  # evaluation.analysis imports torch: loaded when the command runs, so
+    # that building the parser (`detlab analyze --help`) stays fast
+    from ..evaluation.analysis import Ceiling, MatchedPairs
 
 __all__ = ["collect_records", "analyze", "default_out_dir", "add_command"]
 
@@ -61,24 +54,23 @@ def collect_records(task: Any, split: str) -> tuple[list[dict[str, Any]], Any]:
     dataset order, and the dataset."""
     import torch
 
-    from ..cli import _device, _is_box_head, _predictions
-    from ..data.datamodule import DataModule
+    from ..engine.inference import data_module, default_device, is_box_head, predictions
     from ..evaluation.coco import CocoEvaluator
 
-    if not _is_box_head(task):
+    if not is_box_head(task):
         raise ConfigError(f"detlab analyze: this checkpoint's head "
                           f"({type(task.model.head).__name__}) predicts no boxes; analyze "
                           "works on box detectors (YOLO, Faster R-CNN)")
-    data = DataModule(task.recipe.section("data"), size_divisor=task.model.size_divisor)
+    data = data_module(task)
     loader = data.val_dataloader() if split == "val" else data.test_dataloader()
     # CocoEvaluator builds exactly the records `detlab eval` scores (ground truth mapped to
     # original px, validated predictions); analyze reads them instead of re-implementing that.
     recorder = CocoEvaluator(relative_areas=None, max_dets=_max_dets(task))
-    device = _device()
+    device = default_device()
     task.to(device)
     with torch.inference_mode():
         # data=: a recipe with inference.slicing is analyzed on its sliced predictions
-        for preds, batch in _predictions(task, loader, device, data=data):
+        for preds, batch in predictions(task, loader, device, data=data):
             recorder.update(preds, batch)
     return list(recorder._records), data.dataset(split)
 
@@ -95,6 +87,8 @@ def _num_classes(task: Any, records: list[dict[str, Any]]) -> int:
 
 
 def _gt_buckets(records: list[dict[str, Any]]) -> dict[str, int]:
+    from ..evaluation.analysis import bucket_masks
+
     boxes, areas = [], []
     for r in records:
         keep = ~np.asarray(r["gt_ignore"], bool)
@@ -109,6 +103,8 @@ def _gt_buckets(records: list[dict[str, Any]]) -> dict[str, int]:
 def _gallery(records: list[dict[str, Any]], pairs: MatchedPairs, dataset: Any, n: int
              ) -> tuple[list[GalleryItem], str | None]:
     """The ``n`` smallest non-ignored ground truths, cropped from the original images."""
+    from ..evaluation.analysis import box_iou
+
     if n <= 0:
         return [], None
     if not callable(getattr(dataset, "load_raw", None)):
@@ -198,6 +194,8 @@ def _fmt(v: float) -> str:
 def _report(ckpt: str, split: str, records: list, pairs: MatchedPairs, ap: dict,
             ceiling: Ceiling, errors: dict, counts: dict, gallery_note: str | None,
             size_lines: list[str], n_gallery: int) -> str:
+    from ..evaluation.analysis import IOU_THRESHOLDS
+
     k = f"{ceiling.noise_px:g}"
     dts = sum(len(r["dt_boxes"]) for r in records)
     lines = [f"# detlab analyze: {ckpt}", "",
@@ -243,6 +241,15 @@ def _report(ckpt: str, split: str, records: list, pairs: MatchedPairs, ap: dict,
 def analyze(task: Any, checkpoint: str, out_dir: str | Path, split: str = "val",
             noise_px: float = 2.0, seeds: int = 5, gallery: int = 24) -> tuple[str, dict]:
     """Write the report (module docstring) to ``out_dir``; returns its Markdown and numbers."""
+    from ..evaluation.analysis import (
+        IOU_THRESHOLDS,
+        ap_per_threshold,
+        bucket_masks,
+        error_summary,
+        match_records,
+        noise_ceiling,
+    )
+
     _check(noise_px, seeds, gallery)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .data_stats import BUCKETS, SplitStats, collect_stats
+if TYPE_CHECKING:  # data_stats imports the datasets (torch): loaded when the command runs,
+    # so that building the parser (`detlab check-data --help`) stays fast
+    from .data_stats import SplitStats
 
 __all__ = ["check_data", "format_stats", "size_warning", "histogram_png", "add_command"]
 
@@ -40,6 +42,8 @@ def _quantiles(values: np.ndarray) -> str:
 
 
 def _bucket_label(name: str) -> str:
+    from .data_stats import BUCKETS
+
     lo, hi = BUCKETS[name]
     if lo <= 0:
         return f"{name} (< {100 * hi:g} %)"
@@ -154,6 +158,8 @@ def histogram_text(stats: list[SplitStats]) -> str:
 def histogram_png(stats: list[SplitStats], path: Path) -> Path:
     """Bar chart (PIL) of the share of objects per log-spaced relative-area bin, one colour per
     split, with the bucket limits (0.1 %, 0.5 %, 5 %) as vertical lines."""
+    from .data_stats import BUCKETS
+
     from PIL import Image, ImageDraw
 
     colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]
@@ -195,6 +201,8 @@ def check_data(recipe: Any, out_dir: str | Path | None = None, size_ratio: float
     """Report on the recipe's train/val/test data (module docstring); returns the report text
     and the per-split statistics. Writes ``object_sizes.png`` and ``check_data.txt`` to
     ``out_dir`` when given."""
+    from .data_stats import collect_stats
+
     from ..data.datamodule import DataModule
 
     data_cfg = recipe.section("data")

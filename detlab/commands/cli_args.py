@@ -6,7 +6,7 @@ import argparse
 import functools
 from typing import Any
 
-__all__ = ["allow_intermixed"]
+__all__ = ["allow_intermixed", "add_trust_arguments"]
 
 
 def allow_intermixed(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -24,3 +24,19 @@ def allow_intermixed(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
     return parser
+
+
+def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--trust-recipe`` and ``--recipe`` to a subcommand that loads a checkpoint (the
+    trust rules: :mod:`detlab.engine.checkpoint`). Argparse only: no torch import."""
+    parser.add_argument(
+        "--trust-recipe", action="store_true",
+        help="also import the dotted types and execute the recipe-file code stored in the "
+        "checkpoint (only for checkpoints from a source you trust; default: registered "
+        "types only, nothing from the checkpoint is executed)",
+    )
+    parser.add_argument(
+        "--recipe", default=None, metavar="RECIPE.py",
+        help="build the model from your own recipe file instead of the stored one; the "
+        "checkpoint then only provides the weights, which must fit",
+    )

@@ -26,7 +26,7 @@ def find_lr(recipe: Any, out_dir: Path, min_lr: float, max_lr: float,
 
     from ..data.datamodule import DataModule
     from ..engine.task import DetlabTask
-    from ..engine.trainer import _set_threads, _train_cfg, build_trainer
+    from ..engine.trainer import build_trainer, train_settings
     from ..errors import ConfigError
     from ..tune.plots import Panel, Series, draw_panels
     from ..tune.schedule import resolve_schedules
@@ -37,8 +37,7 @@ def find_lr(recipe: Any, out_dir: Path, min_lr: float, max_lr: float,
     if steps < 5:
         raise ConfigError(f"lr-find: --steps {steps}: need at least 5")
     recipe, schedules = resolve_schedules(recipe)
-    cfg = _train_cfg(recipe)
-    _set_threads(cfg["num_threads"])
+    cfg = train_settings(recipe)
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
     data = DataModule(recipe.section("data"), seed=int(cfg["seed"]))
     data.check()

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import is_int
 from ..errors import ConfigError
 from ..registry import DATASETS
 from .datasets.detection_base import Annotations
@@ -118,10 +119,10 @@ class ObjectCrops(SampleWrapper):
         if size is None:
             raise ConfigError("ObjectCrops.size=None takes the wrapped dataset's img_size, "
                               "which is None too; set size (px)")
-        sizes = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+        sizes = (size, size) if is_int(size) else size
         try:
             h, w = (int(v) for v in sizes)
-            valid = all(isinstance(v, int) and not isinstance(v, bool) for v in sizes)
+            valid = all(is_int(v) for v in sizes)
         except (TypeError, ValueError):
             valid = False
         if not valid or h < 1 or w < 1:

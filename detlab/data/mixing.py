@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..checks import is_int
 from ..errors import ConfigError
 from ..registry import DATASETS
 from .wrappers import SampleWrapper
@@ -144,17 +145,19 @@ class CopyPaste(SampleWrapper):
                  power: float = 1.0, max_occlusion: float = 0.0, tries: int = 20,
                  seed: int | None = None) -> None:
         super().__init__(dataset, seed)
-        lo, hi = (num_objects, num_objects) if isinstance(num_objects, int) else num_objects
+        pair = (num_objects, num_objects) if is_int(num_objects) else num_objects
         if not 0.0 <= float(p) <= 1.0:
             raise ConfigError(f"CopyPaste.p={p!r}: expected a probability in [0, 1]")
-        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+        ok = isinstance(pair, Sequence) and len(pair) == 2 and all(is_int(v) for v in pair)
+        lo, hi = pair if ok else (0, 0)
+        if not (ok and 1 <= lo <= hi):
             raise ConfigError(f"CopyPaste.num_objects={num_objects!r}: expected an int >= 1 "
                               "or (low, high) with 1 <= low <= high")
         if not float(power) >= 0:
             raise ConfigError(f"CopyPaste.power={power!r}: expected a number >= 0")
         if not 0.0 <= float(max_occlusion) <= 1.0:
             raise ConfigError(f"CopyPaste.max_occlusion={max_occlusion!r}: expected [0, 1]")
-        if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+        if not is_int(tries) or tries < 1:
             raise ConfigError(f"CopyPaste.tries={tries!r}: expected a positive int")
         self.p, self.num_objects = float(p), (lo, hi)
         self.power, self.max_occlusion, self.tries = float(power), float(max_occlusion), tries

@@ -18,12 +18,13 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..checks import is_number
 from ..errors import ConfigError, DetlabError
 from ..registry import DATASETS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["input_spec_of", "spec_differences", "build_predict_dataset"]
+__all__ = ["input_spec_of", "spec_differences", "build_predict_dataset", "val_input_spec"]
 
 
 def input_spec_of(dataset: Any) -> dict[str, Any] | None:
@@ -50,7 +51,7 @@ def _flat(spec: Mapping[str, Any]) -> dict[str, Any]:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+    if is_number(a) and is_number(b):
         return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
     return a == b
 
@@ -81,6 +82,22 @@ def _val_spec(cfg: Any, val_dataset: Callable[[], Dataset]) -> dict[str, Any] | 
         log.info("data.val cannot be read (%s); predict takes its preprocessing from the "
                  "data.val config", err)
         return dict(from_config(dict(cfg)))
+
+
+def val_input_spec(data_cfg: Mapping[str, Any], val_dataset: Callable[[], Dataset]
+                   ) -> dict[str, Any]:
+    """data.val's preprocessing (``input_spec()``, or from its config when its files cannot be
+    read): what an in-memory image gets in the Python API, as a file gets it in predict.
+
+    Raises:
+        ConfigError: no data.val, or one that does not describe its preprocessing.
+    """
+    spec = _val_spec(data_cfg.get("val"), val_dataset)
+    if spec is None:
+        raise ConfigError("predicting on an image needs data.val's preprocessing, but "
+                          + ("data.val does not describe it (no input_spec())"
+                             if data_cfg.get("val") is not None else "the recipe has no data.val"))
+    return spec
 
 
 def build_predict_dataset(

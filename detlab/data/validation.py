@@ -29,7 +29,6 @@ import contextlib
 import contextvars
 import functools
 import logging
-import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import is_int
+from ..checks import is_number as _finite_number
 from ..errors import ConfigError, DataError
 
 __all__ = [
@@ -192,7 +193,7 @@ class DataReport:
 
 def check_bad_fraction(value: Any, owner: str) -> float:
     """``max_bad_fraction`` as a float in ``[0, 1]``, else :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if not is_number(value) or not 0 <= value <= 1:
         raise ConfigError(f"{owner}.max_bad_fraction={value!r}: expected a number in [0, 1]")
     return float(value)
 
@@ -275,8 +276,7 @@ def read_text(path: str | Path, what: str = "annotation file", encoding: str = "
 def check_image_size(width: Any, height: Any, where: str) -> tuple[int, int]:
     """``(width, height)`` as ints in ``[1, MAX_IMAGE_SIDE]``, else :class:`DataError`."""
     for key, value in (("width", width), ("height", height)):
-        if (isinstance(value, bool) or not isinstance(value, int)
-                or not 1 <= value <= MAX_IMAGE_SIDE):
+        if not is_int(value) or not 1 <= value <= MAX_IMAGE_SIDE:
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
             raise DataError(
                 f"{where}: {key} = {shown}: expected an int in [1, {MAX_IMAGE_SIDE}] px")
@@ -360,9 +360,4 @@ def parse_number(text: str) -> float:
 
 def is_number(value: Any) -> bool:
     """A finite JSON number (int or float, not bool; a huge int that overflows float is not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
+    return _finite_number(value)

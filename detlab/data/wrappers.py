@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..checks import is_int
 from ..errors import ConfigError
 from ..registry import DATASETS
 from .datasets.detection_base import DetectionDataset
@@ -55,7 +56,7 @@ class SampleWrapper(SharedEpoch, Dataset):
             dataset = DATASETS.build(dataset, key=f"{name}.dataset")
         self.dataset = dataset
         self.base = base_detection_dataset(dataset)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        if seed is not None and not is_int(seed):
             raise ConfigError(f"{name}.seed={seed!r}: expected an int or None")
         self.seed = seed
         self._salt = zlib.crc32(name.encode())

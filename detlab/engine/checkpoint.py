@@ -44,7 +44,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict, read with ``weights_only=True``; checked to be detlab's.
 
     Raises:
-        CheckpointError: missing file, unreadable file, or not a detlab checkpoint.
+        CheckpointError: missing file, or ``not a detlab checkpoint: <path> (<reason>)``
+            for a file torch cannot read or one without detlab's entries.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -53,14 +54,32 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for garbage files
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0]}"
-        ) from err
-    if not isinstance(ckpt, dict) or RECIPE_KEY not in ckpt or "state_dict" not in ckpt:
+            f"not a detlab checkpoint: {path} ({_unreadable(path, err)})") from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"not a detlab checkpoint: {path} (it holds a "
+                              f"{type(ckpt).__name__}, not the dict `detlab train` writes)")
+    missing = [k for k in (RECIPE_KEY, "state_dict") if k not in ckpt]
+    if missing:
         raise CheckpointError(
-            f"{path} is not a detlab checkpoint (no {RECIPE_KEY!r} entry); "
-            "checkpoints written by `detlab train` carry their recipe"
-        )
+            f"not a detlab checkpoint: {path} (no {' or '.join(map(repr, missing))} entry; "
+            "checkpoints written by `detlab train` carry their recipe and weights)")
     return ckpt
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why ``torch.load`` could not read ``path``, in a few words instead of torch's text."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file"
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    text = str(err)
+    if "not an allowed global" in text or "Unsupported global" in text:
+        return ("it holds Python objects beyond tensors and plain data, which are not "
+                "loaded because loading them runs code; `detlab train` writes none")
+    if magic == b"PK\x03\x04" or "central directory" in text:
+        return f"truncated or damaged torch zip archive of {size} bytes; copy it again"
+    return f"not a file torch.save writes: {size} bytes, {type(err).__name__} on reading"
 
 
 def load_checkpoint(path: str | Path, *, trust: bool = False) -> tuple[Recipe, dict[str, Any]]:
@@ -198,15 +217,9 @@ def load_task(path: str | Path, overrides: list[str] | None = None, *, trust: bo
 
 
 def add_trust_arguments(parser: Any) -> None:
-    """Add ``--trust-recipe`` and ``--recipe`` to a CLI subcommand that loads a checkpoint."""
-    parser.add_argument(
-        "--trust-recipe", action="store_true",
-        help="also import the dotted types and execute the recipe-file code stored in the "
-        "checkpoint (only for checkpoints from a source you trust; default: registered "
-        "types only, nothing from the checkpoint is executed)",
-    )
-    parser.add_argument(
-        "--recipe", default=None, metavar="RECIPE.py",
-        help="build the model from your own recipe file instead of the stored one; the "
-        "checkpoint then only provides the weights, which must fit",
-    )
+    """Add ``--trust-recipe`` and ``--recipe`` to a CLI subcommand that loads a checkpoint
+    (:func:`detlab.commands.cli_args.add_trust_arguments`; kept here for the commands that
+    import it from the engine)."""
+    from ..commands.cli_args import add_trust_arguments as add
+
+    add(parser)

@@ -45,9 +45,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
+from ..checks import is_number
 from . import render
 from .positives_check import PositivesCheck, check_training_positives
-from .show_data import batch_summary, render_batch
+from .batch_view import batch_summary, render_batch
 
 __all__ = [
     "collapse_check", "assignment_collapse_check", "score_collapse_check", "DiagnosticsCallback",
@@ -391,7 +392,8 @@ class DiagnosticsCallback(Callback):
             tiles += row + [render.caption(render.fit(Image.new("RGB", size[::-1]), 160), "")
                             ] * (columns - len(row))
         title = f"epoch {epoch}: attention gates, coarse to fine (yellow = 1, passes the skip)"
-        render.grid(tiles, columns, title=title).save(
+        render.with_colorbar(render.grid(tiles, columns, title=title),
+                             "probability / attention").save(
             self.out / f"attention_epoch{epoch}.png")
 
 
@@ -430,7 +432,7 @@ def _ema_decay(trainer: Any) -> float | None:
             code = getattr(fn, "__code__", None)
             if code is not None and "decay" in code.co_freevars and fn.__closure__:
                 decay = fn.__closure__[code.co_freevars.index("decay")].cell_contents
-        if isinstance(decay, (int, float)) and not isinstance(decay, bool):
+        if is_number(decay):
             return float(decay)
     return 0.0
 

@@ -48,6 +48,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..checks import is_number
 from ..errors import ConfigError
 from ..registry import closest
 
@@ -112,9 +113,9 @@ class ModelEMA(Callback):
 
     def __init__(self, decay: float = 0.9999, tau: float = 2000.0, validate: str = "ema",
                  buffers: str = "ema") -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        if not is_number(decay) or not 0 <= decay < 1:
             raise ConfigError(f"train.ema.decay={decay!r}: expected a number in [0, 1)")
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau < 0:
+        if not is_number(tau) or tau < 0:
             raise ConfigError(f"train.ema.tau={tau!r}: expected a number of steps >= 0")
         if validate not in ("ema", "live"):
             raise ConfigError(f"train.ema.validate={validate!r}: expected 'ema' or 'live'")

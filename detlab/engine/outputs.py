@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw
 from ..errors import DataError
 from ..structures import Prediction
 
-__all__ = ["coco_results", "categories", "write_yolo_txt", "write_prediction", "overlay_mask",
-           "load_display_image"]
+__all__ = ["coco_results", "categories", "write_yolo_txt", "write_prediction",
+           "render_prediction", "overlay_mask", "load_display_image"]
 
 _COLORS = [(255, 40, 40), (40, 200, 40), (40, 120, 255), (255, 200, 0), (200, 0, 200),
            (0, 200, 200), (255, 120, 0), (120, 60, 255), (128, 128, 0), (0, 128, 128)]
@@ -90,6 +90,29 @@ def _draw_polygons(image: Image.Image, pred: Prediction) -> Image.Image:
     return image
 
 
+def render_prediction(image: Image.Image, pred: Prediction,
+                      class_names: list[str] | None = None,
+                      overlay_threshold: float = 0.25) -> Image.Image:
+    """The overlay ``detlab predict`` writes (``<stem>_overlay.png``) and
+    :meth:`detlab.ImagePrediction.plot` returns: masks in class colours; boxes scoring at
+    least ``overlay_threshold`` with class name and score, and an "N of M boxes" stamp;
+    polygons outlined. ``image`` is the original RGB image (it is drawn on; pass a copy to
+    keep it)."""
+    if pred.mask is not None:
+        return overlay_mask(image, pred.mask.detach().cpu().numpy().astype(bool))
+    overlay = image
+    if pred.boxes is not None:
+        overlay = _draw_boxes(image, pred, class_names, overlay_threshold)
+        scores = pred.scores.detach().cpu()
+        shown = int((scores >= overlay_threshold).sum())
+        top = f" (max {float(scores.max()):.2f})" if len(scores) else ""
+        _stamp(overlay, f"{shown} of {len(scores)} boxes with score >= "
+                        f"{overlay_threshold:g}{top}")
+    if pred.polygons is not None:
+        overlay = _draw_polygons(image, pred)
+    return overlay
+
+
 def write_prediction(pred: Prediction, meta: dict[str, Any], out_dir: Path,
                      class_names: list[str] | None = None, save_probs: bool = False,
                      overlay_threshold: float = 0.25) -> list[Path]:
@@ -119,32 +142,25 @@ def write_prediction(pred: Prediction, meta: dict[str, Any], out_dir: Path,
         for c, p in enumerate(paths):
             Image.fromarray((mask[c] * 255).astype(np.uint8)).save(p)
             written.append(p)
-        overlay = overlay_mask(image, mask)
+        overlay = render_prediction(image, pred, class_names, overlay_threshold)
         if save_probs and pred.probs is not None:
             p = out_dir / f"{stem}_probs.npy"
             np.save(p, pred.probs.detach().cpu().numpy().astype(np.float32))
             written.append(p)
     else:
         record: dict[str, Any] = {"image": meta.get("path"), "orig_size": [h, w]}
-        overlay = image
         if pred.boxes is not None:
             record.update(
                 boxes_xyxy=pred.boxes.detach().cpu().tolist(),
                 scores=pred.scores.detach().cpu().tolist(),
                 labels=pred.labels.detach().cpu().tolist(),
             )
-            overlay = _draw_boxes(image, pred, class_names, overlay_threshold)
-            scores = pred.scores.detach().cpu()
-            shown = int((scores >= overlay_threshold).sum())
-            top = f" (max {float(scores.max()):.2f})" if len(scores) else ""
-            _stamp(overlay, f"{shown} of {len(scores)} boxes with score >= "
-                            f"{overlay_threshold:g}{top}")
         if pred.polygons is not None:
             record["polygons"] = [np.asarray(p).tolist() for p in pred.polygons]
             record["scores"] = np.asarray(
                 pred.scores.cpu() if hasattr(pred.scores, "cpu") else pred.scores
             ).tolist()
-            overlay = _draw_polygons(image, pred)
+        overlay = render_prediction(image, pred, class_names, overlay_threshold)
         p = out_dir / f"{stem}.json"
         p.write_text(json.dumps(record))
         written.append(p)

@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..data.positives import PositiveStats, UnknownTargets, count_positives
+from ..checks import is_int, is_number
 from ..errors import ConfigError, DataError
 
 __all__ = ["POSITIVES_DEFAULTS", "positives_config", "check_training_positives",
@@ -67,14 +68,14 @@ def positives_config(value: Any) -> dict[str, Any] | None:
     for key, low, high in (("min_fraction", 0.0, 1.0), ("min_kept", 0.0, 1.0),
                            ("max_lost", 0.0, 1.0)):
         v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+        if not is_number(v) or not low <= v <= high:
             raise ConfigError(f"train.positives.{key} must be a number in [{low:g}, {high:g}], "
                               f"got {v!r}")
     m = cfg["max_samples"]
-    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+    if m is not None and (not is_int(m) or m < 1):
         raise ConfigError(f"train.positives.max_samples must be an int >= 1 or None, got {m!r}")
     s = cfg["min_size"]
-    if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0):
+    if s is not None and (not is_number(s) or s < 0):
         raise ConfigError(f"train.positives.min_size must be a number >= 0 px or None, got {s!r}")
     return cfg
 

@@ -15,7 +15,7 @@ from .outputs import _COLORS, overlay_mask
 
 __all__ = [
     "to_uint8", "image_to_rgb", "overlay", "heatmap", "draw_boxes", "draw_polygons",
-    "caption", "fit", "grid", "probability_chart",
+    "caption", "fit", "grid", "probability_chart", "with_colorbar",
 ]
 
 _BG = (24, 24, 24)
@@ -123,6 +123,34 @@ def grid(tiles: Sequence[Image.Image], columns: int, pad: int = 4,
         out.paste(t, (pad + (i % columns) * cell_w, top + pad + (i // columns) * cell_h))
     if title:
         ImageDraw.Draw(out).text((pad, 3), title, fill=_TEXT)
+    return out
+
+
+def with_colorbar(picture: Image.Image, label: str, width: int = 256,
+                  height: int = 12) -> Image.Image:
+    """``picture`` with a viridis colour bar below it (the scale of :func:`heatmap`): a
+    ``width`` px gradient from 0 to 1 with ticks at 0, 0.25 ... 1 and ``label`` beside it."""
+    width = max(64, min(width, picture.width - 16))
+    values = np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1))
+    bar = heatmap(values)
+    left = 8
+    beside = left + width + 8 + 6 * len(label) <= picture.width
+    strip = Image.new("RGB", (picture.width, height + (24 if beside else 36)), _BG)
+    strip.paste(bar, (left, 4))
+    draw = ImageDraw.Draw(strip)
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x = left + round(v * (width - 1))
+        draw.line([x, 4 + height, x, 8 + height], fill=_TEXT)
+        text = f"{v:g}"
+        draw.text((min(max(x - 3 * len(text), 0), strip.width - 6 * len(text)), 9 + height),
+                  text, fill=_TEXT)
+    if beside:
+        draw.text((left + width + 8, 4), label, fill=_TEXT)
+    else:  # no room beside the bar: under the ticks
+        draw.text((left, 20 + height), label, fill=_TEXT)
+    out = Image.new("RGB", (picture.width, picture.height + strip.height), _BG)
+    out.paste(picture, (0, 0))
+    out.paste(strip, (0, picture.height))
     return out
 
 

@@ -25,13 +25,15 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..checks import is_int
 from ..errors import CheckpointError, ConfigError
 
 __all__ = ["QUIET_KEYS", "flatten", "recipe_diff", "check_resume", "stored_resolved"]
 
 # Keys that change how a run is carried out, not what it learns: listed, never warned about.
 QUIET_KEYS = frozenset({
-    "train.max_epochs", "train.work_dir", "train.progress_bar", "train.num_threads",
+    "train.max_epochs", "train.work_dir", "train.progress_bar", "train.progress_every",
+    "train.num_threads",
     "train.diagnostics", "train.log_every_n_steps", "data.num_workers",
     "data.persistent_workers", "data.pin_memory",
 })
@@ -111,8 +113,7 @@ def check_resume(current: dict[str, Any], ckpt: dict[str, Any], path: Any = ""
         )
     done = int(ckpt.get("epoch", -1)) + 1  # epochs finished (checkpoints are end-of-epoch)
     max_epochs = (current.get("train") or {}).get("max_epochs")
-    if isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs != -1 \
-            and max_epochs <= done:
+    if is_int(max_epochs) and max_epochs != -1 and max_epochs <= done:
         raise ConfigError(
             f"--resume {path}: train.max_epochs={max_epochs} but the checkpoint has already "
             f"finished {done} epoch(s); set train.max_epochs={done + 1} or more to train on"

@@ -26,10 +26,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..defaults import TRAIN_DEFAULTS
+from ..checks import is_int
+from ..defaults import DETLAB_TRAIN_KEYS, TRAIN_DEFAULTS
 from ..errors import CheckpointError, ConfigError, DetlabError
 from ..recipe import Recipe
 from ..registry import closest
@@ -43,16 +43,21 @@ from .callbacks import (
 )
 from .diagnostics import DiagnosticsCallback
 from .ema import build_ema
+from .plot_callbacks import plot_callbacks
 from .positives_check import PositivesCheck
+from .progress import build_progress_bar
 from .resume_check import check_resume
 from .task import RECIPE_KEY, DetlabTask
 
 __all__ = [
-    "TRAIN_KEYS", "new_run_dir", "latest_checkpoint", "build_trainer", "fit",
-    "load_checkpoint", "load_task",
+    "new_run_dir", "latest_checkpoint", "build_trainer", "fit", "trainer_arguments",
+    "train_settings", "TRAINER_KEYS", "load_checkpoint", "load_task",
 ]
 
-TRAIN_KEYS = TRAIN_DEFAULTS
+# The recipe's ``train`` keys that are ``pl.Trainer`` arguments of the same name, passed through
+# as they are: all but the ones detlab reads itself (a new key that is neither fails loudly in
+# ``pl.Trainer``, it is not dropped).
+TRAINER_KEYS: tuple[str, ...] = tuple(k for k in TRAIN_DEFAULTS if k not in DETLAB_TRAIN_KEYS)
 
 
 class _DropAdverts(logging.Filter):
@@ -70,17 +75,33 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 def _train_cfg(recipe: Recipe) -> dict[str, Any]:
     cfg = dict(recipe.get("train") or {})
-    unknown = set(cfg) - set(TRAIN_KEYS)
+    unknown = set(cfg) - set(TRAIN_DEFAULTS)
     if unknown:
         parts = []
         for k in sorted(unknown):
-            hint = closest(k, sorted(TRAIN_KEYS), 1)
+            hint = closest(k, sorted(TRAIN_DEFAULTS), 1)
             parts.append(f"{k!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         raise ConfigError(
             f"unknown key(s) in recipe 'train': {', '.join(parts)}; "
-            f"known keys: {', '.join(sorted(TRAIN_KEYS))}"
+            f"known keys: {', '.join(sorted(TRAIN_DEFAULTS))}"
         )
-    return {**TRAIN_KEYS, **cfg}  # recipes from load() are complete; dicts built by hand may not be
+    return {**TRAIN_DEFAULTS, **cfg}  # recipes from load() are complete; dicts built by hand may not be
+
+
+def train_settings(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's complete ``train`` section (unknown keys refused), after applying what
+    belongs to the whole process: ``train.num_threads`` (torch's CPU threads). Every command
+    that trains (``fit``, ``lr-find``) starts with it."""
+    cfg = _train_cfg(recipe)
+    _set_threads(cfg["num_threads"])
+    return cfg
+
+
+def trainer_arguments(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ``pl.Trainer`` keyword arguments a complete ``train`` section sets: every key named
+    like a Trainer argument (:data:`TRAINER_KEYS`), except those set to ``None`` (Lightning's
+    default)."""
+    return {k: cfg[k] for k in TRAINER_KEYS if cfg.get(k) is not None}
 
 
 def new_run_dir(work_dir: str | Path, name: str) -> Path:
@@ -138,6 +159,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
         DatasetEpochSetter(),
         StepSeeder(int(cfg["seed"])),
         PositivesCheck(cfg["positives"], run_dir),  # on even without diagnostics
+        *plot_callbacks(run_dir),  # plots/*.png, TensorBoard images, lr, hparams
     ]
     if cfg["diagnostics"]:
         callbacks.append(DiagnosticsCallback(run_dir))
@@ -145,7 +167,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
     if ema is not None:
         callbacks.append(ema)
     if cfg["progress_bar"]:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        callbacks.append(build_progress_bar(cfg["progress_every"]))
     callbacks += list(extra_callbacks or [])
     loggers = [
         AppendingCSVLogger(save_dir=run_dir.parent.parent, name=run_dir.parent.name, version=run_dir.name),
@@ -153,21 +175,10 @@ def build_trainer(recipe: Recipe, run_dir: Path, higher_is_better: bool = True,
                           version=run_dir.name, default_hp_metric=False),
     ]
     kwargs = dict(
-        max_epochs=cfg["max_epochs"], accelerator=cfg["accelerator"], devices=cfg["devices"],
-        num_nodes=cfg["num_nodes"], strategy=cfg["strategy"], precision=cfg["precision"],
-        accumulate_grad_batches=cfg["accumulate_grad_batches"],
-        gradient_clip_val=cfg["gradient_clip_val"],
-        gradient_clip_algorithm=cfg["gradient_clip_algorithm"],
-        log_every_n_steps=cfg["log_every_n_steps"],
-        check_val_every_n_epoch=cfg["check_val_every_n_epoch"],
-        num_sanity_val_steps=cfg["num_sanity_val_steps"],
-        deterministic=cfg["deterministic"], callbacks=callbacks, logger=loggers,
+        trainer_arguments(cfg), callbacks=callbacks, logger=loggers,
         default_root_dir=str(run_dir), enable_progress_bar=bool(cfg["progress_bar"]),
         enable_model_summary=False,
     )
-    for key in ("limit_train_batches", "limit_val_batches"):
-        if cfg[key] is not None:
-            kwargs[key] = cfg[key]
     kwargs.update(overrides)
     try:
         return pl.Trainer(**kwargs)
@@ -195,9 +206,8 @@ def fit(recipe: Recipe, resume: str | Path | None = None,
     recipe, schedule_cb = resolve_schedules(recipe)
     extra_callbacks = list(extra_callbacks or []) + ([schedule_cb] if schedule_cb else [])
 
-    cfg = _train_cfg(recipe)
+    cfg = train_settings(recipe)
     root = Path(work_dir or cfg["work_dir"])
-    _set_threads(cfg["num_threads"])
     seed = int(cfg["seed"])
     ckpt_path, start_epoch = None, None
     if resume is not None:
@@ -246,6 +256,6 @@ def _set_threads(num_threads: Any) -> None:
     slow when other processes hold the cores, so a busy small CPU trains faster with fewer."""
     if num_threads is None:
         return
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+    if not is_int(num_threads) or num_threads < 1:
         raise ConfigError(f"train.num_threads={num_threads!r}: expected an int >= 1 or None")
     torch.set_num_threads(num_threads)

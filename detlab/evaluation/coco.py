@@ -155,7 +155,7 @@ class CocoEvaluator(Evaluator):
         names = self.class_names or [f"class_{k}" for k in range(num_classes)]
         abs_stats = self._absolute_stats(records, num_classes)
         rel_stats = self._relative_stats(records, num_classes)
-        self._last = {"abs": abs_stats, "rel": rel_stats}
+        self._last = {"abs": abs_stats, "rel": rel_stats, "records": records, "names": names}
         metrics = {k: _defined(v) for k, v in abs_stats["stats"].items()}
         for name, ap in zip(names, abs_stats["per_class"]):
             metrics[f"AP/{name}"] = _defined(ap)
@@ -188,6 +188,29 @@ class CocoEvaluator(Evaluator):
                 summary_line(True, v, f"rel_{k}", last) for k, v in self._last["rel"].items()
             ]
         return "\n".join(lines)
+
+    def curve_data(self) -> dict[str, Any]:
+        """What the PR / F1 / confusion plots need from the last :meth:`compute` (computed if
+        needed; the same gathered images on every rank):
+
+        * ``precision``: ``(T, R, K)`` COCOeval interpolated precision at IoU thresholds
+          ``iou_thresholds`` (T = 10: 0.50:0.95), recall points ``recall_thresholds``
+          (R = 101) and class K, all areas, ``max_dets`` detections; ``-1`` where a class has
+          no ground truth; ``None`` when nothing was evaluated;
+        * ``records``: per image ``gt_boxes`` / ``dt_boxes`` (N, 4) xyxy original px,
+          ``gt_labels``, ``gt_ignore``, ``dt_scores``, ``dt_labels``;
+        * ``class_names``: one name per class index.
+        """
+        if self._last is None:
+            self.compute()
+        assert self._last is not None
+        return {
+            "precision": self._last["abs"]["precision"],
+            "iou_thresholds": np.linspace(0.5, 0.95, 10),
+            "recall_thresholds": np.linspace(0.0, 1.0, 101),
+            "records": self._last["records"],
+            "class_names": list(self._last["names"]),
+        }
 
     # -- helpers --------------------------------------------------------------------------------
     def _max_dets_list(self) -> list[int]:
@@ -226,7 +249,8 @@ class CocoEvaluator(Evaluator):
         dets = self._max_dets_list()
         keys = list(_COCO_KEYS) + [f"AR{m}" for m in dets] + ["AR_small", "AR_medium", "AR_large"]
         if not records or num_classes == 0:  # nothing to evaluate: COCO has no categories
-            return {"stats": dict.fromkeys(keys, -1.0), "per_class": [-1.0] * num_classes}
+            return {"stats": dict.fromkeys(keys, -1.0), "per_class": [-1.0] * num_classes,
+                    "precision": None}
         gt, dt = build_coco_dicts(records, num_classes, area="absolute")
         prec, rec = evaluate_bbox(gt, dt, COCO_AREA_RANGES, dets, self.backend)
         t50, t75 = _iou_index(0.5), _iou_index(0.75)
@@ -242,7 +266,8 @@ class CocoEvaluator(Evaluator):
         for a, name in enumerate(("small", "medium", "large"), start=1):
             stats[f"AR_{name}"] = mean_valid(rec[:, :, a, -1])
         per_class = [mean_valid(prec[:, :, k, 0, -1]) for k in range(num_classes)]
-        return {"stats": stats, "per_class": per_class}
+        # all areas, the largest detection limit: what the PR curves show
+        return {"stats": stats, "per_class": per_class, "precision": prec[:, :, :, 0, -1]}
 
     def _relative_stats(self, records: list[dict[str, Any]], num_classes: int) -> dict[str, float]:
         if not self.relative_areas:

@@ -15,6 +15,7 @@ Labels are detlab's 0-based contiguous class indices; COCO category ids are ``la
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -78,33 +79,61 @@ def build_coco_dicts(
     compares with ``params.areaRng``: ``"absolute"`` → box area in px² (we have no masks, so the
     box area stands in for COCO's segment area); ``"relative"`` → box area / image area.
     """
+    # Tens of thousands of small dicts: the cyclic GC would otherwise rescan the whole heap
+    # (a model, cached network outputs) many times over while they are built.
+    with _gc_paused():
+        return _build_coco_dicts(records, num_classes, area)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Any:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build_coco_dicts(
+    records: Sequence[dict[str, Any]], num_classes: int, area: AreaMode
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     images, gts, dts = [], [], []
     for img_id, rec in enumerate(records, start=1):
         h, w = int(rec["height"]), int(rec["width"])
         images.append({"id": img_id, "height": h, "width": w})
         norm = float(h * w) if area == "relative" else 1.0
-        for box, label, ignore in zip(rec["gt_boxes"], rec["gt_labels"], rec["gt_ignore"]):
-            x, y, bw, bh = _xywh(box)
+        # One numpy pass per image, then plain floats (float64 of each value, as float(v) gave).
+        gt = _xywh_rows(rec["gt_boxes"], norm)
+        for (x, y, bw, bh, a), label, ignore in zip(gt, _ints(rec["gt_labels"]),
+                                                    _ints(rec["gt_ignore"])):
             gts.append({
-                "id": len(gts) + 1, "image_id": img_id, "category_id": int(label) + 1,
-                "bbox": [x, y, bw, bh], "area": bw * bh / norm,
+                "id": len(gts) + 1, "image_id": img_id, "category_id": label + 1,
+                "bbox": [x, y, bw, bh], "area": a,
                 # COCO's ignore region: never a FP nor a miss, may absorb several detections
                 "iscrowd": int(bool(ignore)),
             })
-        for box, score, label in zip(rec["dt_boxes"], rec["dt_scores"], rec["dt_labels"]):
-            x, y, bw, bh = _xywh(box)
+        dt = _xywh_rows(rec["dt_boxes"], norm)
+        scores = np.asarray(rec["dt_scores"], dtype=np.float64).reshape(-1).tolist()
+        for (x, y, bw, bh, a), score, label in zip(dt, scores, _ints(rec["dt_labels"])):
             dts.append({
-                "id": len(dts) + 1, "image_id": img_id, "category_id": int(label) + 1,
-                "bbox": [x, y, bw, bh], "area": bw * bh / norm, "score": float(score),
-                "iscrowd": 0,
+                "id": len(dts) + 1, "image_id": img_id, "category_id": label + 1,
+                "bbox": [x, y, bw, bh], "area": a, "score": score, "iscrowd": 0,
             })
     categories = [{"id": k + 1, "name": str(k)} for k in range(num_classes)]
     return {"images": images, "annotations": gts, "categories": categories}, dts
 
 
-def _xywh(box: np.ndarray) -> tuple[float, float, float, float]:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return x1, y1, x2 - x1, y2 - y1
+def _xywh_rows(boxes: Any, norm: float) -> list[list[float]]:
+    """``(N, 4)`` xyxy → rows ``[x, y, w, h, w * h / norm]`` of Python floats (float64)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    return np.stack([b[:, 0], b[:, 1], w, h, w * h / norm], 1).tolist()
+
+
+def _ints(values: Any) -> list[int]:
+    return [int(v) for v in np.asarray(values).reshape(-1).tolist()]
 
 
 def evaluate_bbox(

@@ -20,7 +20,7 @@ from ..ops.coords import maps_to_original
 from ..registry import EVALUATORS
 from ..structures import Batch, Prediction
 from .base import Evaluator, gather_objects
-from .lesions import RATE_NAMES, detection_rates, lesion_stats
+from .lesions import RATE_NAMES, detection_rates, froc_curves, lesion_stats
 from .prob_histogram import (
     DISPLAY_EDGES,
     average_precision,
@@ -230,7 +230,8 @@ class SegmentationEvaluator(Evaluator):
         tp = (pred_pos & gt).sum(dims)
         fp = (pred_pos & ~gt).sum(dims)
         fn = (~pred_pos & gt).sum(dims)
-        stats = lesion_stats(pred_pos.cpu().numpy(), gt.cpu().numpy(), self.min_lesion_pixels)
+        stats = lesion_stats(pred_pos.cpu().numpy(), gt.cpu().numpy(), self.min_lesion_pixels,
+                             probs=probs.cpu().numpy())
         return {
             **stats,
             "image_id": image_id,
@@ -261,6 +262,7 @@ class SegmentationEvaluator(Evaluator):
         total = {k: sum(r[k] for r in records) for k in _RECORD_SUMS}
         total["max_prob"] = max(r["max_prob"] for r in records)
         total["rates"] = detection_rates(records)
+        total["froc"] = froc_curves(records)
         self._gathered = total
         return total
 
@@ -295,6 +297,13 @@ class SegmentationEvaluator(Evaluator):
                 for c, v in enumerate(vals):
                     out[f"{name}/{c}"] = float(v)
         return out
+
+    def froc_curves(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+        """Per class ``(thresholds, fps_per_scan, sensitivity)`` of the lesion FROC
+        (:func:`detlab.evaluation.lesions.froc_curves`; same collective rule as
+        :meth:`histogram`); None when nothing was evaluated."""
+        totals = self._totals()
+        return None if totals is None else totals["froc"]
 
     def histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """``(bin_edges (K+1,), counts (K,) int64)`` of predicted probabilities over all pixels

@@ -33,7 +33,7 @@ from ..registry import EVALUATORS
 from ..structures import Batch, Prediction
 from .base import Evaluator, gather_objects
 
-__all__ = ["TextHmeanEvaluator", "match_text_polygons"]
+__all__ = ["TextHmeanEvaluator", "match_text_polygons", "match_text_status"]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -63,7 +63,26 @@ def match_text_polygons(
     iou_threshold: float = 0.5,
     ignore_overlap: float = 0.5,
 ) -> tuple[int, int, int]:
-    """Match one image's predictions to its ground truth.
+    """Match one image's predictions to its ground truth (arguments as
+    :func:`match_text_status`).
+
+    Returns:
+        ``(num_matched, num_care_predictions, num_care_gts)``.
+    """
+    pred_status, gt_status = match_text_status(preds, gts, gt_ignore, iou_threshold,
+                                               ignore_overlap)
+    return (int((pred_status == 1).sum()), int((pred_status >= 0).sum()),
+            int((gt_status >= 0).sum()))
+
+
+def match_text_status(
+    preds: list[np.ndarray],
+    gts: list[np.ndarray],
+    gt_ignore: np.ndarray,
+    iou_threshold: float = 0.5,
+    ignore_overlap: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Match one image's predictions to its ground truth, per polygon.
 
     Args:
         preds: predicted ``(K, 2)`` polygons.
@@ -74,7 +93,9 @@ def match_text_polygons(
             for some ignored gt is dropped.
 
     Returns:
-        ``(num_matched, num_care_predictions, num_care_gts)``.
+        ``(pred_status (P,), gt_status (G,))`` int8: ``1`` matched (true positive / found),
+        ``0`` unmatched (false positive / missed), ``-1`` not scored (a prediction inside a
+        don't-care word; a don't-care or zero-area ground truth).
     """
     pred_geoms = np.array([_geometry(p) for p in preds], dtype=object)
     gt_geoms = np.array([_geometry(g) for g in gts], dtype=object)
@@ -82,7 +103,7 @@ def match_text_polygons(
     care_gt = ~np.asarray(gt_ignore, dtype=bool).reshape(-1) & (gt_areas > 0)
     care_pred = np.ones(len(pred_geoms), dtype=bool)
     if len(pred_geoms) == 0 or len(gt_geoms) == 0:
-        return 0, int(care_pred.sum()), int(care_gt.sum())
+        return _status(care_pred, set()), _status(care_gt, set())
 
     pred_areas = shapely.area(pred_geoms)
     # Only pairs that intersect (tree filter on envelopes, then the exact predicate) can match.
@@ -106,7 +127,13 @@ def match_text_polygons(
             continue
         used_pred.add(p)
         used_gt.add(g)
-    return len(used_pred), int(care_pred.sum()), int(care_gt.sum())
+    return _status(care_pred, used_pred), _status(care_gt, used_gt)
+
+
+def _status(care: np.ndarray, used: set[int]) -> np.ndarray:
+    out = np.where(care, 0, -1).astype(np.int8)
+    out[list(used)] = 1
+    return out
 
 
 @EVALUATORS.register()

@@ -19,7 +19,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..checks import check_choice, check_float
 from .base import Loss
 
 __all__ = ["Reduction", "WeightedLoss", "as_fp32"]
@@ -52,12 +52,8 @@ class WeightedLoss(Loss):
     ) -> None:
         super().__init__(weight=weight, name=name)
         cls = type(self).__name__
-        if reduction not in _REDUCTIONS:
-            raise ConfigError(f"{cls}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
-            raise ConfigError(f"{cls}: eps must be a number in (0, 1), got {eps!r}")
-        self.reduction: Reduction = reduction
-        self.eps = float(eps)
+        self.reduction: Reduction = check_choice(cls, "reduction", reduction, _REDUCTIONS)
+        self.eps = check_float(cls, "eps", eps, low=0.0, high=1.0, low_open=True, high_open=True)
 
     def reduce(
         self, loss: Tensor, weight: Tensor | None = None, avg_factor: float | Tensor | None = None

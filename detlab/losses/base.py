@@ -4,9 +4,7 @@ the ``loss_<name>`` key a head reports, plus the argument checks that raise
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Any
 
 import torch
 from torch import Tensor, nn

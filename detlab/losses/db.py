@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, DataError
+from ..checks import check_float, check_int
+from ..errors import DataError
 from ..registry import LOSSES
 
 __all__ = ["DBLoss"]
@@ -78,16 +79,10 @@ class DBLoss(nn.Module):
             ("thresh_weight", thresh_weight),
             ("binary_weight", binary_weight),
         ):
-            if not (isinstance(value, (int, float)) and value >= 0):
-                raise ConfigError(f"DBLoss {name} must be a number >= 0, got {value!r}")
-        if not (isinstance(negative_ratio, (int, float)) and negative_ratio > 0):
-            raise ConfigError(f"DBLoss negative_ratio must be > 0, got {negative_ratio!r}")
-        if isinstance(min_negatives, bool) or not isinstance(min_negatives, int) or (
-            min_negatives < 0
-        ):
-            raise ConfigError(f"DBLoss min_negatives must be an int >= 0, got {min_negatives!r}")
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ConfigError(f"DBLoss eps must be > 0, got {eps!r}")
+            check_float("DBLoss", name, value, low=0.0)
+        check_float("DBLoss", "negative_ratio", negative_ratio, low=0.0, low_open=True)
+        check_int("DBLoss", "min_negatives", min_negatives, low=0)
+        check_float("DBLoss", "eps", eps, low=0.0, low_open=True)
         self.prob_weight = float(prob_weight)
         self.thresh_weight = float(thresh_weight)
         self.binary_weight = float(binary_weight)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..checks import check_float, check_int
 from ..registry import LOSSES
 from ._weighted import Reduction, WeightedLoss, as_fp32
 from .nonfinite import NonFiniteRows, nan_where
@@ -50,14 +50,9 @@ class DFLoss(NonFiniteRows, WeightedLoss):
         name: str = "dfl",
     ) -> None:
         super().__init__(weight, reduction, eps, name)
-        if isinstance(reg_max, bool) or not isinstance(reg_max, int) or reg_max < 2:
-            raise ConfigError(f"DFLoss: reg_max must be an int >= 2, got {reg_max!r}")
-        if isinstance(clamp_eps, bool) or not isinstance(clamp_eps, (int, float)) or not (
-            0 < clamp_eps < 1
-        ):
-            raise ConfigError(f"DFLoss: clamp_eps must be a number in (0, 1), got {clamp_eps!r}")
-        self.reg_max = reg_max
-        self.clamp_eps = float(clamp_eps)
+        self.reg_max = check_int("DFLoss", "reg_max", reg_max, low=2)
+        self.clamp_eps = check_float("DFLoss", "clamp_eps", clamp_eps, low=0.0, high=1.0,
+                                     low_open=True, high_open=True)
         self.reset_stats()
 
     def reset_stats(self) -> None:

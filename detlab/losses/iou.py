@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..checks import check_float
 from ..errors import ConfigError
 from ..ops.boxes import IOU_KINDS, IoUKind, aligned_iou_terms, iou_from_terms
 from ..registry import LOSSES
@@ -135,8 +136,7 @@ class InnerIoULoss(_IoUFamilyLoss):
     ) -> None:
         if base not in IOU_KINDS:
             raise ConfigError(f"InnerIoULoss: base must be one of {IOU_KINDS}, got {base!r}")
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0:
-            raise ConfigError(f"InnerIoULoss: ratio must be a number > 0, got {ratio!r}")
+        check_float("InnerIoULoss", "ratio", ratio, low=0.0, low_open=True)
         super().__init__(weight, reduction, eps, name or f"inner_{base}")
         self.kind = base
         self.ratio = float(ratio)
@@ -181,16 +181,10 @@ class WIoULoss(NonFiniteRows, WeightedLoss):
         name: str = "wiou",
     ) -> None:
         super().__init__(weight, reduction, eps, name)
-        for arg, value in (("alpha", alpha), ("delta", delta)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"WIoULoss: {arg} must be a number > 0, got {value!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (
-            0 < momentum <= 1
-        ):
-            raise ConfigError(f"WIoULoss: momentum must be a number in (0, 1], got {momentum!r}")
-        self.alpha = float(alpha)
-        self.delta = float(delta)
-        self.momentum = float(momentum)
+        self.alpha = check_float("WIoULoss", "alpha", alpha, low=0.0, low_open=True)
+        self.delta = check_float("WIoULoss", "delta", delta, low=0.0, low_open=True)
+        self.momentum = check_float("WIoULoss", "momentum", momentum, low=0.0, high=1.0,
+                                    low_open=True)
         self.register_buffer("iou_loss_mean", torch.tensor(1.0))
 
     def forward(

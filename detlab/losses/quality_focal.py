@@ -13,21 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..checks import check_bool, check_float
 from ..registry import LOSSES
 from ._weighted import Reduction, WeightedLoss, as_fp32
 
 __all__ = ["QualityFocalLoss", "VarifocalLoss"]
-
-
-def _check_number(cls: str, arg: str, value: object, low: float, high: float | None) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        want = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ConfigError(f"{cls}: {arg} must be a number {want}, got {value!r}")
-    return float(value)
 
 
 def check_soft_targets(cls: str, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -61,7 +51,7 @@ class QualityFocalLoss(WeightedLoss):
         name: str = "qfl",
     ) -> None:
         super().__init__(weight, reduction, eps, name)
-        self.beta = _check_number("QualityFocalLoss", "beta", beta, 0.0, None)
+        self.beta = check_float("QualityFocalLoss", "beta", beta, low=0.0)
 
     def forward(
         self,
@@ -108,11 +98,9 @@ class VarifocalLoss(WeightedLoss):
         name: str = "vfl",
     ) -> None:
         super().__init__(weight, reduction, eps, name)
-        self.alpha = _check_number("VarifocalLoss", "alpha", alpha, 0.0, None)
-        self.gamma = _check_number("VarifocalLoss", "gamma", gamma, 0.0, None)
-        if not isinstance(iou_weighted, bool):
-            raise ConfigError(f"VarifocalLoss: iou_weighted must be a bool, got {iou_weighted!r}")
-        self.iou_weighted = iou_weighted
+        self.alpha = check_float("VarifocalLoss", "alpha", alpha, low=0.0)
+        self.gamma = check_float("VarifocalLoss", "gamma", gamma, low=0.0)
+        self.iou_weighted = check_bool("VarifocalLoss", "iou_weighted", iou_weighted)
 
     def forward(
         self,

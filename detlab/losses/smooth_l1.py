@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..checks import check_float
 from ..registry import LOSSES
 from ._weighted import Reduction, WeightedLoss, as_fp32
 
@@ -40,9 +40,7 @@ class SmoothL1Loss(WeightedLoss):
         name: str = "smooth_l1",
     ) -> None:
         super().__init__(weight, reduction, eps, name)
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
-            raise ConfigError(f"SmoothL1Loss: beta must be a number >= 0, got {beta!r}")
-        self.beta = float(beta)
+        self.beta = check_float("SmoothL1Loss", "beta", beta, low=0.0)
 
     def forward(
         self,

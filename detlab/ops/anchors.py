@@ -19,7 +19,6 @@ k-means with the ``1 - IoU`` distance follows YOLO9000 (Redmon & Farhadi 2016, a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import is_number
 from ..errors import ConfigError
 
 __all__ = [
@@ -48,18 +48,13 @@ AnchorConfig = tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...
 
 def _positive_numbers(value: Any) -> tuple[float, ...] | None:
     """``value`` as a tuple of positive floats (a bare number gives a 1-tuple), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
+    if is_number(value):
         value = (value,)
     if isinstance(value, str) or not isinstance(value, Sequence) or not value:
         return None
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            return None
-        out.append(float(v))
-    return tuple(out)
+    if not all(is_number(v) and v > 0 for v in value):
+        return None
+    return tuple(float(v) for v in value)
 
 
 def anchor_config(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..checks import check_bool, check_choice, check_float, check_int
 from ..errors import ConfigError
 from ..ops.nms import NMS_METHODS, NMSMethod, nms
 from ..registry import POSTPROCESSORS
@@ -37,6 +38,12 @@ class BoxPostProcessor:
         multi_label: every class over the threshold is a candidate (True), or only the best.
     """
 
+    #: Settings ``detlab sweep`` may vary (``model.head.postprocessor.<knob>``).
+    sweepable: tuple[str, ...] = (
+        "score_threshold", "pre_nms_topk", "max_detections", "iou_threshold", "method",
+        "class_agnostic", "sigma", "multi_label",
+    )
+
     def __init__(
         self,
         score_threshold: float = 0.001,
@@ -48,40 +55,43 @@ class BoxPostProcessor:
         sigma: float = 0.5,
         multi_label: bool = True,
     ) -> None:
-        for arg, value in (("score_threshold", score_threshold), ("iou_threshold", iou_threshold)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                0 <= value <= 1
-            ):
-                raise ConfigError(
-                    f"BoxPostProcessor: {arg} must be a number in [0, 1], got {value!r}"
-                )
-        for arg, value in (("pre_nms_topk", pre_nms_topk), ("max_detections", max_detections)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"BoxPostProcessor: {arg} must be an int >= 1, got {value!r}")
-        if method not in NMS_METHODS:
+        owner = "BoxPostProcessor"
+        if method == "wbf":
             raise ConfigError(
-                f"BoxPostProcessor: method must be one of {NMS_METHODS}, got {method!r}"
+                f"{owner}: method='wbf' is not a single-model post-processing: Weighted Boxes "
+                "Fusion averages the boxes several models (or test-time augmentation passes) "
+                "found for one object, and over one model's candidates at an evaluation score "
+                "threshold its averaged score is diluted by the many low-score near-duplicates "
+                "of every box (and 'max' confidence makes it NMS with moved boxes). Fuse the "
+                "outputs of several models with detlab.ops.wbf.weighted_boxes_fusion; here use "
+                f"one of {NMS_METHODS}"
             )
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma <= 0:
-            raise ConfigError(f"BoxPostProcessor: sigma must be a number > 0, got {sigma!r}")
-        for arg, value in (("class_agnostic", class_agnostic), ("multi_label", multi_label)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"BoxPostProcessor: {arg} must be a bool, got {value!r}")
-        self.score_threshold = float(score_threshold)
-        self.pre_nms_topk = pre_nms_topk
-        self.max_detections = max_detections
-        self.iou_threshold = float(iou_threshold)
-        self.method: NMSMethod = method
-        self.class_agnostic = class_agnostic
-        self.sigma = float(sigma)
-        self.multi_label = multi_label
+        self.score_threshold = check_float(owner, "score_threshold", score_threshold, low=0, high=1)
+        self.iou_threshold = check_float(owner, "iou_threshold", iou_threshold, low=0, high=1)
+        self.pre_nms_topk = check_int(owner, "pre_nms_topk", pre_nms_topk, low=1)
+        self.max_detections = check_int(owner, "max_detections", max_detections, low=1)
+        self.method: NMSMethod = check_choice(owner, "method", method, NMS_METHODS)
+        self.sigma = check_float(owner, "sigma", sigma, low=0, low_open=True)
+        self.class_agnostic = check_bool(owner, "class_agnostic", class_agnostic)
+        self.multi_label = check_bool(owner, "multi_label", multi_label)
+
+    def ignored_settings(self) -> dict[str, str]:
+        """Settings the chosen ``method`` makes no difference to, with the reason (for
+        ``detlab sweep``, which refuses or flags a sweep over them)."""
+        ignored = {}
+        if self.method == "soft_gaussian":
+            ignored["iou_threshold"] = ("Gaussian Soft-NMS decays every overlapping box by "
+                                        "exp(-IoU²/sigma) and has no IoU threshold")
+        if self.method != "soft_gaussian":
+            ignored["sigma"] = f"sigma is the width of Gaussian Soft-NMS, not of {self.method!r}"
+        return ignored
 
     def __repr__(self) -> str:
         return (
             f"BoxPostProcessor(score_threshold={self.score_threshold}, pre_nms_topk="
             f"{self.pre_nms_topk}, max_detections={self.max_detections}, iou_threshold="
             f"{self.iou_threshold}, method={self.method!r}, class_agnostic={self.class_agnostic},"
-            f" multi_label={self.multi_label})"
+            f" sigma={self.sigma}, multi_label={self.multi_label})"
         )
 
     def candidates(self, scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -133,41 +143,43 @@ class BoxPostProcessor:
         if n == 0 or c == 0:
             return [_empty(boxes, scores) for _ in range(b)]
         limit = min(self.pre_nms_topk, n * c if self.multi_label else n)
-        if self.method == "standard":
-            return self._standard(boxes, scores, limit)
-        values, box_index, labels = self.candidates(scores, limit)
-        counts = (values >= 0).sum(dim=1).tolist()
-        out = []
-        for i, m in enumerate(counts):  # Soft-/DIoU-NMS loop over kept boxes; image by image
-            cand = boxes[i, box_index[i, :m]]
-            keep, kept = nms(
-                cand, values[i, :m], labels[i, :m], self.method, self.iou_threshold,
-                self.class_agnostic, self.sigma, self.score_threshold, self.max_detections,
-            )
-            out.append((cand[keep], kept, labels[i, :m][keep]))
-        return out
+        return self._prefix(boxes, scores, limit)
 
-    def _standard(self, boxes: Tensor, scores: Tensor, limit: int) -> list[Detections]:
-        """Greedy NMS keeps a box or not by looking only at higher-scoring boxes, so the first
-        ``max_detections`` survivors of a score-sorted prefix of the candidates are exactly those
-        of all candidates. Start with a short prefix and lengthen it only for images where it
-        yields fewer than ``max_detections`` survivors: exact, and ~20x faster than NMS over
-        30000 candidates at a 0.001 threshold."""
+    def _prefix(self, boxes: Tensor, scores: Tensor, limit: int) -> list[Detections]:
+        """NMS over a score-sorted prefix of the candidates, lengthened only where needed.
+
+        Greedy (standard, DIoU) NMS keeps a box or not by looking only at higher-scoring boxes,
+        so the first ``max_detections`` survivors of a prefix are those of all candidates.
+        Soft-NMS picks are exact while the picked (decayed) score is >= the best score left
+        out of the prefix (scores only decay; ties go to the lower, in-prefix index). Start
+        with ``max(4 * max_detections, 1024)`` candidates (all of them if that is over half)
+        and lengthen (x4) only for images whose prefix gives fewer than ``max_detections``
+        exact detections: exact, and ~20x faster than NMS over 30000 candidates at a 0.001
+        threshold."""
         out: list[Detections | None] = [None] * boxes.shape[0]
         pending = list(range(boxes.shape[0]))
+        soft = self.method.startswith("soft")
         k = min(limit, max(4 * self.max_detections, 1024))
+        if 2 * k >= limit:  # a second, longer pass would cost more than the saving
+            k = limit
         while pending:
             rows = scores if len(pending) == len(out) else scores[pending]
-            values, box_index, labels = self.candidates(rows, k)
+            # Soft-NMS also needs the best candidate left out (the k+1-th) as a bound.
+            values, box_index, labels = self.candidates(rows, min(limit, k + soft))
+            bounds = values[:, k].tolist() if values.shape[1] > k else [None] * len(pending)
+            values, box_index, labels = values[:, :k], box_index[:, :k], labels[:, :k]
             counts = (values >= 0).sum(dim=1).tolist()
             unfinished = []
             for row, (i, m) in enumerate(zip(pending, counts)):
                 cand = boxes[i, box_index[row, :m]]
                 keep, kept = nms(
-                    cand, values[row, :m], labels[row, :m], "standard", self.iou_threshold,
-                    self.class_agnostic, max_keep=self.max_detections,
+                    cand, values[row, :m], labels[row, :m], self.method, self.iou_threshold,
+                    self.class_agnostic, self.sigma, self.score_threshold, self.max_detections,
                 )
-                if keep.numel() >= self.max_detections or m < k or k >= limit:
+                exact = keep.numel()
+                if soft and bounds[row] is not None and bounds[row] >= 0:
+                    exact = int((kept >= bounds[row]).sum())
+                if exact >= self.max_detections or m < k or k >= limit:
                     out[i] = (cand[keep], kept, labels[row, :m][keep])
                 else:
                     unfinished.append(i)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import is_int, is_number
 from ..errors import ConfigError
 from ..registry import POSTPROCESSORS
 
@@ -89,14 +90,14 @@ class SlicedInference:
             value = getattr(self, name)
             if name in ("slice_width", "batch_size") and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise bad(name, "a positive int (pixels)" if name != "batch_size"
                           else "a positive int (tiles per forward pass)")
         ov = self.overlap
-        if isinstance(ov, bool) or not isinstance(ov, (int, float)) or not 0 <= ov < 1:
+        if not is_number(ov) or not 0 <= ov < 1:
             raise bad("overlap", "a number in [0, 1)")
         mt = self.match_threshold
-        if isinstance(mt, bool) or not isinstance(mt, (int, float)) or not 0 <= mt <= 1:
+        if not is_number(mt) or not 0 <= mt <= 1:
             raise bad("match_threshold", "a number in [0, 1]")
         for name in ("full_image", "class_agnostic"):
             if not isinstance(getattr(self, name), bool):

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..checks import is_int, is_number
 from ..errors import ConfigError
 
 __all__ = ["TrainFraction", "budget_overrides", "wrap_fraction"]
@@ -34,8 +35,7 @@ class TrainFraction(Dataset):
     def __init__(self, dataset: Any, fraction: float, seed: int = 0) -> None:
         from ..data.datamodule import build_dataset
 
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
-                or not 0 < fraction <= 1:
+        if not is_number(fraction) or not 0 < fraction <= 1:
             raise ConfigError(f"TrainFraction: fraction must be in (0, 1], got {fraction!r}")
         if isinstance(dataset, dict):
             dataset = build_dataset(dataset, key="data.train.dataset")
@@ -76,6 +76,6 @@ def budget_overrides(epochs: int | None) -> list[str]:
     """Override texts of the epoch budget."""
     if epochs is None:
         return []
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if not is_int(epochs) or epochs < 1:
         raise ConfigError(f"--epochs {epochs!r}: expected an integer >= 1")
     return [f"train.max_epochs={epochs}"]

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..checks import is_number
 from .plots import Panel, Series, draw_bars, draw_panels
 from .space import Param
 from .study import import_optuna
@@ -121,16 +122,12 @@ def write_variant(path: Path, recipe_path: Path, overrides: list[str], study_nam
     return path
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
 def _x_of(param: Param, value: Any) -> float | None:
     """Where a trial's value of ``param`` goes on the x axis (a choice: its index)."""
     if param.kind in ("choice", "grid"):
         options = param.grid_values()
         return float(options.index(value)) if value in options else None
-    return float(value) if _finite(value) else None
+    return float(value) if is_number(value) else None
 
 
 def write_plots(study: Any, params: list[Param], out_dir: Path, objective: str) -> list[Path]:

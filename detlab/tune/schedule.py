@@ -27,12 +27,12 @@ keys like any other: ``model.head.loss.terms.1.weight.max=0.3`` overrides one, a
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import lightning.pytorch as pl
 from torch import nn
 
+from ..checks import is_int, is_number
 from ..errors import ConfigError
 from ..recipe import Recipe
 
@@ -43,12 +43,6 @@ _FIELDS = {
     "steps": ({"values"}, set()),
     "constant": ({"value"}, set()),
 }
-
-
-def _number(key: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"schedule {key}: {name}={value!r} is not a finite number")
-    return float(value)
 
 
 def check_schedule(key: str, spec: dict[str, Any]) -> None:
@@ -73,7 +67,7 @@ def check_schedule(key: str, spec: dict[str, Any]) -> None:
         for k, v in values.items():
             if not _int_like(k):
                 raise ConfigError(f"schedule {key} (steps): epoch {k!r} is not an integer")
-            _number(key, f"values[{k}]", v)
+            _check_value(key, f"values[{k}]", v)
         return
     for name in fields:
         if name == "start_epoch":
@@ -81,15 +75,18 @@ def check_schedule(key: str, spec: dict[str, Any]) -> None:
                 raise ConfigError(f"schedule {key}: start_epoch={spec[name]!r}: expected an "
                                   "integer >= 0")
         else:
-            _number(key, name, spec[name])
+            _check_value(key, name, spec[name])
     if spec.get("min") is not None and spec.get("max") is not None and spec["min"] > spec["max"]:
         raise ConfigError(f"schedule {key}: min={spec['min']} > max={spec['max']}")
 
 
+def _check_value(key: str, name: str, value: Any) -> None:
+    if not is_number(value):
+        raise ConfigError(f"schedule {key}: {name}={value!r} is not a finite number")
+
+
 def _int_like(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
+    if is_int(value):
         return True
     return isinstance(value, str) and value.lstrip("-").isdigit()  # JSON turns keys into str
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import ast
 import copy
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..checks import is_int, is_number
 from ..errors import ConfigError
 from ..recipe import apply_overrides, parse_value
 from ..registry import closest
@@ -111,10 +111,6 @@ class Param:
             int(self.low) if self.kind == "int_range" else float(self.low))
 
 
-def _is_number(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-
-
 def _make(key: str, spec: dict[str, Any]) -> Param:
     kind = spec.get("dist")
     where = f"tune space {key!r}"
@@ -129,14 +125,13 @@ def _make(key: str, spec: dict[str, Any]) -> Param:
             raise ConfigError(f"{where}: {kind}(...) needs at least one value")
         return Param(key, kind, values=tuple(values))
     low, high = spec.get("low"), spec.get("high")
-    if not (_is_number(low) and _is_number(high)) or not low < high:
+    if not (is_number(low) and is_number(high)) or not low < high:
         raise ConfigError(f"{where}: {kind}({low!r}, {high!r}) needs two numbers low < high")
     if kind == "log_uniform" and low <= 0:
         raise ConfigError(f"{where}: log_uniform({low!r}, {high!r}) needs low > 0")
     step = spec.get("step", 1)
     if kind == "int_range":
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high, step)) \
-                or step < 1:
+        if not all(is_int(v) for v in (low, high, step)) or step < 1:
             raise ConfigError(f"{where}: int_range({low!r}, {high!r}, step={step!r}) needs "
                               "integers and step >= 1")
         return Param(key, kind, low=low, high=high, step=step)

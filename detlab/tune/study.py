@@ -25,6 +25,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from ..checks import is_int
 from ..errors import ConfigError
 from ..registry import closest
 from .space import Param, as_overrides
@@ -72,7 +73,7 @@ class TuneOptions:
             raise ConfigError(f"tune direction={self.direction!r}: expected 'max' or 'min'")
         if self.sampler not in ("tpe", "random", "grid"):
             raise ConfigError(f"tune sampler={self.sampler!r}: expected tpe, random or grid")
-        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+        if not is_int(self.trials) or self.trials < 1:
             raise ConfigError(f"--trials {self.trials!r}: expected an integer >= 1")
         if self.fraction is not None and not 0 < float(self.fraction) <= 1:
             raise ConfigError(f"--fraction {self.fraction!r}: expected a number in (0, 1]")

@@ -153,6 +153,9 @@ def test_same_seed_same_samples(tmp_path):
     (Mixup, dict(p=2), "p="), (Mixup, dict(alpha=0), "alpha"),
     (CopyPaste, dict(num_objects=(3, 1)), "num_objects"), (CopyPaste, dict(power=-1), "power"),
     (CopyPaste, dict(max_occlusion=1.5), "max_occlusion"), (CopyPaste, dict(tries=0), "tries"),
+    # a bool is not a count (True passed as 1 before the checks went through detlab.checks)
+    (CopyPaste, dict(num_objects=True), r"num_objects=True: expected an int >= 1"),
+    (CopyPaste, dict(num_objects=(1, 2, 3)), "num_objects"),
 ])
 def test_bad_arguments(tmp_path, cls, kwargs, match):
     with pytest.raises(ConfigError, match=match):

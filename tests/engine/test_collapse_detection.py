@@ -106,9 +106,10 @@ def test_no_warning_when_anchors_are_assigned(tmp_path, caplog):
 
 def test_faster_rcnn_counts_rpn_positives():
     torch.manual_seed(0)
-    head = FasterRCNNHead([8, 8], [8, 16], num_classes=1, anchor_sizes=((16,), (32,)),
-                          aspect_ratios=(1.0,), representation_size=16, roi_batch_size=16,
-                          rpn_batch_size=16)
+    head = FasterRCNNHead([8, 8], [8, 16], num_classes=1,
+                          rpn=dict(anchor_generator=dict(sizes=((16,), (32,)), aspect_ratios=(1.0,)),
+                                   sampler=dict(num=16)),
+                          roi=dict(box_head=dict(representation_size=16), sampler=dict(num=16)))
     feats = [torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4)]
     batch = _batch([[[8, 8, 24, 24], [40, 40, 43, 43]]])
     head.loss(feats, batch)

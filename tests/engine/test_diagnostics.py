@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from detlab.engine.diagnostics import DiagnosticsCallback, collapse_check
-from detlab.engine.show_data import batch_summary, render_batch
+from detlab.engine.batch_view import batch_summary, render_batch
 from detlab.evaluation.segmentation import SegmentationEvaluator
 from detlab.structures import Batch, Prediction
 

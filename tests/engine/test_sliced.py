@@ -73,8 +73,8 @@ def test_db_one_whole_frame_tile_keeps_the_map():
 def test_faster_rcnn_tiles_merged_in_frame_pixels():
     task, data = _task("digits_faster_rcnn.py", [
         "data.val.num_samples=1", "model.backbone.name=resnet10t",
-        "model.neck.out_channels=16", "model.head.representation_size=32",
-        "model.head.test_postprocess.score_threshold=0.0"])
+        "model.neck.out_channels=16", "model.head.roi.box_head.representation_size=32",
+        "model.head.postprocessor.test.score_threshold=0.0"])
     settings = SlicedInference(slice_height=64, overlap=0.25, full_image=True, merge="nms",
                                match_metric="iou", match_threshold=1.0)
     preds, batch = _first(task, data, settings)

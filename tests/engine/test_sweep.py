@@ -5,7 +5,7 @@ import json
 import pytest
 
 from detlab.cli import main
-from detlab.engine.sweep import parse_sweep, run_sweep, sort_rows, split_values
+from detlab.commands.sweep import parse_sweep, run_sweep, sort_rows, split_values
 from detlab.engine.trainer import load_task
 from detlab.errors import ConfigError
 
@@ -36,19 +36,19 @@ def test_sweep_refuses_keys_that_change_the_network(trained):
 def test_sweep_rows_equal_eval_with_the_same_override(trained, tmp_path, capsys):
     _, run_dir = trained
     ckpt = str(run_dir / "checkpoints/best.ckpt")
-    result = run_sweep(load_task(ckpt), {"evaluator.threshold": [0.001, 0.5]})
+    result = run_sweep(load_task(ckpt), {"model.head.postprocessor.threshold": [0.001, 0.5]})
     assert len(result) == 2 and result.primary == "pr_auc"
-    by_thr = {r["settings"]["evaluator.threshold"]: r["metrics"] for r in result}
+    by_thr = {r["settings"]["model.head.postprocessor.threshold"]: r["metrics"] for r in result}
     for thr, metrics in by_thr.items():
         out = tmp_path / f"{thr}.json"
-        assert main(["eval", ckpt, f"evaluator.threshold={thr}", "--json", str(out),
+        assert main(["eval", ckpt, f"model.head.postprocessor.threshold={thr}", "--json", str(out),
                      "--quiet"]) == 0
         expected = json.loads(out.read_text())
         for key in ("dice", "pr_auc", "best_threshold"):
             assert metrics[key] == pytest.approx(expected[key], abs=1e-9), (thr, key)
-    assert main(["sweep", ckpt, "evaluator.threshold=0.001,0.5"]) == 0
+    assert main(["sweep", ckpt, "model.head.postprocessor.threshold=0.001,0.5"]) == 0
     printed = capsys.readouterr().out
-    assert "evaluator.threshold" in printed and "best:" in printed
+    assert "model.head.postprocessor.threshold" in printed and "best:" in printed
 
 
 @pytest.mark.parametrize("higher, order", [(True, [0.7, 0.2, "nan", "missing"]),

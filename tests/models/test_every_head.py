@@ -152,8 +152,9 @@ CASES: dict[str, Case] = {
         model=dict(
             backbone=dict(type="TimmBackbone", name="resnet10t", out_indices=(1, 2, 3)),
             neck=dict(type="FPN", out_channels=16, levels=(2, 3, 4)),
-            head=dict(type="FasterRCNNHead", num_classes=3, anchor_sizes=(8, 16, 32),
-                      representation_size=32, roi_batch_size=32),
+            head=dict(type="FasterRCNNHead", num_classes=3,
+                      rpn=dict(anchor_generator=dict(sizes=(8, 16, 32))),
+                      roi=dict(box_head=dict(representation_size=32), sampler=dict(num=32))),
         ),
         batch=_frcnn_batch,
         check_outputs=_check_faster_rcnn,

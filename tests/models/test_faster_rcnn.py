@@ -18,15 +18,19 @@ from detlab.models import Model
 from detlab.models.heads.faster_rcnn import FasterRCNNHead
 from detlab.models.heads.roi_box import RoILoss
 from detlab.structures import Batch
+from torchvision.models.detection.rpn import RegionProposalNetwork
 
 torch.set_num_threads(1)
 
 
-def tiny_model(levels=(2, 3), **head) -> Model:
+def tiny_model(levels=(2, 3), sizes=((8,), (16,)), ratios=(0.5, 1, 2), rpn=None, roi=None,
+               **head) -> Model:
     cfg = dict(
-        type="FasterRCNNHead", num_classes=3, anchor_sizes=((8,), (16,)), aspect_ratios=(0.5, 1, 2),
-        representation_size=32, rpn_batch_size=64, roi_batch_size=32,
-        rpn_pre_nms_topk=dict(train=200, test=100), rpn_post_nms_topk=dict(train=64, test=32),
+        type="FasterRCNNHead", num_classes=3,
+        rpn={**dict(anchor_generator=dict(sizes=sizes, aspect_ratios=ratios), sampler=dict(num=64),
+                    pre_nms_topk=dict(train=200, test=100), post_nms_topk=dict(train=64, test=32)),
+             **(rpn or {})},
+        roi={**dict(box_head=dict(representation_size=32), sampler=dict(num=32)), **(roi or {})},
     )
     cfg.update(head)
     return Model(backbone=dict(type="TimmBackbone", name="resnet10t", out_indices=(1, 2, 3)),
@@ -44,7 +48,7 @@ def shapes_batch(n: int = 4, seed: int = 0) -> Batch:
      ((8, 16), (1.0,), 1), (((8, 11, 14), (16, 22, 28)), [[0.5, 1, 2], [1, 1.5, 2]], 9)],
 )
 def test_anchors_per_location_sizes_the_rpn_head(sizes, ratios, per_location):
-    head = tiny_model(anchor_sizes=sizes, aspect_ratios=ratios).head
+    head = tiny_model(sizes=sizes, ratios=ratios).head
     assert head.num_anchors == per_location
     assert head.rpn.core.head.cls_logits.out_channels == per_location
     assert head.rpn.core.head.bbox_pred.out_channels == 4 * per_location
@@ -55,15 +59,17 @@ def test_anchors_per_location_sizes_the_rpn_head(sizes, ratios, per_location):
 
 
 def test_size_groups_must_match_feature_levels():
-    with pytest.raises(ConfigError, match=r"3 size group\(s\) but the model gives 2 feature level"):
-        tiny_model(anchor_sizes=(8, 16, 32))
-    with pytest.raises(ConfigError, match=r"same number of anchors per location.*\[6, 3\]"):
-        tiny_model(anchor_sizes=((8, 12), (16,)))
+    key = r"model\.head\.rpn\.anchor_generator: sizes has 3 size group\(s\) but the model gives 2"
+    with pytest.raises(ConfigError, match=key):
+        tiny_model(sizes=(8, 16, 32))
+    with pytest.raises(ConfigError, match=r"anchor_generator: every level needs the same number of "
+                                          r"anchors per location.*\[6, 3\]"):
+        tiny_model(sizes=((8, 12), (16,)))
 
 
 def test_four_ratios_on_five_levels_build_and_train_without_touching_counts():
-    model = tiny_model(levels=(2, 3, 4, 5, 6), anchor_sizes=(4, 8, 12, 24, 48),
-                       aspect_ratios=(0.5, 1.0, 1.5, 2.0))
+    model = tiny_model(levels=(2, 3, 4, 5, 6), sizes=(4, 8, 12, 24, 48),
+                       ratios=(0.5, 1.0, 1.5, 2.0))
     assert model.head.num_anchors == 4 and model.neck.strides == [4, 8, 16, 32, 64]
     losses = model.loss(shapes_batch(2))
     assert all(torch.isfinite(v) for v in losses.values())
@@ -71,11 +77,26 @@ def test_four_ratios_on_five_levels_build_and_train_without_touching_counts():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [(dict(roi_levels=(5,)), "roi_levels"), (dict(box_head="mlp"), "box_head"),
-     (dict(levels=(2, 3, 4), anchor_sizes=(8, 16, 32), roi_levels=(2, 4)), "contiguous"),
-     (dict(val_postprocess=dict(score_thresh=0.1)), "did you mean 'score_threshold'"),
-     (dict(rpn_pre_nms_topk=dict(train=10)), "rpn_pre_nms_topk"),
-     (dict(rpn_fg_iou=0.2, rpn_bg_iou=0.3), "rpn_bg_iou=0.3 must be <= rpn_fg_iou=0.2"),
+    [(dict(roi=dict(roi_align=dict(levels=(5,)))), r"model\.head\.roi\.roi_align\.levels"),
+     (dict(roi=dict(box_head=dict(type="MLPBoxHead"))),
+      r"unknown box head type 'MLPBoxHead'.*TwoMLPBoxHead"),
+     (dict(levels=(2, 3, 4), sizes=(8, 16, 32), roi=dict(roi_align=dict(levels=(2, 4)))),
+      "contiguous"),
+     (dict(postprocessor=dict(type="BoxPostProcessor", val=dict(score_thresh=0.1))),
+      "did you mean 'score_threshold'"),
+     (dict(rpn=dict(post_nms_topk=dict(train=10))), r"model\.head\.rpn\.post_nms_topk"),
+     (dict(rpn=dict(assigner=dict(pos_iou=0.2, neg_iou=0.3))),
+      r"model\.head\.rpn\.assigner.*neg_iou=0.3 must be <= pos_iou=0.2"),
+     (dict(rpn=dict(nms=dict(iou=0.5))),
+      r"model\.head\.rpn\.nms got unknown key\(s\) 'iou' \(did you mean 'iou_threshold'\?\)"),
+     (dict(roi=dict(sampler=dict(num=0))), r"model\.head\.roi\.sampler.*num must be an int >= 1"),
+     (dict(roi=dict(box_head=dict(type="ConvFCBoxHead", norm="group"))),
+      r"model\.head\.roi\.box_head.*norm must be one of \['none', 'batch'\]"),
+     (dict(roi=dict(box_head=dict(type="TwoMLPBoxHead", conv_channels=(8,)))),
+      r"TwoMLPBoxHead at 'model\.head\.roi\.box_head' got unknown argument\(s\) 'conv_channels'"),
+     (dict(roi=dict(box_coder=dict(weights=(1, 1, 1)))), r"roi\.box_coder\.weights must be 4"),
+     (dict(rpn=dict(in_channels=8)), r"model\.head\.rpn\.in_channels is set by the head"),
+     (dict(roi=dict(pooler=dict())), r"model\.head\.roi got unknown key\(s\) 'pooler'"),
      (dict(num_classes=0), "num_classes")],
 )
 def test_bad_arguments_are_config_errors(kwargs, match):
@@ -85,7 +106,8 @@ def test_bad_arguments_are_config_errors(kwargs, match):
 
 def test_levels_with_different_channels_need_an_fpn():
     with pytest.raises(ConfigError, match="same number of channels"):
-        FasterRCNNHead(in_channels=[64, 128], strides=[4, 8], num_classes=2, anchor_sizes=(8, 16))
+        FasterRCNNHead(in_channels=[64, 128], strides=[4, 8], num_classes=2,
+                       rpn=dict(anchor_generator=dict(sizes=(8, 16))))
 
 
 def test_proposals_equal_torchvision_filter_proposals():
@@ -94,7 +116,9 @@ def test_proposals_equal_torchvision_filter_proposals():
     feats = [torch.randn(2, 16, 16, 16), torch.randn(2, 16, 8, 8)]
     objectness, deltas, anchors, per_level = head.rpn(feats)
     ours = head.rpn.proposals(objectness, deltas, anchors, per_level, (64, 64), "test")
-    core = head.rpn.core
+    core = RegionProposalNetwork(None, head.rpn.core.head, 0.7, 0.3, 256, 0.5,
+                                 dict(training=200, testing=100), dict(training=64, testing=32),
+                                 0.7).eval()
     decoded = core.box_coder.decode(deltas.reshape(-1, 4), [anchors, anchors]).view(2, -1, 4)
     theirs, _ = core.filter_proposals(decoded, objectness, [(64, 64)] * 2, per_level)
     for a, b in zip(ours, theirs):
@@ -131,13 +155,13 @@ def test_torch_losses_work_on_deltas_with_their_own_reduction():
 
 
 def test_iou_losses_compare_decoded_boxes_with_matched_ground_truth():
-    head = tiny_model(box_loss=dict(type="CIoULoss", weight=10.0)).head
-    assert head.roi_loss.space == "boxes"
+    head = tiny_model(roi=dict(loss_box=dict(type="CIoULoss", weight=10.0))).head
+    assert head.roi.criterion.space == "boxes"
     proposals = [torch.tensor([[10.0, 10, 30, 40], [0, 0, 8, 8]])]
     gt = [torch.tensor([[12.0, 8, 30, 44], [0, 0, 1, 1]])]
     regression = torch.zeros(2, 16)
     regression[0, 8:12] = torch.tensor([0.1, -0.2, 0.05, 0.1])  # class 1 (label 2) deltas
-    out = head.roi_loss(torch.zeros(2, 4), regression, [torch.tensor([2, 0])], proposals, gt,
+    out = head.roi.criterion(torch.zeros(2, 4), regression, [torch.tensor([2, 0])], proposals, gt,
                         [torch.zeros(2, 4)])
     pred = head.roi.box_coder.decode_single(regression[:1, 8:12], proposals[0][:1])
     expected = CIoULoss(weight=10.0)(pred, gt[0][:1], avg_factor=2.0)
@@ -151,7 +175,7 @@ def test_image_without_objects_gives_zero_box_losses():
         t["ignore"] = torch.zeros(0, dtype=torch.bool)
     for box_loss in (None, dict(type="GIoULoss")):
         torch.manual_seed(0)
-        losses = tiny_model(box_loss=box_loss).loss(batch)
+        losses = tiny_model(roi=dict(loss_box=box_loss), rpn=dict(loss_box=box_loss)).loss(batch)
         assert losses["loss_rpn_box"].item() == 0.0 and losses["loss_roi_box"].item() == 0.0
         assert 0 < float(losses["loss_rpn_objectness"]) < math.inf
         assert 0 < float(losses["loss_roi_cls"]) < math.inf
@@ -160,10 +184,12 @@ def test_image_without_objects_gives_zero_box_losses():
 
 def test_thresholds_are_applied_by_stage_and_mapped_back():
     head = FasterRCNNHead(
-        in_channels=[8, 8], strides=[4, 8], num_classes=2, anchor_sizes=(8, 16),
-        representation_size=8,
-        val_postprocess=dict(score_threshold=0.3, iou_threshold=0.9),
-        test_postprocess=dict(score_threshold=0.55, iou_threshold=0.5),
+        in_channels=[8, 8], strides=[4, 8], num_classes=2,
+        rpn=dict(anchor_generator=dict(sizes=(8, 16))),
+        roi=dict(box_head=dict(type="TwoMLPBoxHead", representation_size=8)),
+        postprocessor=dict(type="BoxPostProcessor",
+                           val=dict(score_threshold=0.3, iou_threshold=0.9),
+                           test=dict(score_threshold=0.55, iou_threshold=0.5)),
     )
     # Three RoIs, zero deltas (boxes = proposals). IoU(A, B) = 360 / 440 = 0.82.
     proposals = [torch.tensor([[10.0, 10, 30, 30], [12, 10, 32, 30], [50, 50, 60, 70]])]
@@ -181,9 +207,10 @@ def test_thresholds_are_applied_by_stage_and_mapped_back():
     # orig = (input - pad) / scale, pad = (top, left); C's bottom is clipped to orig h = 30
     torch.testing.assert_close(
         val.boxes, torch.tensor([[5.0, 3, 15, 13], [6, 3, 16, 13], [25, 23, 30, 30]]))
-    with pytest.raises(ValueError, match="stage"):
+    with pytest.raises(ConfigError, match="stage"):
         head.postprocess(outputs, batch, stage="train")
-    assert FasterRCNNHead.postprocess_args == ("val_postprocess", "test_postprocess")
+    sweepable = set(head.postprocessor.sweepable)
+    assert {"score_threshold", "iou_threshold", "max_detections"} <= sweepable
 
 
 @pytest.mark.parametrize(
@@ -194,7 +221,7 @@ def test_thresholds_are_applied_by_stage_and_mapped_back():
 )
 def test_tiny_training_loss_decreases(box_loss, cls_loss):
     torch.manual_seed(0)
-    model = tiny_model(box_loss=box_loss, cls_loss=cls_loss)
+    model = tiny_model(roi=dict(loss_box=box_loss, loss_cls=cls_loss))
     batch = shapes_batch(4)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     totals = []

@@ -285,3 +285,43 @@ def test_bad_arguments(kwargs, match):
 def test_registered():
     post = POSTPROCESSORS.build({"type": "BoxPostProcessor", "method": "diou"})
     assert isinstance(post, BoxPostProcessor) and post.method == "diou"
+
+
+# -- settings a method ignores, WBF, exact prefixes for Soft-NMS --------------------------------
+@pytest.mark.parametrize("method, ignored", [
+    ("soft_gaussian", {"iou_threshold"}), ("soft_linear", {"sigma"}), ("standard", {"sigma"}),
+    ("diou", {"sigma"}),
+])
+def test_ignored_settings_name_what_the_method_ignores(method, ignored):
+    post = BoxPostProcessor(method=method)
+    assert set(post.ignored_settings()) == ignored
+    assert set(post.ignored_settings()) <= set(BoxPostProcessor.sweepable)
+    if method == "soft_gaussian":  # and it really is ignored
+        boxes, scores, _ = random_detections(80, 9)
+        outs = [BoxPostProcessor(method=method, iou_threshold=t)(boxes, scores[:, None])
+                for t in (0.2, 0.8)]
+        assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_wbf_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="weighted_boxes_fusion"):
+        BoxPostProcessor(method="wbf")
+
+
+@pytest.mark.parametrize("method", ["soft_gaussian", "soft_linear", "diou"])
+def test_prefix_is_exact_for_soft_and_diou(method):
+    # 3000 near-copies of one box outrank 40 disjoint ones: Soft-NMS decays the copies below
+    # the disjoint boxes, so the 1024-candidate prefix is not enough and must be lengthened.
+    g = torch.Generator().manual_seed(3)
+    dup = torch.tensor([[0.0, 0.0, 10.0, 10.0]]) + torch.rand(3000, 4, generator=g) * 0.5
+    boxes = torch.cat([dup, grid_boxes(41)[1:] + 100])
+    scores = torch.cat([0.5 + 0.4 * torch.rand(3000, generator=g),
+                        torch.linspace(0.45, 0.1, 40)])[:, None]
+    post = BoxPostProcessor(score_threshold=0.05, max_detections=30, iou_threshold=0.5,
+                            method=method)
+    out_boxes, out_scores, _ = post(boxes, scores)
+    order = scores[:, 0].argsort(descending=True, stable=True)
+    keep, kept = nms(boxes[order], scores[order, 0], None, method, 0.5,
+                     score_threshold=0.05, max_keep=30)
+    assert torch.equal(out_scores, kept) and torch.equal(out_boxes, boxes[order][keep])
+    assert len(out_scores) == 30

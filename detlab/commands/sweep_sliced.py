@@ -19,7 +19,7 @@ from typing import Any
 from ..recipe import apply_overrides
 from ..registry import EVALUATORS
 from ..structures import Batch, to_device
-from .sliced import TileOutputs, combine, run_tiles, sliced_loader, tile_predictions
+from ..engine.sliced import TileOutputs, combine, run_tiles, sliced_loader, tile_predictions
 from .sweep import rebuild_head
 
 __all__ = ["SLICING_PREFIX", "slicing_fields", "is_slicing_key", "run_sliced_sweep"]
@@ -46,7 +46,7 @@ def _override(key: str, value: Any) -> str:
 
 def run_sliced_sweep(task: Any, grid: dict[str, list[Any]], data: Any, loader: Any,
                      device: Any, limit: int | None, result: Any) -> Any:
-    """Fill ``result`` (a :class:`~detlab.engine.sweep.SweepResult`) with one row per
+    """Fill ``result`` (a :class:`~detlab.commands.sweep.SweepResult`) with one row per
     combination of ``grid``, evaluated with sliced inference (module docstring)."""
     from ..postprocess.slicing import SlicedInference
 

@@ -35,7 +35,7 @@ from ..data.medical_io import (
 from ..errors import ConfigError
 from ..registry import DATASETS
 from ..structures import Batch
-from . import render
+from ..engine import render
 
 __all__ = ["is_volume_path", "check_not_dicom_file", "volume_settings", "predict_volume",
            "predict_volumes"]

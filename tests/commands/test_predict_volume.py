@@ -12,7 +12,7 @@ from ct_data import LPS_AFFINE, dicom_affine, listing, make_study, write_dicom_s
 from PIL import Image
 from torch import nn
 
-from detlab.engine.predict_volume import (
+from detlab.commands.predict_volume import (
     _probabilities,
     predict_volume,
     predict_volumes,

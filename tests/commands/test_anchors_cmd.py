@@ -9,7 +9,7 @@ import pytest
 
 from detlab.cli import main
 from detlab.data.datasets.synthetic_shapes import SyntheticShapes
-from detlab.engine.anchors_cmd import analyse, training_boxes
+from detlab.commands.anchors_cmd import analyse, training_boxes
 from detlab.ops.anchors import suggest_anchors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,8 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     assert main(["anchors", str(DIGITS), "data.train.num_samples=12", "--max-images", "8",
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "current" in printed and "suggested" in printed and "model.head.anchor_sizes=" in printed
+    assert "current" in printed and "suggested" in printed
+    assert "model.head.rpn.anchor_generator.sizes=" in printed
     report = json.loads(out.read_text())
     assert report["strides"] == [4, 8, 16]
     assert report["current"]["anchor_sizes"] == [[10, 14.5], [20, 28.5], [40.5, 57]]

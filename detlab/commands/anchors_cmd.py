@@ -20,15 +20,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..ops.anchors import (
-    anchor_config,
-    anchor_shapes,
-    best_grid_iou,
-    best_shape_iou,
-    coverage,
-    suggest_anchors,
-)
-
 __all__ = ["training_boxes", "analyse", "format_report", "run_anchors", "add_command"]
 
 
@@ -64,6 +55,8 @@ def training_boxes(dataset: Any, max_images: int = 2000, seed: int = 0) -> tuple
 
 
 def _fit(boxes: np.ndarray, strides: Sequence[int], sizes: Any, ratios: Any) -> dict[str, Any]:
+    from ..ops.anchors import anchor_shapes, best_grid_iou, best_shape_iou, coverage
+
     wh = boxes[:, 2:] - boxes[:, :2]
     return {
         "anchor_sizes": [list(s) for s in sizes],
@@ -87,6 +80,8 @@ def analyse(
 
     ``sizes_per_level`` / ``num_ratios`` default to the current counts.
     """
+    from ..ops.anchors import anchor_config, suggest_anchors
+
     if len(boxes) == 0:
         raise ConfigError("detlab anchors: the training set has no boxes to fit anchors to")
     sizes, ratios = anchor_config(anchor_sizes, aspect_ratios, strides, "detlab anchors")
@@ -139,8 +134,9 @@ def format_report(report: dict[str, Any], images: int | None = None) -> str:
                      f"{_fmt_sizes(r['aspect_ratios'][:1])[1:-1]}")
     sug = report["suggested"]
     lines += ["", f"suggested sizes from: {sug['sizes_from']}; to use the suggestion:",
-              f"  model.head.anchor_sizes={_fmt_sizes(sug['anchor_sizes'])} "
-              f"model.head.aspect_ratios={_fmt_sizes(sug['aspect_ratios'][:1])[1:-1]}"]
+              f"  model.head.rpn.anchor_generator.sizes={_fmt_sizes(sug['anchor_sizes'])} "
+              "model.head.rpn.anchor_generator.aspect_ratios="
+              f"{_fmt_sizes(sug['aspect_ratios'][:1])[1:-1]}"]
     return "\n".join(lines)
 
 

@@ -1,0 +1,78 @@
+"""Cost of one extra ``detlab sweep`` setting against one inference pass over the val split.
+
+    python tools/bench_sweep.py [CKPT] [--key model.head.postprocessor.iou_threshold]
+                                [--values 0.5,0.6,0.7,0.8] [--repeats 3]
+
+Without CKPT, trains a tiny helmet_yolo checkpoint first (96 train / 32 val images at 192 px,
+2 epochs, ``train.num_threads=1``; ~2 min on one CPU core) in a temporary folder. Prints the
+median inference pass, the median post-processing and evaluation time per setting, and the
+ratio per setting / inference (the goal of issue 17: <= 10 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TINY = ["data.train.num_samples=96", "data.val.num_samples=32", "data.num_workers=0",
+        "train.max_epochs=2", "train.progress_bar=false", "train.num_threads=1"]
+
+
+def tiny_checkpoint(work: Path) -> Path:
+    """Train recipes/helmet_yolo.py on tiny settings into ``work``; the last checkpoint."""
+    from detlab.cli import main
+
+    if main(["train", str(ROOT / "recipes" / "helmet_yolo.py"), *TINY, "--work-dir",
+             str(work)]) != 0:
+        raise SystemExit("training the tiny checkpoint failed")
+    return next(work.glob("*/version_0/checkpoints/last.ckpt"))
+
+
+def main() -> None:
+    """Run the benchmark (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", nargs="?")
+    parser.add_argument("--key", default=None, help="swept key (default: the head's "
+                        "postprocessor iou_threshold, new or legacy spelling)")
+    parser.add_argument("--values", default="0.5,0.6,0.7,0.8")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from detlab.commands.sweep import parse_sweep, run_sweep
+    from detlab.engine.checkpoint import load_task
+    from detlab.postprocess.staged import StagedPostprocessor
+
+    tmp = tempfile.TemporaryDirectory()
+    ckpt = Path(args.checkpoint) if args.checkpoint else tiny_checkpoint(Path(tmp.name))
+    task = load_task(ckpt)
+    if not isinstance(getattr(task.model.head, "postprocessor", None), StagedPostprocessor):
+        raise SystemExit(f"{type(task.model.head).__name__} has no postprocessor slot")
+    key = args.key or "model.head.postprocessor.test.iou_threshold"
+    grid = parse_sweep([f"{key}={args.values}"])
+    n = len(grid[key])
+    inference, post, evaluation = [], [], []
+    for _ in range(args.repeats):
+        result = run_sweep(task, grid)
+        inference.append(result.inference_s)
+        post.append(result.postprocess_s / n)
+        evaluation.append(result.evaluation_s / n)
+    inf_s, post_s, eval_s = (statistics.median(v) for v in (inference, post, evaluation))
+    per = post_s + eval_s
+    print(f"checkpoint {ckpt}, {result.images} val images, {n} settings of {key}, "
+          f"medians of {args.repeats} sweeps, 1 thread")
+    print(f"inference pass      {inf_s:8.3f} s")
+    print(f"per setting         {per:8.3f} s  (post-processing {post_s:.3f} s + evaluation "
+          f"{eval_s:.3f} s)")
+    print(f"ratio setting/pass  {per / inf_s:8.3f}  (goal <= 0.10)")
+
+
+if __name__ == "__main__":
+    main()
