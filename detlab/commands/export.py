@@ -26,9 +26,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_command(subparsers: Any) -> None:
     """Add ``detlab export`` to the CLI's subparsers."""
-    from ..engine.checkpoint import add_trust_arguments
     from ..export.onnx import DEFAULT_OPSET
-    from .cli_args import allow_intermixed
+    from .cli_args import add_trust_arguments, allow_intermixed
 
     p = subparsers.add_parser(
         "export", help="export a checkpoint to ONNX and check it against onnxruntime",

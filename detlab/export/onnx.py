@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a model is exported: `detlab --help` stays fast
+    from torch import Tensor, nn
 
 __all__ = ["MIN_OPSET", "DEFAULT_OPSET", "max_opset", "require", "export_onnx", "read_metadata"]
 
@@ -82,6 +82,7 @@ def export_onnx(graph: nn.Module, images: Tensor, out: str | Path, *, output_nam
     """
     require("onnx")
     import onnx
+    import torch
 
     check_opset(opset)
     out = Path(out)

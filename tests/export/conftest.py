@@ -27,7 +27,7 @@ TINY = {
     "frcnn": ("digits_faster_rcnn.py", [
         "data.val.num_samples=2", "data.val.image_size=64", "data.val.digit_height=[8, 24]",
         "data.batch_size=2", "data.num_workers=0", "model.backbone.name=resnet10t",
-        "model.neck.out_channels=16", "model.head.representation_size=32"]),
+        "model.neck.out_channels=16", "model.head.roi.box_head.representation_size=32"]),
     "db": ("receipt_dbnet.py", [
         "data.val.num_samples=2", "data.val.image_size=96", "data.val.text_height=[0.1, 0.15]",
         "data.batch_size=2", "data.num_workers=0", "model.neck.inner_channels=16",

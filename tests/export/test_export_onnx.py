@@ -111,7 +111,7 @@ def test_errors(checkpoints, tmp_path, capsys, monkeypatch):
     torch.save({"state_dict": {}}, bad)
     out = str(tmp_path / "x.onnx")
     assert main(["export", str(bad), "--out", out]) == 2
-    assert "is not a detlab checkpoint" in capsys.readouterr().err
+    assert "not a detlab checkpoint" in capsys.readouterr().err
     assert main(["export", str(checkpoints("yolo")), "--out", out, "--opset", "11"]) == 2
     assert "opset >= 16" in capsys.readouterr().err
     assert main(["export", str(checkpoints("frcnn")), "--out", out, "--dynamic-batch"]) == 2
