@@ -104,6 +104,9 @@ def _val_category_ids(data: Any) -> list[int] | None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if str(args.checkpoint).endswith(".onnx"):  # an exported model: onnxruntime
+        from .export.runtime import predict_command
+        return predict_command(args)
     import torch
 
     from .commands.predict_volume import check_not_dicom_file, is_volume_path, predict_volumes
@@ -222,6 +225,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "detlab.commands.analyze",
     "detlab.commands.tune",
     "detlab.commands.lr_find",
+    "detlab.commands.export",
 )
 
 
