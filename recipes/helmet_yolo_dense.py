@@ -12,10 +12,9 @@ convolutions are memory-bound: pick it on a GPU, or on a CPU when accuracy is wo
 step time. docs/guides/timm-backbone.md has the measurements.
 """
 
-from detlab.recipe import load_parent
+from detlab.recipe import parent
 
-_base = load_parent("helmet_yolo.py")
-model, data, train, evaluator = (_base[k] for k in ("model", "data", "train", "evaluator"))
+model, data, train, evaluator = parent("helmet_yolo.py")
 
 model["backbone"]["name"] = "cs3darknet_s"     # channels 128, 256, 512 at strides 8, 16, 32
 model["backbone"]["out_indices"] = (2, 3, 4)   # P3-P5 (cspdarknet53: (3, 4, 5))
