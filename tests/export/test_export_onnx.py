@@ -134,3 +134,22 @@ def test_torchscript_second_format(checkpoints, tmp_path, family):
     channels = meta["detlab.input_spec"]["channels"]
     h, w = meta["detlab.input_size"]
     assert loaded(torch.zeros(3, channels, h, w))[0].shape[0] == 3  # traced at 1, runs 3
+
+
+def test_boxes_at_the_cut_may_differ_but_not_above_it():
+    """At a max-detections cap among scores tied to float noise either runtime may keep
+    either box (found by the export guide on a barely trained model keeping 300 boxes)."""
+    import numpy as np
+
+    from detlab.export.parity import match_boxes
+
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50.]])
+    ref = (boxes[:2], np.array([0.9, 0.001]), np.array([0, 0]))
+    swapped = (boxes[[0, 2]], np.array([0.9, 0.001002]), np.array([0, 0]))
+    assert match_boxes(ref, swapped, 0.01) == (0.0, pytest.approx(0.0), 1)
+    above = (boxes[[0, 2]], np.array([0.9, 0.5]), np.array([0, 0]))
+    assert match_boxes(ref, above, 0.01) is None
+    four = np.concatenate([boxes, [[60, 60, 70, 70.]]])
+    ref3 = (four[[0, 1, 3]], np.array([0.9, 0.6, 0.3]), np.array([0, 0, 0]))
+    mid_differs = (four[[0, 2, 3]], np.array([0.9, 0.6, 0.3]), np.array([0, 0, 0]))
+    assert match_boxes(ref3, mid_differs, 0.01) is None  # above the cut (0.3): a real change
