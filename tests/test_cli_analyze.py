@@ -74,3 +74,63 @@ def test_bad_options_are_one_error_line(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "missing.ckpt"), "--seeds", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: detlab analyze: --seeds must be >= 1, got 0")
+
+
+def _coco_split(folder: Path, rng, truths, k: float) -> Path:
+    """COCO JSON of the images in ``folder`` whose boxes are ``truths`` jittered by ±k px."""
+    images, annotations = [], []
+    for i, boxes in enumerate(truths):
+        images.append({"id": i + 1, "file_name": f"img{i}.png", "width": 160, "height": 160})
+        for j, b in enumerate(boxes):
+            x1, y1, x2, y2 = (b + rng.uniform(-k, k, 4)).tolist()
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
+                                "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1]})
+    path = folder / f"ann_{len(list(folder.glob('ann_*.json')))}.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "helmet_on"},
+                                               {"id": 2, "name": "helmet_off"}]}))
+    return path
+
+
+def test_noise_from_a_second_annotation_sets_the_ceiling(tmp_path, capsys):
+    """Two annotators boxed the same 6 images with ±3 px uniform noise per edge: analyze
+    estimates k from them (48 objects) and scores the ceiling at that k."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    truths = []
+    for i in range(6):
+        Image.fromarray(np.full((160, 160, 3), 90, np.uint8)).save(tmp_path / f"img{i}.png")
+        xy = np.stack([np.arange(4) * 38 + 6, np.full(4, 10)], 1).repeat(2, 0).astype(float)
+        xy[1::2, 1] = 90
+        truths.append(np.concatenate([xy, xy + 30], 1))
+    first, second = (_coco_split(tmp_path, rng, truths, 3.0) for _ in range(2))
+    paths = [f"data.{s}.{k}={v}" for s in ("train", "val")
+             for k, v in (("ann_file", first), ("img_dir", tmp_path))]
+    small = ["model.backbone.pretrained=false", "model.backbone.name=resnet10t",
+             "data.train.img_size=64", "data.val.img_size=64", "data.num_workers=0",
+             "data.batch_size=6", "train.max_epochs=1", "train.progress_bar=false"]
+    work = tmp_path / "runs"
+    assert main(["train", str(ROOT / "recipes" / "helmet_yolo_p2_coco.py"), *paths, *small,
+                 "--work-dir", str(work)]) == 0
+    ckpt = next(work.glob("*/version_0/checkpoints/last.ckpt"))
+    out = tmp_path / "report"
+    assert main(["analyze", str(ckpt), "--out", str(out), "--seeds", "1", "--gallery", "0",
+                 "--noise-from", f"data.val.ann_file={second}"]) == 0
+    numbers = json.loads((out / "analysis.json").read_text())
+    est = numbers["noise_estimate"]
+    assert est["pairs"] == 48 and est["only_a"] == est["only_b"] == 0
+    assert est["noise_px"] == pytest.approx(3.0, rel=0.2)
+    assert numbers["noise_px"] == est["noise_px"]  # the ceiling used the estimate
+    assert "estimated from 48 objects boxed twice" in capsys.readouterr().out
+    assert "Noise from repeated annotations" in (out / "analysis.md").read_text()
+    # a second annotation of other images is a one-line error naming them
+    other = json.loads(second.read_text())
+    other["images"][0]["id"] = 99
+    for a in other["annotations"]:
+        a["image_id"] = 99 if a["image_id"] == 1 else a["image_id"]
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps(other))
+    assert main(["analyze", str(ckpt), "--out", str(out), "--seeds", "1", "--gallery", "0",
+                 "--noise-from", f"data.val.ann_file={bad}"]) == 2
+    assert "covers other images" in capsys.readouterr().err

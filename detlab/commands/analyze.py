@@ -10,7 +10,9 @@ Writes ``analysis.md`` (the report), ``analysis.json`` (its numbers) and PNGs to
 * AP at each IoU threshold 0.50 ... 0.95 per bucket, from COCOeval's precision array
   (:func:`detlab.evaluation.analysis.ap_per_threshold`), next to the GT-noise ceiling
   (:func:`detlab.evaluation.analysis.noise_ceiling`, ±``--noise-px`` per edge, mean ± std over
-  ``--seeds``) in a table and ``ap_vs_ceiling.png``;
+  ``--seeds``) in a table and ``ap_vs_ceiling.png``; with ``--noise-from KEY=VALUE`` (overrides
+  that read a second annotation of the same images) the ±k is estimated from the two
+  annotations (:mod:`detlab.evaluation.annotation_noise`);
 * ``gallery.png``: the ``--gallery`` smallest ground-truth boxes, cropped from the original
   image and enlarged, ground truth green, prediction red;
 * train vs val object sizes (``check-data``'s statistics, histogram and warning,
@@ -36,6 +38,7 @@ from .analysis_plots import GalleryItem, ap_curve_png, gallery_png, iou_histogra
 if TYPE_CHECKING:  # evaluation.analysis imports torch: loaded when the command runs, so
     # that building the parser (`detlab analyze --help`) stays fast
     from ..evaluation.analysis import Ceiling, MatchedPairs
+    from ..evaluation.annotation_noise import NoiseEstimate
 
 __all__ = ["collect_records", "analyze", "default_out_dir", "add_command"]
 
@@ -73,6 +76,60 @@ def collect_records(task: Any, split: str) -> tuple[list[dict[str, Any]], Any]:
         for preds, batch in predictions(task, loader, device, data=data):
             recorder.update(preds, batch)
     return list(recorder._records), data.dataset(split)
+
+
+def second_annotation_records(task: Any, split: str, overrides: list[str]
+                              ) -> list[dict[str, Any]]:
+    """Ground-truth records (original px) of ``split`` read with the recipe ``overrides`` that
+    point its dataset at a second annotation of the same images (another annotator, another
+    round), e.g. ``data.val.ann_file=val_annotator2.json``. The network does not run."""
+    import copy
+
+    import torch
+
+    from ..data.datamodule import DataModule
+    from ..evaluation.coco import CocoEvaluator
+    from ..recipe import apply_overrides
+    from ..structures import Prediction
+
+    data_cfg = copy.deepcopy(dict(task.recipe.section("data")))
+    section = {"data": data_cfg}
+    apply_overrides(section, [o if o.lstrip("+").startswith("data.") else f"data.{o}"
+                              for o in overrides])
+    data = DataModule(section["data"], size_divisor=task.model.size_divisor)
+    loader = data.val_dataloader() if split == "val" else data.test_dataloader()
+    recorder = CocoEvaluator(relative_areas=None)
+    empty = Prediction(boxes=torch.zeros(0, 4), scores=torch.zeros(0),
+                       labels=torch.zeros(0, dtype=torch.int64))
+    for batch in loader:
+        recorder.update([empty] * len(batch.meta), batch)
+    return list(recorder._records)
+
+
+def noise_from_repeats(records: list[dict[str, Any]], repeats: list[dict[str, Any]]
+                       ) -> NoiseEstimate:
+    """:func:`~detlab.evaluation.annotation_noise.estimate_noise_px` between the split's
+    ground truth and a second annotation of it, paired by image id (a DataError names the
+    images only one of them has)."""
+    from ..errors import DataError
+    from ..evaluation.annotation_noise import estimate_noise_px
+
+    first = {str(r["image_id"]): r for r in records}
+    second = {str(r["image_id"]): r for r in repeats}
+    if first.keys() != second.keys():
+        only_a = sorted(first.keys() - second.keys())[:5]
+        only_b = sorted(second.keys() - first.keys())[:5]
+        raise DataError(
+            f"--noise-from: the second annotation covers other images than the split "
+            f"({len(first)} vs {len(second)} images; only in the split: {only_a}, only in the "
+            f"second annotation: {only_b})")
+    ids = sorted(first)
+    keep = [(~first[i]["gt_ignore"], ~second[i]["gt_ignore"]) for i in ids]
+    return estimate_noise_px(
+        [first[i]["gt_boxes"][a] for i, (a, _) in zip(ids, keep)],
+        [first[i]["gt_labels"][a] for i, (a, _) in zip(ids, keep)],
+        [second[i]["gt_boxes"][b] for i, (_, b) in zip(ids, keep)],
+        [second[i]["gt_labels"][b] for i, (_, b) in zip(ids, keep)])
 
 
 def _max_dets(task: Any) -> int:
@@ -239,8 +296,14 @@ def _report(ckpt: str, split: str, records: list, pairs: MatchedPairs, ap: dict,
 
 
 def analyze(task: Any, checkpoint: str, out_dir: str | Path, split: str = "val",
-            noise_px: float = 2.0, seeds: int = 5, gallery: int = 24) -> tuple[str, dict]:
-    """Write the report (module docstring) to ``out_dir``; returns its Markdown and numbers."""
+            noise_px: float | None = None, seeds: int = 5, gallery: int = 24,
+            noise_from: list[str] | None = None) -> tuple[str, dict]:
+    """Write the report (module docstring) to ``out_dir``; returns its Markdown and numbers.
+
+    ``noise_from``: recipe overrides that read a second annotation of the split's images
+    (:func:`second_annotation_records`); the ceiling's ±k px is then estimated from the two
+    annotations (:mod:`detlab.evaluation.annotation_noise`) unless ``noise_px`` is given.
+    Without either, ``noise_px`` is 2 px."""
     from ..evaluation.analysis import (
         IOU_THRESHOLDS,
         ap_per_threshold,
@@ -250,10 +313,22 @@ def analyze(task: Any, checkpoint: str, out_dir: str | Path, split: str = "val",
         noise_ceiling,
     )
 
-    _check(noise_px, seeds, gallery)
+    _check(2.0 if noise_px is None else noise_px, seeds, gallery)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records, dataset = collect_records(task, split)
+    estimate = None
+    if noise_from:
+        estimate = noise_from_repeats(records, second_annotation_records(task, split,
+                                                                         noise_from))
+        if not estimate.pairs:
+            from ..errors import DataError
+
+            raise DataError(f"--noise-from {' '.join(noise_from)}: no object is boxed in both "
+                            f"annotations (matched by class at IoU >= 0.3); "
+                            f"{estimate.only_a} + {estimate.only_b} objects unmatched")
+    if noise_px is None:
+        noise_px = estimate.noise_px if estimate is not None else 2.0
     num_classes, max_dets = _num_classes(task, records), _max_dets(task)
     pairs = match_records(records, 0.5)
     errors = error_summary(pairs)
@@ -273,8 +348,16 @@ def analyze(task: Any, checkpoint: str, out_dir: str | Path, split: str = "val",
     size_lines = _size_section(task, split, out)
     report = _report(checkpoint, split, records, pairs, ap, ceiling, errors, counts, note,
                      size_lines, len(items))
+    if estimate is not None:
+        report = report.replace("\n## mAP50-95 against", "\n" + f"Noise from repeated "
+                                f"annotations (`--noise-from`): {estimate.summary()}.\n"
+                                "\n## mAP50-95 against", 1)
     numbers = {
         "split": split, "images": len(records), "objects": counts, "noise_px": noise_px,
+        "noise_estimate": None if estimate is None else {
+            "noise_px": estimate.noise_px, "pairs": estimate.pairs, "only_a": estimate.only_a,
+            "only_b": estimate.only_b, "edge_rms": list(estimate.edge_rms),
+            "median_iou": estimate.median_iou},
         "seeds": seeds, "matched": int(len(pairs.iou)),
         "ap_per_iou": {b: [float(x) for x in v] for b, v in ap.items()},
         "map": {b: mean_valid(v) for b, v in ap.items()},
@@ -293,14 +376,18 @@ def analyze(task: Any, checkpoint: str, out_dir: str | Path, split: str = "val",
 def _cmd(args: argparse.Namespace) -> int:
     from ..engine.trainer import load_task
 
-    _check(args.noise_px, args.seeds, args.gallery)  # before the checkpoint is read
+    noise = 2.0 if args.noise_px is None else args.noise_px
+    _check(noise, args.seeds, args.gallery)  # before the checkpoint is read
     task = load_task(args.checkpoint, args.overrides)
     out = Path(args.out) if args.out else default_out_dir(args.checkpoint)
     _, numbers = analyze(task, args.checkpoint, out, args.split, args.noise_px, args.seeds,
-                         args.gallery)
+                         args.gallery, noise_from=args.noise_from)
     m, s = numbers["ceiling_map"]["all"]
+    est = numbers["noise_estimate"]
+    source = (f", estimated from {est['pairs']} objects boxed twice" if est is not None
+              and args.noise_px is None else "")
     print(f"mAP50-95 {_fmt(numbers['map']['all'])} against a {_fmt(m)} ± {s:.3f} ceiling "
-          f"(±{args.noise_px:g} px annotation noise, {args.seeds} seeds)")
+          f"(±{numbers['noise_px']:.2f} px annotation noise{source}, {args.seeds} seeds)")
     print(f"wrote analysis.md, analysis.json and PNGs to {out}")
     return 0
 
@@ -319,8 +406,13 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--out", default=None, help="report folder (default: <run>/analysis)")
     p.add_argument("--split", choices=("val", "test"), default="val",
                    help="data split to analyze (data.test falls back to data.val)")
-    p.add_argument("--noise-px", type=float, default=2.0,
-                   help="annotation noise: ± px uniform on each box edge (default 2)")
+    p.add_argument("--noise-px", type=float, default=None,
+                   help="annotation noise: ± px uniform on each box edge (default 2, or "
+                        "estimated with --noise-from)")
+    p.add_argument("--noise-from", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="recipe overrides that read a second annotation of the same images "
+                        "(e.g. data.val.ann_file=val_annotator2.json): the noise is estimated "
+                        "from the two annotations")
     p.add_argument("--seeds", type=int, default=5,
                    help="Monte Carlo runs of the noise ceiling (default 5)")
     p.add_argument("--gallery", type=int, default=24,
