@@ -213,3 +213,20 @@ def test_cli_predict_ensemble_of_box_checkpoints(checkpoints, tmp_path):
             assert 0 < len(merged[0]) < len(p.boxes) + len(q.boxes)
             np.testing.assert_allclose(_rows(tmp_path / out, f"im{i}.png"),
                                        _expected(*merged), atol=1e-3)
+
+
+def test_api_ensemble_detector(checkpoints):
+    import detlab
+
+    a, b = str(checkpoints["unet"]), str(checkpoints["unet1"])
+    image = np.random.default_rng(1).random((64, 64, 1)).astype(np.float32)
+    one, two = (detlab.Detector.from_checkpoint(p, device="cpu")(image)[0] for p in (a, b))
+    ens = detlab.Detector.from_checkpoints([a, b], weights=[2, 1], device="cpu")
+    merged = ens(image)[0]
+    torch.testing.assert_close(merged.probs, (2 * one.probs + two.probs) / 3)
+    metrics = ens.evaluate()
+    assert metrics["dice"] != detlab.Detector.from_checkpoint(a, device="cpu").evaluate()["dice"]
+    with pytest.raises(ConfigError, match="differ in task family"):
+        detlab.Detector.from_checkpoints([a, str(checkpoints["a"])])
+    with pytest.raises(ConfigError, match=r"1 weight\(s\) for 2"):
+        detlab.Detector.from_checkpoints([a, b], weights=[1])
