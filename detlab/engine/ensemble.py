@@ -37,7 +37,8 @@ from ..postprocess.ensemble import EnsembleSettings, mean_maps, merge_boxes
 from ..structures import Batch, Prediction
 
 __all__ = ["TTASettings", "head_family", "check_compatible", "ensemble_settings", "view_batch",
-           "unmap_prediction", "member_predictions", "ensemble_predictions"]
+           "unmap_prediction", "member_predictions", "gathered_members", "member_weight_list",
+           "merge_members", "ensemble_predictions", "resolve_settings", "evaluate_members"]
 
 FLIPS = ("none", "h", "v")
 
@@ -268,18 +269,16 @@ def merge_members(tasks: Sequence[Any], members: Sequence[Prediction],
                       scores=torch.as_tensor(np.asarray(scores, dtype=np.float32)))
 
 
-def ensemble_predictions(tasks: Sequence[Any], loaders: Sequence[Any], device: Any,
-                         names: Sequence[str], settings: EnsembleSettings,
-                         tta: TTASettings | None, limit: int | None = None
-                         ) -> Iterator[tuple[list[Prediction], Batch]]:
-    """``(merged predictions, batch)`` per batch of the FIRST model's loader: the ensemble /
-    TTA counterpart of :func:`detlab.engine.inference.predictions` (the batch is the first
-    model's, for the evaluator). ``loaders[m]`` is model ``m``'s loader over the same images
-    in the same order (each with its own preprocessing).
+def gathered_members(tasks: Sequence[Any], loaders: Sequence[Any], device: Any,
+                     names: Sequence[str], tta: TTASettings | None, limit: int | None = None
+                     ) -> Iterator[tuple[list[list[Prediction]], Batch]]:
+    """Per batch of the FIRST model's loader: per image the un-mapped predictions of every
+    (model, view) member, model by model (views in :attr:`TTASettings.views` order), and the
+    batch. What :func:`ensemble_predictions` merges and ``detlab sweep`` caches.
 
     Raises:
-        ConfigError: slicing (``inference.slicing``) with an ensemble or TTA; weights that do
-            not fit the checkpoints.
+        ConfigError: slicing (``inference.slicing``) with an ensemble or TTA; members of
+            different tasks.
         DataError: the loaders disagree on the images (count or ``image_id``).
     """
     from ..postprocess.slicing import SlicedInference
@@ -289,13 +288,11 @@ def ensemble_predictions(tasks: Sequence[Any], loaders: Sequence[Any], device: A
             raise ConfigError(f"{name}: inference.slicing cannot be combined with an ensemble "
                               "or TTA (yet); drop one of them")
     check_compatible(tasks, names)
-    weights = settings.member_weights(len(tasks), names)
     views = tta.views if tta is not None else [("none", 1.0)]
     streams = [member_predictions(t, lo, device, views, limit) for t, lo in zip(tasks, loaders)]
     others = [_per_image(s) for s in streams[1:]]
-    member_w = [w for w in weights for _ in views]
     for ref_preds, batch in streams[0]:
-        merged = []
+        gathered = []
         for preds, meta in zip(ref_preds, batch.meta):
             members = list(preds)
             for other, name in zip(others, names[1:]):
@@ -307,8 +304,35 @@ def ensemble_predictions(tasks: Sequence[Any], loaders: Sequence[Any], device: A
                         f"ensemble: {names[0]} and {name} see different images in the same "
                         f"place ({meta.get('image_id')!r} vs {item[1].get('image_id')!r})")
                 members.extend(item[0])
-            merged.append(merge_members(tasks, members, member_w, meta, settings))
-        yield merged, batch
+            gathered.append(members)
+        yield gathered, batch
+
+
+def member_weight_list(settings: EnsembleSettings, names: Sequence[str],
+                       tta: TTASettings | None) -> list[float]:
+    """One weight per (model, view) member: each view has its model's weight."""
+    views = len(tta.views) if tta is not None else 1
+    return [w for w in settings.member_weights(len(names), names) for _ in range(views)]
+
+
+def ensemble_predictions(tasks: Sequence[Any], loaders: Sequence[Any], device: Any,
+                         names: Sequence[str], settings: EnsembleSettings,
+                         tta: TTASettings | None, limit: int | None = None
+                         ) -> Iterator[tuple[list[Prediction], Batch]]:
+    """``(merged predictions, batch)`` per batch of the FIRST model's loader: the ensemble /
+    TTA counterpart of :func:`detlab.engine.inference.predictions` (the batch is the first
+    model's, for the evaluator). ``loaders[m]`` is model ``m``'s loader over the same images
+    in the same order (each with its own preprocessing).
+
+    Raises:
+        ConfigError: slicing (``inference.slicing``) with an ensemble or TTA; weights that do
+            not fit the checkpoints; members of different tasks.
+        DataError: the loaders disagree on the images (count or ``image_id``).
+    """
+    weights = member_weight_list(settings, names, tta)
+    for gathered, batch in gathered_members(tasks, loaders, device, names, tta, limit):
+        yield [merge_members(tasks, members, weights, meta, settings)
+               for members, meta in zip(gathered, batch.meta)], batch
 
 
 # -- what eval / predict / the API call -------------------------------------------------------
