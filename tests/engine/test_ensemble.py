@@ -230,3 +230,21 @@ def test_api_ensemble_detector(checkpoints):
         detlab.Detector.from_checkpoints([a, str(checkpoints["a"])])
     with pytest.raises(ConfigError, match=r"1 weight\(s\) for 2"):
         detlab.Detector.from_checkpoints([a, b], weights=[1])
+
+
+def test_sweep_of_ensemble_knobs_equals_eval(checkpoints, tmp_path, capsys):
+    a, b = str(checkpoints["unet"]), str(checkpoints["unet1"])
+    out = tmp_path / "sweep.json"
+    assert main(["sweep", a, b, "ensemble.weights=[1,1],[2,1]", "--json", str(out)]) == 0
+    assert "2 combination(s)" in capsys.readouterr().out
+    rows = {tuple(r["settings"]["ensemble.weights"]): r["metrics"]
+            for r in json.loads(out.read_text())["rows"]}
+    for weights in ((1, 1), (2, 1)):
+        evaluated = tmp_path / f"eval{weights[0]}.json"
+        assert main(["eval", a, b, "--weights", f"{weights[0]},{weights[1]}", "--quiet",
+                     "--json", str(evaluated)]) == 0
+        assert rows[weights] == pytest.approx(json.loads(evaluated.read_text()), abs=1e-9,
+                                              nan_ok=True)
+    assert main(["sweep", a, b, "model.head.postprocessor.threshold=0.3,0.4"]) == 2
+    assert "cannot sweep 'model.head.postprocessor.threshold' over an ensemble" in (
+        capsys.readouterr().err)
