@@ -331,7 +331,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     paths = [args.checkpoint, *more]
     tasks = [load_task(p, trust=args.trust_recipe, recipe=args.recipe) for p in paths]
     tta = tta_from_args(args)
-    if len(tasks) > 1 or tta is not None or any(is_ensemble_key(k) for k in grid):
+    recipe_tta = (tasks[0].recipe.get("inference") or {}).get("tta")
+    if len(tasks) > 1 or tta or recipe_tta or any(is_ensemble_key(k) for k in grid):
         result = run_ensemble_sweep(tasks, paths, grid, split=args.split, limit=args.limit,
                                     tta=tta)
     else:
@@ -342,7 +343,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     post, evaluation = result.postprocess_s / max(n, 1), result.evaluation_s / max(n, 1)
     per_combo = post + evaluation
     once = "once" if passes == 1 else (
-        f"{passes}x (one per model)" if len(tasks) > 1 or tta is not None
+        f"{passes}x (one per model)" if len(tasks) > 1
         else f"{passes}x (one per tile size/overlap)")
     share = per_combo / max(result.inference_s / passes, 1e-9)
     print(

@@ -106,3 +106,22 @@ def test_tta_settings_views_and_errors():
         TTASettings(flips=("d",))
     with pytest.raises(ConfigError, match="unknown key"):
         TTASettings.from_config({"flip": ("h",)})
+
+
+def test_recipe_tta_is_used_by_the_shared_inference_loop():
+    from detlab.engine.inference import predictions
+
+    task = tiny_task("unet", extra=["+inference={'tta': {'flips': ['none', 'h']}}"])
+    loader = data_module(task).val_dataloader()
+    with torch.inference_mode():
+        merged = [p for preds, _ in predictions(task, loader, "cpu") for p in preds]
+        for i, batch in enumerate(loader):
+            plain = task.model.predict(batch)
+            mirrored = task.model.predict(Batch(images=batch.images.flip(-1),
+                                                targets=batch.targets, meta=batch.meta))
+            for j, (p, q) in enumerate(zip(plain, mirrored)):
+                # by hand: the mean of the plain view and the mirrored image's map flipped back
+                expected = (p.probs + q.probs.flip(-1)) / 2
+                m = merged[i * loader.batch_size + j]
+                torch.testing.assert_close(m.probs, expected)
+                assert torch.equal(m.mask, expected >= task.model.head.threshold)
