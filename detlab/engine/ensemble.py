@@ -107,12 +107,24 @@ def head_family(task: Any) -> str:
                       "DB text or segmentation head")
 
 
+def _head_kind(head: Any) -> str:
+    """The head family: the detlab base class (subclasses count as their base)."""
+    from ..models.heads.attention_unet import AttentionUNetHead
+    from ..models.heads.db import DBHead
+    from ..models.heads.faster_rcnn import FasterRCNNHead
+    from ..models.heads.yolo import YOLOHead
+
+    for base in (YOLOHead, FasterRCNNHead, DBHead, AttentionUNetHead):
+        if isinstance(head, base):
+            return base.__name__
+    return type(head).__name__
+
+
 def _signature(task: Any) -> dict[str, Any]:
     head = task.model.head
     names = (task.recipe.get("evaluator") or {}).get("class_names")
     return {"task family": head_family(task),
-            "head family": "FasterRCNN" if "FasterRCNN" in type(head).__name__
-            else type(head).__name__,
+            "head family": _head_kind(head),
             "num_classes": getattr(head, "num_classes", None),
             "class names": list(names) if names else None,
             "activation": getattr(head, "activation", None)}
@@ -259,7 +271,11 @@ def merge_members(tasks: Sequence[Any], members: Sequence[Prediction],
         mask = post(probs, activation=tasks[0].model.head.activation)
         extras = {"threshold": float(post.threshold)} if hasattr(post, "threshold") else {}
         return Prediction(probs=probs, mask=mask, extras=extras)
-    size = tuple(members[0].extras["prob_map"].shape[-2:])
+    # the first model's plain grid (its content size), whatever views TTA runs
+    if ref_meta.get("input_size") is not None:
+        size = tuple(max(1, int(round(float(v)))) for v in ref_meta["input_size"])
+    else:
+        size = tuple(members[0].extras["prob_map"].shape[-2:])
     prob = mean_maps([_resize_map(m.extras["prob_map"], size) for m in members], weights)
     orig = ref_meta.get("orig_size")
     polygons, scores = post(prob.numpy(), scale=tuple(ref_meta.get("scale", (1.0, 1.0))),
