@@ -145,6 +145,9 @@ class Detector:
         self.settings = dict(settings or {})
         self._variants: dict[tuple[tuple[str, str], ...], Any] = {}
         self._data = data_module(task)
+        #: ``(tasks, names, EnsembleSettings, TTASettings | None)`` of an ensemble made by
+        #: :meth:`from_checkpoints`, else ``None``.
+        self.ensemble: tuple[Any, ...] | None = None
         task.to(self.device).eval()
 
     @classmethod
@@ -170,6 +173,43 @@ class Detector:
 
         task = load_task(path, list(overrides or []), trust=trust_recipe, recipe=recipe)
         return cls(task, device=device, settings=settings)
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], weights: Sequence[float] | None = None,
+                         device: str | torch.device | None = None, *, method: str | None = None,
+                         tta: Any = None, trust_recipe: bool = False,
+                         overrides: Sequence[str] | None = None) -> Detector:
+        """An ensemble of ``.ckpt`` files of one task (:mod:`detlab.engine.ensemble`), as
+        ``detlab predict A.ckpt B.ckpt ...``; one checkpoint with ``tta`` is plain TTA.
+
+        Args:
+            paths: the checkpoints; the first one's recipe gives the post-processing,
+                evaluator and ``inference.ensemble`` / ``inference.tta`` settings.
+            weights: one per checkpoint (default 1 each).
+            device: where the models run.
+            method: box heads: ``"wbf"`` (default), ``"nms"`` or ``"soft_nms"``.
+            tta: ``True`` (flips none, h), or ``dict(flips=..., scales=...)``.
+            trust_recipe: as in :meth:`from_checkpoint`.
+            overrides: dotted ``key=value`` overrides applied to every checkpoint's recipe.
+
+        Raises:
+            ConfigError: checkpoints of different tasks (naming both), weights that do not fit.
+        """
+        from .engine.checkpoint import load_task
+        from .engine.ensemble import check_compatible, resolve_settings
+
+        names = [str(p) for p in paths]
+        if not names:
+            raise ConfigError("Detector.from_checkpoints: give at least one checkpoint")
+        tasks = [load_task(p, list(overrides or []), trust=trust_recipe) for p in names]
+        check_compatible(tasks, names)
+        detector = cls(tasks[0], device=device)
+        detector.ensemble = (tasks, names, *resolve_settings(
+            tasks[0].recipe, weights=weights, method=method, tta=tta))
+        detector.ensemble[2].member_weights(len(tasks), names)  # fail now, not on first call
+        for task in tasks[1:]:
+            task.to(detector.device).eval()
+        return detector
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -246,18 +286,39 @@ class Detector:
 
         task = self._task_for({**self.settings, **settings})
         out: list[ImagePrediction] = []
-        for loader, sources in self._loaders(_flatten(images), array_loader, file_loader):
+        items = _flatten(images)
+        runs = [(loader, sources, None) for loader, sources in
+                self._loaders(items, array_loader, file_loader)]
+        if self.ensemble is not None:
+            from .engine.ensemble import ensemble_predictions
+            from .engine.inference import data_module
+
+            if settings or self.settings:
+                raise ConfigError("Detector: an ensemble takes its settings as overrides of "
+                                  "from_checkpoints(...), not per call")
+            tasks, names, merge, tta = self.ensemble
+            others = [list(self._loaders(items, array_loader, file_loader, data_module(t)))
+                      for t in tasks[1:]]
+            runs = [(loader, sources, [loader, *(o[i][0] for o in others)])
+                    for i, (loader, sources, _) in enumerate(runs)]
+        for loader, sources, members in runs:
+            if members is None:
+                stream = predictions(task, loader, self.device, data=self._data)
+            else:
+                stream = ensemble_predictions(tasks, members, self.device, names, merge, tta)
             with torch.inference_mode():
-                for preds, batch in predictions(task, loader, self.device, data=self._data):
+                for preds, batch in stream:
                     for pred, meta in zip(preds, batch.meta):
                         source = sources.get(str(meta.get("image_id")), meta.get("path"))
                         out.append(self._wrap(pred, meta, source))
         return out
 
-    def _loaders(self, items: list[Any], array_loader: Any, file_loader: Any
+    def _loaders(self, items: list[Any], array_loader: Any, file_loader: Any, data: Any = None
                  ) -> Iterator[tuple[Any, dict[str, Any]]]:
         """A loader per run of consecutive paths / in-memory images (input order kept), with
-        the display source of each in-memory image by its ``image_id``."""
+        the display source of each in-memory image by its ``image_id``; ``data``: whose
+        preprocessing (default this detector's model's)."""
+        data = self._data if data is None else data
         from .commands.predict_volume import check_not_dicom_file, is_volume_path
 
         run: list[Any] = []
@@ -268,11 +329,11 @@ class Detector:
                 "path" if isinstance(item, (str, Path)) else "array")
             if run and this != kind:
                 if kind == "path":
-                    yield file_loader(self._data, [str(p) for p in run]), {}
+                    yield file_loader(data, [str(p) for p in run]), {}
                 else:
                     arrays = [_hwc(a, offset + i) for i, a in enumerate(run)]
                     names = [f"image{offset + i}" for i in range(len(run))]
-                    yield (array_loader(self._data, arrays, names),
+                    yield (array_loader(data, arrays, names),
                            {n: _rgb_uint8(a) for n, a in zip(names, arrays)})
                 offset += len(run)
                 run = []
@@ -307,6 +368,11 @@ class Detector:
         ``detlab eval`` computes them."""
         from .engine.inference import evaluate
 
+        if self.ensemble is not None:
+            from .engine.ensemble import evaluate_members
+
+            tasks, names, merge, tta = self.ensemble
+            return evaluate_members(tasks, names, split, merge, tta, device=self.device)
         return evaluate(self._task_for(self.settings), split, device=self.device)
 
     def __repr__(self) -> str:

@@ -64,8 +64,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.inference import evaluate
     from .engine.trainer import load_task
 
-    task = load_task(args.checkpoint, args.overrides, trust=args.trust_recipe, recipe=args.recipe)
-    metrics = evaluate(task, args.split)
+    from .commands.ensemble_args import leading_checkpoints, parse_floats, tta_from_args
+
+    more, args.overrides = leading_checkpoints(args.overrides)  # `eval A.ckpt B.ckpt ...`
+    paths = [args.checkpoint, *more]
+    tasks = [load_task(p, args.overrides, trust=args.trust_recipe, recipe=args.recipe)
+             for p in paths]
+    task = tasks[0]
+    weights, tta = parse_floats(args.weights, "--weights"), tta_from_args(args)
+    if len(tasks) > 1 or tta is not None or weights is not None or args.ensemble is not None:
+        from .engine.ensemble import evaluate_members, resolve_settings
+
+        settings, tta_settings = resolve_settings(task.recipe, weights=weights,
+                                                  method=args.ensemble, tta=tta)
+        metrics = evaluate_members(tasks, paths, args.split, settings, tta_settings)
+    else:
+        metrics = evaluate(task, args.split)
     print(format_metrics(metrics, task.evaluator.primary))
     report = getattr(task.evaluator, "format_histogram", None)
     if callable(report) and not args.quiet:
@@ -114,21 +128,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.outputs import categories
     from .engine.trainer import load_task
 
-    inputs, overrides = _split_inputs(args.items)
+    from .commands.ensemble_args import leading_checkpoints, parse_floats, tta_from_args
+
+    more, items = leading_checkpoints(args.items)  # `predict A.ckpt B.ckpt ... IMAGES`
+    inputs, overrides = _split_inputs(items)
     if not inputs and args.split is None:
         raise ConfigError("detlab predict: give at least one input file or folder, or --split")
     for p in inputs:
         check_not_dicom_file(p)
-    task = load_task(args.checkpoint, overrides, trust=args.trust_recipe, recipe=args.recipe)
+    paths = [args.checkpoint, *more]
+    tasks = [load_task(p, overrides, trust=args.trust_recipe, recipe=args.recipe)
+             for p in paths]
+    task = tasks[0]
+    weights, tta = parse_floats(args.weights, "--weights"), tta_from_args(args)
+    members = None
+    if len(tasks) > 1 or tta is not None or weights is not None or args.ensemble is not None:
+        from .engine.ensemble import resolve_settings
+
+        members = resolve_settings(task.recipe, weights=weights, method=args.ensemble, tta=tta)
     if args.save_probs and is_box_head(task):
         raise ConfigError(
             f"--save-probs: this checkpoint's head ({type(task.model.head).__name__}) predicts "
             "boxes, which have no probability map to save; drop --save-probs (the scores are "
             "in the JSON files)")
     device = default_device()
-    task.to(device)
+    for t in tasks:
+        t.to(device)
     out_dir = Path(args.out)
     volumes = [p for p in inputs if is_volume_path(p)]  # .nii/.nii.gz files, DICOM folders
+    if volumes and len(tasks) > 1:
+        raise ConfigError("detlab predict: CT volumes are predicted by one checkpoint; "
+                          "an ensemble takes image files and folders")
     if volumes:
         with torch.inference_mode():
             predict_volumes(task, volumes, out_dir)
@@ -136,21 +166,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
         inputs = [p for p in inputs if p not in volumes]
         if not inputs and args.split is None:
             return 0
-    data = data_module(task)
+    datas = [data_module(t) for t in tasks]
+    data = datas[0]
     loaders = []
     if inputs:
-        loaders.append((file_loader(data, inputs), _val_category_ids(data)))
+        loaders.append(([file_loader(d, inputs) for d in datas], _val_category_ids(data)))
     if args.split is not None:
-        split_loader = data.val_dataloader() if args.split == "val" else data.test_dataloader()
-        loaders.append((split_loader, _category_ids(data.dataset(args.split))))
+        loaders.append(([d.val_dataloader() if args.split == "val" else d.test_dataloader()
+                         for d in datas], _category_ids(data.dataset(args.split))))
     names = (task.recipe.get("evaluator") or {}).get("class_names")
     count = 0
     coco: list[dict[str, Any]] = []
     cat_ids: list[int] | None = None
-    for loader, ids in loaders:
+    for member_loaders, ids in loaders:
         cat_ids = ids if ids is not None else cat_ids
+        if members is None:
+            stream = predictions(task, member_loaders[0], device, data=data)
+        else:
+            from .engine.ensemble import ensemble_predictions
+
+            stream = ensemble_predictions(tasks, member_loaders, device, paths, *members)
         with torch.inference_mode():
-            for preds, batch in predictions(task, loader, device, data=data):
+            for preds, batch in stream:
                 for pred, meta in zip(preds, batch.meta):
                     coco.extend(_write_one(args, task, pred, meta, names, ids))
                     count += 1
@@ -273,6 +310,7 @@ def build_parser(full: bool | str = True) -> argparse.ArgumentParser:
     """
     from . import __version__
     from .commands.cli_args import add_trust_arguments, allow_intermixed
+    from .commands.ensemble_args import add_ensemble_arguments
 
     parser = argparse.ArgumentParser(
         prog="detlab",
@@ -294,14 +332,17 @@ def build_parser(full: bool | str = True) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its recipe's data",
-                       description="Evaluate CKPT (the checkpoint carries its recipe).")
+                       description="Evaluate CKPT (the checkpoint carries its recipe); "
+                       "several leading *.ckpt: their ensemble, on the first one's data.")
     p.add_argument("checkpoint", help="a .ckpt written by detlab train")
-    p.add_argument("overrides", nargs="*", help="e.g. model.head.threshold=0.3")
+    p.add_argument("overrides", nargs="*", help="more *.ckpt (an ensemble), then overrides "
+                   "for every checkpoint, e.g. model.head.threshold=0.3")
     p.add_argument("--split", choices=("val", "test"), default="val",
                    help="data split to evaluate (data.test falls back to data.val)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="metrics line only")
     add_trust_arguments(p)
+    add_ensemble_arguments(p)
     allow_intermixed(p)  # overrides may follow the options
     p.set_defaults(func=cmd_eval)
 
@@ -309,8 +350,9 @@ def build_parser(full: bool | str = True) -> argparse.ArgumentParser:
                        description="Predict on INPUT files/folders (images, or CT volumes: "
                        ".nii/.nii.gz files and DICOM series folders); write results to --out.")
     p.add_argument("checkpoint", help="a .ckpt written by detlab train")
-    p.add_argument("items", nargs="*", metavar="INPUT", help="input files or folders "
-                   "(key=value items are overrides); image files get data.val's preprocessing")
+    p.add_argument("items", nargs="*", metavar="INPUT", help="more *.ckpt first (an "
+                   "ensemble), then input files or folders (key=value items are overrides); "
+                   "image files get each model's data.val preprocessing")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", choices=("val", "test"), default=None,
                    help="also predict a split of the recipe (COCO data: results.json with the "
@@ -323,6 +365,7 @@ def build_parser(full: bool | str = True) -> argparse.ArgumentParser:
     p.add_argument("--save-probs", action="store_true", help="also save probability maps "
                    "(segmentation: <stem>_probs.npy; text: the DB map; not for box heads)")
     add_trust_arguments(p)
+    add_ensemble_arguments(p)
     allow_intermixed(p)  # overrides may follow the options
     p.set_defaults(func=cmd_predict)
 

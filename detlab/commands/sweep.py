@@ -323,15 +323,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..engine.callbacks import format_metrics
     from ..engine.checkpoint import load_task
 
-    grid = parse_sweep(args.items)
-    task = load_task(args.checkpoint, trust=args.trust_recipe, recipe=args.recipe)
-    result = run_sweep(task, grid, split=args.split, limit=args.limit)
+    from .ensemble_args import leading_checkpoints, tta_from_args
+    from .sweep_ensemble import is_ensemble_key, run_ensemble_sweep
+
+    more, items = leading_checkpoints(args.items)  # `sweep A.ckpt B.ckpt ensemble.x=...`
+    grid = parse_sweep(items)
+    paths = [args.checkpoint, *more]
+    tasks = [load_task(p, trust=args.trust_recipe, recipe=args.recipe) for p in paths]
+    tta = tta_from_args(args)
+    recipe_tta = (tasks[0].recipe.get("inference") or {}).get("tta")
+    if len(tasks) > 1 or tta or recipe_tta or any(is_ensemble_key(k) for k in grid):
+        result = run_ensemble_sweep(tasks, paths, grid, split=args.split, limit=args.limit,
+                                    tta=tta)
+    else:
+        result = run_sweep(tasks[0], grid, split=args.split, limit=args.limit)
     print(format_table(result))
     n = len(result)
     passes = result.network_passes
     post, evaluation = result.postprocess_s / max(n, 1), result.evaluation_s / max(n, 1)
     per_combo = post + evaluation
-    once = "once" if passes == 1 else f"{passes}x (one per tile size/overlap)"
+    once = "once" if passes == 1 else (
+        f"{passes}x (one per model)" if len(tasks) > 1
+        else f"{passes}x (one per tile size/overlap)")
     share = per_combo / max(result.inference_s / passes, 1e-9)
     print(
         f"\n{n} combination(s) on {result.images or '?'} images: inference {once} "
@@ -363,12 +376,17 @@ def add_command(sub: Any) -> None:
         "model.head.postprocessor.test.iou_threshold=0.5,0.6,0.7",
     )
     p.add_argument("checkpoint")
-    p.add_argument("items", nargs="+", metavar="KEY=V1,V2,…")
+    p.add_argument("items", nargs="+", metavar="KEY=V1,V2,…",
+                   help="more *.ckpt first (an ensemble: sweep ensemble.<knob>=…), then the "
+                   "key=v1,v2,… items")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--limit", type=int, default=None, help="use only the first N batches")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="also write every row (settings, all metrics, ignored knobs) as JSON")
     add_trust_arguments(p)
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (as in eval)")
+    p.add_argument("--tta-flips", default=None, metavar="F1,F2")
+    p.add_argument("--tta-scales", default=None, metavar="S1,S2")
     p.set_defaults(func=cmd_sweep)
 
 

@@ -56,11 +56,19 @@ def predictions(task: Any, loader: Any, device: Any, limit: int | None = None,
                 data: Any = None) -> Iterator[tuple[list[Prediction], Batch]]:
     """``(predictions, batch)`` per batch of ``loader``: the one inference loop of ``eval``,
     ``predict`` and the API (stage ``"test"``, predictions in original pixels); sliced when the
-    recipe sets ``inference.slicing``. Callers hold ``torch.inference_mode()``; ``limit``
-    stops after that many batches."""
+    recipe sets ``inference.slicing``, with test-time augmentation when it sets
+    ``inference.tta`` (:mod:`detlab.engine.ensemble`). Callers hold
+    ``torch.inference_mode()``; ``limit`` stops after that many batches."""
     from ..postprocess.slicing import SlicedInference
 
     settings = SlicedInference.from_recipe(task.recipe)
+    if (task.recipe.get("inference") or {}).get("tta"):  # the recipe's inference.tta
+        from .ensemble import ensemble_predictions, ensemble_settings
+
+        merge, tta = ensemble_settings(task.recipe)
+        name = str(getattr(task.recipe, "path", None) or task.recipe.name)
+        yield from ensemble_predictions([task], [loader], device, [name], merge, tta, limit)
+        return
     if settings is not None:
         from .sliced import sliced_predictions
 

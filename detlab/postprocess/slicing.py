@@ -143,9 +143,11 @@ class SlicedInference:
             return None
         if not isinstance(section, Mapping):
             raise ConfigError(f"inference={section!r}: expected a dict with a 'slicing' key")
-        unknown = sorted(set(section) - {"slicing"})
+        # tta / ensemble: read by detlab.engine.ensemble
+        unknown = sorted(set(section) - {"slicing", "tta", "ensemble"})
         if unknown:
-            raise ConfigError(f"inference: unknown key(s) {unknown}; expected ['slicing']")
+            raise ConfigError(f"inference: unknown key(s) {unknown}; expected "
+                              "['ensemble', 'slicing', 'tta']")
         return cls.from_config(section.get("slicing"))
 
     def to_config(self) -> dict[str, Any]:
