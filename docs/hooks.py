@@ -23,7 +23,7 @@ PACKAGE = "detlab"
 API_SECTION = "API reference"
 
 # Nav order; modules and packages not listed here follow alphabetically.
-TOP_LEVEL_ORDER = ["registry", "recipe", "structures", "errors", "cli"]
+TOP_LEVEL_ORDER = ["registry", "recipe", "overrides", "structures", "errors", "cli"]
 PACKAGE_ORDER = [
     "models", "models.backbones", "models.necks", "models.heads", "losses", "assigners", "ops",
     "postprocess", "evaluation", "data", "data.datasets", "engine",

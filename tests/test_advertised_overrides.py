@@ -67,7 +67,10 @@ def _command_overrides(line: str) -> tuple[str | None, list[list[str]], bool]:
         return None, [], False
     argv = words[1:]
     recipe = _recipe_of(argv)
-    overrides = [a for a in argv[2:] if "=" in a and not a.startswith("-")]
+    # ensemble.<knob>: merge settings of a sweep over several checkpoints, checked by the
+    # ensemble sweep itself (tests/engine/test_ensemble.py), not recipe keys
+    overrides = [a for a in argv[2:] if "=" in a and not a.startswith("-")
+                 and not a.startswith("ensemble.")]
     if argv[0] != "sweep":
         return recipe, [overrides], argv[0] != "show"
     sets = []

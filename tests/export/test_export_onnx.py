@@ -11,6 +11,8 @@ import onnx
 import pytest
 import torch
 
+from export_checkpoints import checkpoints  # noqa: F401  (the session fixture)
+
 from detlab.cli import main
 from detlab.export.checkpoint import export_checkpoint, val_batch
 from detlab.export.onnx import read_metadata

@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from export_checkpoints import checkpoints  # noqa: F401  (the session fixture)
+
 from detlab.cli import main
 from detlab.data.datasets.synthetic_receipts import SyntheticReceipts
 from detlab.export.checkpoint import export_checkpoint

@@ -33,7 +33,7 @@ def test_guide_yolo_example_changes_the_cls_branch_in_15_lines_and_trains(tmp_pa
     from test_every_head import _det_batch
 
     code = _guide_block("deep_cls_yolo.py")
-    head_code = code[:code.index("_base = ")]  # the imports and the subclass
+    head_code = code[:code.index("model, data, train, evaluator = ")]  # imports + subclass
     lines = [ln for ln in head_code.splitlines() if ln.strip() and not ln.startswith('"""')]
     assert len(lines) <= 15, lines
     assert not re.search(r"\b_[a-z]\w*", head_code), "the example uses a private name"

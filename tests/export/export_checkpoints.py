@@ -1,6 +1,9 @@
 """Checkpoints for the export tests, written without training: the recipe's model with its
 initial weights, nudged by a seeded perturbation so outputs are not all alike, saved in the
-format ``detlab train`` writes (``state_dict`` + ``detlab_recipe`` provenance)."""
+format ``detlab train`` writes (``state_dict`` + ``detlab_recipe`` provenance).
+
+A helper module the export tests import, not a ``conftest.py``: a second module named
+``conftest`` shadows ``tests/conftest.py`` for the tests that import from it."""
 
 from __future__ import annotations
 
