@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Sampler
 
+from ..checks import check_int
 from ..errors import ConfigError
 from ..registry import SAMPLERS
 
@@ -56,10 +57,8 @@ class PositiveOversampler(Sampler[int]):
             raise ConfigError(f"positive_fraction must be in (0, 1], got {positive_fraction!r}")
         if num_samples is None:
             num_samples = len(dataset)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ConfigError(f"num_samples must be a positive int, got {num_samples!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative int, got {seed!r}")
+        check_int("PositiveOversampler", "num_samples", num_samples, low=1)
+        check_int("PositiveOversampler", "seed", seed, low=0)
         flags = np.asarray(dataset.positive_flags(), dtype=bool).reshape(-1)
         self.positive_indices = np.flatnonzero(flags)
         self.negative_indices = np.flatnonzero(~flags)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import check_int
 from ..errors import ConfigError, DataError
 from ..ops.coords import unletterbox_boxes
 from ..registry import EVALUATORS
@@ -104,12 +105,9 @@ class CocoEvaluator(Evaluator):
                 raise ConfigError(
                     f"class_names must be non-empty and unique, got {list(class_names)!r}"
                 )
-        if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
-            raise ConfigError(f"max_dets must be a positive int, got {max_dets!r}")
-        if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-        ):
-            raise ConfigError(f"num_classes must be a positive int or None, got {num_classes!r}")
+        check_int("CocoEvaluator", "max_dets", max_dets, low=1)
+        if num_classes is not None:
+            check_int("CocoEvaluator", "num_classes (or None)", num_classes, low=1)
         if num_classes is not None and class_names is not None and num_classes != len(class_names):
             raise ConfigError(
                 f"num_classes={num_classes} but {len(class_names)} class_names are given"

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import check_int
 from ..errors import ConfigError, DataError
 from ..ops.coords import maps_to_original
 from ..registry import EVALUATORS
@@ -126,21 +127,13 @@ class SegmentationEvaluator(Evaluator):
             raise ConfigError(
                 f"primary must be one of {', '.join(METRIC_NAMES)}; got {primary!r}"
             )
-        if isinstance(num_bins, bool) or not isinstance(num_bins, int) or not (
-            16 <= num_bins <= 1_000_000
-        ):
-            raise ConfigError(f"num_bins must be an int in [16, 1000000], got {num_bins!r}")
+        check_int("SegmentationEvaluator", "num_bins", num_bins, low=16, high=1_000_000)
         if not 0.0 < float(min_threshold) <= float(_DEFAULT_THRESHOLD if threshold is None
                                                     else threshold):
             raise ConfigError(
                 f"min_threshold must be in (0, threshold={threshold}], got {min_threshold!r}"
             )
-        if isinstance(min_lesion_pixels, bool) or not isinstance(min_lesion_pixels, int) or (
-            min_lesion_pixels < 1
-        ):
-            raise ConfigError(
-                f"min_lesion_pixels must be an int >= 1, got {min_lesion_pixels!r}"
-            )
+        check_int("SegmentationEvaluator", "min_lesion_pixels", min_lesion_pixels, low=1)
         self.min_lesion_pixels = min_lesion_pixels
         self.configured_threshold = None if threshold is None else float(threshold)
         self.primary = primary

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ...checks import check_int
 from ...errors import ConfigError, DataError
 from ...registry import DATASETS
 from ..ct_cases import CaseFiles, list_cases, msd_labels, split_cases
@@ -210,11 +211,9 @@ class CTVolumeSlices(Dataset):
                 "CTVolumeSlices needs root= (a Decathlon folder or a .csv/.json case list); "
                 "e.g. detlab train recipes/fracture_unet_ct.py data.root=/data/Task"
             )
-        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
-            raise ConfigError(f"context must be an int >= 0, got {context!r}")
-        if cache_size is not None and (isinstance(cache_size, bool) or not isinstance(
-                cache_size, int) or cache_size < 0):
-            raise ConfigError(f"cache_size must be an int >= 0 or None, got {cache_size!r}")
+        check_int("CTVolumeSlices", "context", context, low=0)
+        if cache_size is not None:
+            check_int("CTVolumeSlices", "cache_size (or None)", cache_size, low=0)
         if not float(affine_tolerance) >= 0:
             raise ConfigError(f"affine_tolerance must be >= 0 mm, got {affine_tolerance!r}")
         self.root = str(root)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ...checks import check_int
 from ...errors import ConfigError, DataError
 from ...registry import DATASETS
 
@@ -90,8 +91,7 @@ class LesionPatches(Dataset):
         self.positive_ratio = float(positive_ratio)
         if num_samples is None:
             num_samples = len(self.dataset)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ConfigError(f"num_samples must be a positive int, got {num_samples!r}")
+        check_int("LesionPatches", "num_samples", num_samples, low=1)
         self.num_samples = num_samples
 
     def __len__(self) -> int:

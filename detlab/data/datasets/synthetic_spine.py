@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ...checks import check_int
 from ...errors import ConfigError
 from ...registry import DATASETS
 from ..transforms import build_transforms
@@ -83,12 +84,9 @@ class SyntheticSpineCT(Dataset):
             raise ConfigError(f"split must be one of {', '.join(_SPLITS)}; got {split!r}")
         if num_samples is None:
             num_samples = _DEFAULT_NUM_SAMPLES[split]
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ConfigError(f"num_samples must be a positive int, got {num_samples!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 64:
-            raise ConfigError(f"image_size must be an int >= 64, got {image_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative int, got {seed!r}")
+        check_int("SyntheticSpineCT", "num_samples", num_samples, low=1)
+        check_int("SyntheticSpineCT", "image_size", image_size, low=64)
+        check_int("SyntheticSpineCT", "seed", seed, low=0)
         if not 0.0 <= float(positive_fraction) <= 1.0:
             raise ConfigError(f"positive_fraction must be in [0, 1], got {positive_fraction!r}")
         if not 0.0 < float(lesion_fraction) <= 0.05:
