@@ -7,8 +7,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from detlab.data.dicom_write import write_dicom_series as write_dicom_series_files
 
 # LPS voxel order (axcodes L, P, S: index i runs to the patient's left, j to posterior), so
 # reorientation to RAS must flip the first two axes; 0.8 x 0.7 x 2.5 mm voxels.
@@ -59,31 +59,11 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.7), thickne
     """An axial CT series (one file per slice) of ``hu`` ``(rows, cols, slices)``, stored as
     int16 raw values with ``RescaleSlope``/``RescaleIntercept``; file names in a shuffled
     order so the reader must sort by InstanceNumber."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows, cols, n = hu.shape
-    series, study = generate_uid(), generate_uid()
+    n = hu.shape[2]
     order = np.random.default_rng(0).permutation(n) if shuffle_files else np.arange(n)
-    for k in range(n):
-        raw = np.round((hu[:, :, k] - intercept) / slope).astype(np.int16)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", series, study
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * thickness]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = list(spacing)
-        ds.SliceThickness = thickness
-        ds.Rows, ds.Columns = rows, cols
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        ds.PixelData = raw.tobytes()
-        ds.save_as(folder / f"IM{order[k]:04d}.dcm", enforce_file_format=True)
+    write_dicom_series_files(folder, hu, spacing=spacing, thickness=thickness, origin=origin,
+                             slope=slope, intercept=intercept,
+                             names=[f"IM{order[k]:04d}.dcm" for k in range(n)])
     return folder
 
 

@@ -212,43 +212,16 @@ def make_nifti(d: Path) -> Case:
                 [meta, *files], "nifti")
 
 
-def _dicom_slice(folder: Path, k: int, raw: np.ndarray, series: str, study: str) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", series, study
-    ds.InstanceNumber = k + 1
-    ds.ImagePositionPatient = [-10.0, -20.0, 30.0 + 2.5 * k]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = [0.8, 0.7]
-    ds.SliceThickness = 2.5
-    ds.Rows, ds.Columns = raw.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-    ds.PixelData = raw.astype(np.int16).tobytes()
-    path = folder / f"IM{k:04d}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def make_dicom(d: Path) -> Case:
-    from pydicom.uid import generate_uid
-
     from detlab.data.datasets.ct_volumes import CTVolumeSlices
+    from detlab.data.dicom_write import write_dicom_series
 
     folder = d / "p1"
     folder.mkdir(parents=True)
-    series, study = generate_uid(), generate_uid()
-    files = [_dicom_slice(folder, k, np.full((8, 8), 1000 + 10 * k), series, study)
-             for k in range(3)]
+    # raw 1000 + 10 k stored with intercept -1024
+    hu = np.stack([np.full((8, 8), 1000 + 10 * k - 1024.0) for k in range(3)], axis=2)
+    files = write_dicom_series(folder, hu, origin=(-10.0, -20.0, 30.0), intercept=-1024.0,
+                               names=[f"IM{k:04d}.dcm" for k in range(3)])
     aff = np.diag([-0.7, -0.8, 2.5, 1.0])
     aff[:3, 3] = [10.0, 20.0, 30.0]
     mask = np.zeros((8, 8, 3), np.uint8)

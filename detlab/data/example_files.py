@@ -188,33 +188,11 @@ def _ct_nifti(root: Path, cases: int = 5) -> None:
 
 
 def _dicom_series(folder: Path, volume: np.ndarray, series_seed: int) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from .dicom_write import write_dicom_series
 
-    folder.mkdir(parents=True, exist_ok=True)
     prefix = "1.2.826.0.1.3680043.10.1234"  # fixed UIDs: the files are the same every time
-    rows, cols, n = volume.shape
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = f"{prefix}.{series_seed}.{k + 1}"
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality = "CT"
-        ds.SeriesInstanceUID = f"{prefix}.{series_seed}"
-        ds.StudyInstanceUID = f"{prefix}.{series_seed // 2}"
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [0.8, 0.8], 2.5
-        ds.Rows, ds.Columns = rows, cols
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-        ds.PixelData = np.ascontiguousarray(volume[:, :, k], np.int16).tobytes()
-        ds.save_as(folder / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
+    write_dicom_series(folder, volume, spacing=(0.8, 0.8), series_uid=f"{prefix}.{series_seed}",
+                       study_uid=f"{prefix}.{series_seed // 2}")
 
 
 def _ct_dicom(root: Path, cases: int = 5) -> None:

@@ -84,9 +84,8 @@ class CocoDetection(DetectionDataset):
         allow_outside_root: bool = False,
         max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
-        geometry = self.input_geometry(geometry, img_size=img_size, stride=stride,
-                                       scale_up=scale_up, pad_value=pad_value)
-        super().__init__(transforms, geometry, mean, std)
+        super().__init__(transforms, geometry, mean, std, img_size=img_size, stride=stride,
+                         scale_up=scale_up, pad_value=pad_value)
         max_bad_fraction = check_bad_fraction(max_bad_fraction, "CocoDetection")
         for arg, value in (("ann_file", ann_file), ("img_dir", img_dir)):
             if value is None or str(value) == "":

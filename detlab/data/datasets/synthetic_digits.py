@@ -100,9 +100,8 @@ class SyntheticDigits(DetectionDataset):
         std: Sequence[float] = IMAGENET_STD,
         geometry: Mapping[str, Any] | InputGeometry | None = None,
     ) -> None:
-        geometry = self.input_geometry(geometry, img_size=img_size, stride=stride,
-                                       scale_up=scale_up, pad_value=pad_value)
-        super().__init__(transforms, geometry, mean, std)
+        super().__init__(transforms, geometry, mean, std, img_size=img_size, stride=stride,
+                         scale_up=scale_up, pad_value=pad_value)
         self.height, self.width = _size_pair(image_size)
         for arg, value in (("num_samples", num_samples), ("max_numbers", max_numbers),
                            ("max_digits", max_digits)):

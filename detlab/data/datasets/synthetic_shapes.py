@@ -79,9 +79,8 @@ class SyntheticShapes(DetectionDataset):
         std: Sequence[float] = IMAGENET_STD,
         geometry: Mapping[str, Any] | InputGeometry | None = None,
     ) -> None:
-        geometry = self.input_geometry(geometry, img_size=img_size, stride=stride,
-                                       scale_up=scale_up, pad_value=pad_value)
-        super().__init__(transforms, geometry, mean, std)
+        super().__init__(transforms, geometry, mean, std, img_size=img_size, stride=stride,
+                         scale_up=scale_up, pad_value=pad_value)
         self.height, self.width = _size_pair(image_size)
         max_size = min(self.height, self.width) // 3 if max_size is None else max_size
         for arg, value, low in (("num_samples", num_samples, 1), ("max_objects", max_objects, 0),

@@ -206,9 +206,8 @@ class VocDetection(DetectionDataset):
         allow_outside_root: bool = False,
         max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
-        geometry = self.input_geometry(geometry, img_size=img_size, stride=stride,
-                                       scale_up=scale_up, pad_value=pad_value)
-        super().__init__(transforms, geometry, mean, std)
+        super().__init__(transforms, geometry, mean, std, img_size=img_size, stride=stride,
+                         scale_up=scale_up, pad_value=pad_value)
         max_bad_fraction = check_bad_fraction(max_bad_fraction, "VocDetection")
         if root is None or str(root) == "":
             raise DataError("VocDetection.root is not set: give the VOC folder holding "
