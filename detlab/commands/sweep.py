@@ -323,6 +323,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..engine.callbacks import format_metrics
     from ..engine.checkpoint import load_task
 
+    from ..postprocess.slicing import inference_section
     from .ensemble_args import leading_checkpoints, tta_from_args
     from .sweep_ensemble import is_ensemble_key, run_ensemble_sweep
 
@@ -331,7 +332,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     paths = [args.checkpoint, *more]
     tasks = [load_task(p, trust=args.trust_recipe, recipe=args.recipe) for p in paths]
     tta = tta_from_args(args)
-    recipe_tta = (tasks[0].recipe.get("inference") or {}).get("tta")
+    recipe_tta = inference_section(tasks[0].recipe).get("tta")
     if len(tasks) > 1 or tta or recipe_tta or any(is_ensemble_key(k) for k in grid):
         result = run_ensemble_sweep(tasks, paths, grid, split=args.split, limit=args.limit,
                                     tta=tta)

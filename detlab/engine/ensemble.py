@@ -149,7 +149,9 @@ def check_compatible(tasks: Sequence[Any], names: Sequence[str]) -> None:
 
 def ensemble_settings(recipe: Mapping[str, Any]) -> tuple[EnsembleSettings, TTASettings | None]:
     """``inference.ensemble`` and ``inference.tta`` of ``recipe``."""
-    section = recipe.get("inference") or {}
+    from ..postprocess.slicing import inference_section
+
+    section = inference_section(recipe)
     return (EnsembleSettings.from_config(section.get("ensemble")),
             TTASettings.from_config(section.get("tta")))
 

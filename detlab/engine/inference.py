@@ -59,10 +59,10 @@ def predictions(task: Any, loader: Any, device: Any, limit: int | None = None,
     recipe sets ``inference.slicing``, with test-time augmentation when it sets
     ``inference.tta`` (:mod:`detlab.engine.ensemble`). Callers hold
     ``torch.inference_mode()``; ``limit`` stops after that many batches."""
-    from ..postprocess.slicing import SlicedInference
+    from ..postprocess.slicing import SlicedInference, inference_section
 
     settings = SlicedInference.from_recipe(task.recipe)
-    if (task.recipe.get("inference") or {}).get("tta"):  # the recipe's inference.tta
+    if inference_section(task.recipe).get("tta"):  # the recipe's inference.tta
         from .ensemble import ensemble_predictions, ensemble_settings
 
         merge, tta = ensemble_settings(task.recipe)

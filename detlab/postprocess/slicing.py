@@ -35,8 +35,8 @@ from ..checks import is_int, is_number
 from ..errors import ConfigError
 from ..registry import POSTPROCESSORS
 
-__all__ = ["SlicedInference", "MERGE_METHODS", "MATCH_METRICS", "BLEND_MODES",
-           "NETWORK_KEYS", "merge_detections", "pairwise_match"]
+__all__ = ["SlicedInference", "inference_section", "INFERENCE_KEYS", "MERGE_METHODS",
+           "MATCH_METRICS", "BLEND_MODES", "NETWORK_KEYS", "merge_detections", "pairwise_match"]
 
 MERGE_METHODS = ("nms", "nmm", "greedy_nmm")
 MATCH_METRICS = ("iou", "ios")
@@ -138,17 +138,7 @@ class SlicedInference:
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any]) -> SlicedInference | None:
         """The recipe's ``inference.slicing`` settings, or ``None`` (no slicing)."""
-        section = recipe.get("inference")
-        if section is None:
-            return None
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"inference={section!r}: expected a dict with a 'slicing' key")
-        # tta / ensemble: read by detlab.engine.ensemble
-        unknown = sorted(set(section) - {"slicing", "tta", "ensemble"})
-        if unknown:
-            raise ConfigError(f"inference: unknown key(s) {unknown}; expected "
-                              "['ensemble', 'slicing', 'tta']")
-        return cls.from_config(section.get("slicing"))
+        return cls.from_config(inference_section(recipe).get("slicing"))
 
     def to_config(self) -> dict[str, Any]:
         """The settings as a plain dict."""
@@ -301,3 +291,22 @@ def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, method: str 
                          device=boxes.device).reshape(-1, 4),
             torch.tensor([out_scores[i] for i in rank], dtype=scores.dtype, device=scores.device),
             torch.tensor([out_labels[i] for i in rank], dtype=labels.dtype, device=labels.device))
+
+
+INFERENCE_KEYS = ("ensemble", "slicing", "tta")
+
+
+def inference_section(recipe: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The recipe's ``inference`` section (``{}`` when absent), checked once for every reader:
+    ``slicing`` (:class:`SlicedInference`), ``tta`` and ``ensemble``
+    (:mod:`detlab.engine.ensemble`)."""
+    section = recipe.get("inference")
+    if section is None:
+        return {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"inference={section!r}: expected a dict with keys from "
+                          f"{list(INFERENCE_KEYS)}")
+    unknown = sorted(set(section) - set(INFERENCE_KEYS))
+    if unknown:
+        raise ConfigError(f"inference: unknown key(s) {unknown}; expected {list(INFERENCE_KEYS)}")
+    return section

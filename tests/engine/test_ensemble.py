@@ -248,3 +248,15 @@ def test_sweep_of_ensemble_knobs_equals_eval(checkpoints, tmp_path, capsys):
     assert main(["sweep", a, b, "model.head.postprocessor.threshold=0.3,0.4"]) == 2
     assert "cannot sweep 'model.head.postprocessor.threshold' over an ensemble" in (
         capsys.readouterr().err)
+
+
+def test_a_malformed_inference_section_is_one_error_for_every_reader():
+    from detlab.engine.ensemble import ensemble_settings
+    from detlab.errors import ConfigError
+    from detlab.postprocess.slicing import SlicedInference
+
+    for reader in (ensemble_settings, SlicedInference.from_recipe):
+        with pytest.raises(ConfigError, match=r"inference=3: expected a dict"):
+            reader({"inference": 3})
+        with pytest.raises(ConfigError, match=r"unknown key\(s\) \['tt'\]"):
+            reader({"inference": {"tt": {}}})
