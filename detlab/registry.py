@@ -326,7 +326,8 @@ def _check_renamed(target: Any, kwargs: dict, key: str) -> None:
             new = renamed[old]  # relative to ``key`` unless it names a recipe section
             new = new if new.split(".")[0] in ("model", "data", "train", "evaluator") \
                 else f"{key}.{new}"
-            raise ConfigError(f"{key}.{old} was renamed {new}")
+            raise ConfigError(f"{key}.{old} was renamed {new} (a checkpoint saved before the "
+                              "rename loads with --recipe NEW_RECIPE.py)")
 
 
 def _check_kwargs(target: Any, kwargs: dict, kind: str, where: str) -> None:

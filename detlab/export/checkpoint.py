@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from ..recipe import to_jsonable
 from .graphs import (batched_outputs, build_graph, head_family, output_names,
                      test_postprocessor)
 from .onnx import DEFAULT_OPSET, check_opset, export_onnx, require
@@ -55,14 +56,6 @@ def val_batch(task: Any) -> tuple[Any, dict[str, Any] | None, list[int] | None]:
     return batch, input_spec_of(data.dataset("val")), ids
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
-
-
 def export_metadata(task: Any, *, family: str, input_spec: dict[str, Any] | None,
                     category_ids: list[int] | None, size: tuple[int, int],
                     with_postprocess: bool, dynamic_batch: bool, names: list[str]
@@ -77,13 +70,13 @@ def export_metadata(task: Any, *, family: str, input_spec: dict[str, Any] | None
         "detlab.format_version": FORMAT_VERSION,
         "detlab.head_family": family,
         "detlab.head_type": type(head).__name__,
-        "detlab.head": {"config": _jsonable(task.recipe["model"]["head"]),
+        "detlab.head": {"config": to_jsonable(task.recipe["model"]["head"]),
                         "in_channels": [int(c) for c in source.channels],
                         "strides": [int(s) for s in source.strides]},
         "detlab.num_classes": int(getattr(head, "num_classes", 0) or 0),
-        "detlab.class_names": _jsonable(class_names),
+        "detlab.class_names": to_jsonable(class_names),
         "detlab.category_ids": category_ids,
-        "detlab.input_spec": _jsonable(input_spec),
+        "detlab.input_spec": to_jsonable(input_spec),
         "detlab.input_size": [int(size[0]), int(size[1])],
         "detlab.size_divisor": int(model.size_divisor),
         "detlab.dynamic_batch": bool(dynamic_batch),

@@ -68,7 +68,7 @@ def _build_head(info: Mapping[str, Any], path: Path) -> Any:
         raise CheckpointError(
             f"{path}: its head uses types that are not registered ({'; '.join(unknown)}); an "
             "ONNX file is data, so detlab does not import code it names. Predict with the "
-            "checkpoint, or export with --with-postprocess")
+            "checkpoint instead")
     return HEADS.build(cfg, key="model.head", in_channels=list(info["in_channels"]),
                        strides=list(info["strides"])).eval()
 

@@ -105,3 +105,19 @@ def test_predict_onnx_errors(checkpoints, tmp_path, capsys):
     onnx.save(model, str(foreign))
     assert main(["predict", str(foreign), image, "--out", str(tmp_path / "o")]) == 2
     assert "not written by `detlab export`" in capsys.readouterr().err
+
+
+def test_a_head_given_as_a_class_is_stored_by_its_registered_name(checkpoints):
+    """A variant recipe may give ``type=YOLOHead`` (the class): the ONNX metadata stored
+    ``"<class '...YOLOHead'>"`` and ``predict MODEL.onnx`` refused the file (found on the
+    VOC face photos of tools/make_real_like_data.py)."""
+    from detlab.engine.checkpoint import load_task
+    from detlab.export.checkpoint import export_metadata
+    from detlab.models.heads.yolo import YOLOHead
+
+    task = load_task(checkpoints("yolo"))
+    task.recipe["model"]["head"]["type"] = YOLOHead
+    meta = export_metadata(task, family="yolo", input_spec=None, category_ids=None,
+                           size=(64, 64), with_postprocess=True, dynamic_batch=False,
+                           names=["boxes"])
+    assert meta["detlab.head"]["config"]["type"] == "YOLOHead"
