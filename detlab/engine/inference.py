@@ -60,7 +60,9 @@ def predictions(task: Any, loader: Any, device: Any, limit: int | None = None,
     ``inference.tta`` (:mod:`detlab.engine.ensemble`). Callers hold
     ``torch.inference_mode()``; ``limit`` stops after that many batches."""
     from ..postprocess.slicing import SlicedInference, inference_section
+    from .inference_model import inference_task
 
+    task = inference_task(task)  # BatchNorm folded, channels-last: recipe inference.fuse_bn
     settings = SlicedInference.from_recipe(task.recipe)
     if inference_section(task.recipe).get("tta"):  # the recipe's inference.tta
         from .ensemble import ensemble_predictions, ensemble_settings
