@@ -135,3 +135,21 @@ def test_during_training_must_be_a_bool():
 
     with pytest.raises(ConfigError, match="inference.slicing.during_training='yes'"):
         SlicedInference(during_training="yes")
+
+
+@pytest.mark.slow
+def test_sliced_validation_under_ddp_matches_eval():
+    # 2 gloo processes on the CPU, 3 val frames: Lightning adds its DistributedSampler to the
+    # sliced val loader (one rank gets a padded duplicate the evaluator drops) and the
+    # evaluator gathers; float32 logging leaves ~1e-8
+    task = tiny_task("unet", extra=[*ON, "data.val.num_samples=3",
+                                    "data.val.positive_fraction=1.0",
+                                    "data.val.lesion_fraction=0.05"])
+    want = _finite(evaluate(task))
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    (logged,) = trainer.validate(task, datamodule=data_module(task), verbose=False)
+    got = {k[len("val/"):]: float(v) for k, v in logged.items()
+           if k.startswith("val/") and k != "val/primary"}
+    assert want["pr_auc"] > 0 and got == pytest.approx(want, abs=1e-6)
