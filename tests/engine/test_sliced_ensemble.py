@@ -163,3 +163,35 @@ def test_cli_eval_of_two_sliced_checkpoints_round_trip(tmp_path):
     single = run(a)
     assert run(a, a) == pytest.approx(single, abs=1e-6, nan_ok=True)
     assert run(a, b) != pytest.approx(single, abs=1e-6, nan_ok=True)
+
+
+def test_cli_predict_of_two_sliced_box_checkpoints(tmp_path):
+    from PIL import Image
+
+    from detlab.engine.checkpoint import load_task
+    from detlab.engine.inference import file_loader
+    from detlab.postprocess.ensemble import merge_boxes
+    from test_ensemble import _expected, _rows
+
+    a = write_checkpoint(tiny_task("yolo", 0, [*SLICED, *BOX]), tmp_path / "a.ckpt")
+    b = write_checkpoint(tiny_task("yolo", 1, [*SLICED, *BOX]), tmp_path / "b.ckpt")
+    images = tmp_path / "img"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(
+            images / f"im{i}.png")
+    assert main(["predict", str(a), str(b), str(images), "--out", str(tmp_path / "out")]) == 0
+    singles = []
+    with torch.inference_mode():  # each checkpoint alone, sliced (its recipe's slicing)
+        for t in (load_task(a), load_task(b)):
+            data = data_module(t)
+            singles.append([p for preds, _ in predictions(
+                t, file_loader(data, [str(images)]), "cpu", data=data) for p in preds])
+    for i, (p, q) in enumerate(zip(*singles)):  # by hand: WBF of the two sliced predictions
+        assert float(p.boxes[:, 2].max()) > 64  # tiles right of x = 64 of the 96 px frame
+        merged = merge_boxes([p.boxes, q.boxes], [p.scores, q.scores], [p.labels, q.labels],
+                             [1.0, 1.0], EnsembleSettings())
+        assert 0 < len(merged[0]) < len(p.boxes) + len(q.boxes)
+        np.testing.assert_allclose(_rows(tmp_path / "out", f"im{i}.png"), _expected(*merged),
+                                   atol=1e-3)
