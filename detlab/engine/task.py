@@ -56,12 +56,13 @@ class DetlabTask(pl.LightningModule):
         val loader in :func:`~detlab.engine.sliced.sliced_loader` (same batch size, workers;
         Lightning adds its distributed sampler to it as to any val loader)."""
         data = getattr(self.trainer, "datamodule", None)
-        if self.val_slicing is None or data is None:
+        if data is None:
             return
         from .sliced import sliced_loader
 
-        data.val_loader_wrapper = functools.partial(sliced_loader, data,
-                                                    settings=self.val_slicing)
+        # set (or cleared) on every setup: a datamodule reused by an unsliced task stays plain
+        data.val_loader_wrapper = None if self.val_slicing is None else functools.partial(
+            sliced_loader, data, settings=self.val_slicing)
 
     # -- steps ------------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Any:
