@@ -7,7 +7,9 @@ heads are 80-150 px high, so train's median box area is ~10x val's, as in the te
 ObjectCrops: 640 px windows of the ORIGINAL frame around an object (full resolution), mixed
 with 30 % full frames letterboxed to 640. `detlab eval` and `detlab predict` slice each frame
 into 640 px tiles with 0.2 overlap (8 tiles) plus the full frame and merge them
-(docs/guides/slicing.md); validation during training stays unsliced.
+(docs/guides/slicing.md). Validation during training stays unsliced (cheap: one forward a
+frame instead of nine) unless inference.slicing.during_training=True, which validates (and
+picks best.ckpt) on the sliced metric detlab eval reports, at ~10x the validation time.
 
 Each strategy of docs/guides/tiny_objects.md is one override:
 
@@ -19,6 +21,7 @@ Each strategy of docs/guides/tiny_objects.md is one override:
   * multi-scale above 640 ...... 'data.multi_scale=(1.0,1.2)'  (640 to 768 px batches)
   * class-aware sampler ........ data.sampler.power=0.5  (0: size weight only, the default)
   * slicing .................... inference.slicing.overlap=0.3, inference.slicing.full_image=False
+  * sliced validation .......... inference.slicing.during_training=True  (best.ckpt on sliced mAP)
 
     detlab check-data recipes/helmet_cctv_fullhd.py
     detlab train recipes/helmet_cctv_fullhd.py model.head.box_loss.type=InnerIoULoss
@@ -58,6 +61,7 @@ inference = dict(
         merge="greedy_nmm",
         match_metric="ios",
         match_threshold=0.5,
+        during_training=False,               # True: validate sliced too (~10x val time)
     ),
 )
 

@@ -261,9 +261,13 @@ class DataModule(pl.LightningDataModule):
         return train_multi_scale(dataset, scale_range, self.size_divisor)
 
     def val_dataloader(self) -> DataLoader:
-        """Loader over ``data.val`` in dataset order (batch size ``val_batch_size``)."""
+        """Loader over ``data.val`` in dataset order (batch size ``val_batch_size``), passed
+        through ``val_loader_wrapper`` when set (sliced validation during training:
+        :meth:`detlab.engine.task.DetlabTask.setup`)."""
         self._fill_cache(self.dataset("val"), "val")
-        return self._loader(self.dataset("val"), self.val_batch_size, shuffle=False)
+        loader = self._loader(self.dataset("val"), self.val_batch_size, shuffle=False)
+        wrapper = getattr(self, "val_loader_wrapper", None)
+        return loader if wrapper is None else wrapper(loader)
 
     def test_dataloader(self) -> DataLoader:
         """Loader over ``data.test`` (``data.val`` when there is none), in dataset order."""

@@ -16,7 +16,9 @@ member's output is un-mapped to the plain view of the image before merging:
 
 Settings: the first checkpoint's recipe ``inference.ensemble`` and ``inference.tta``
 (``dict(flips=("none", "h"), scales=(0.83, 1.0, 1.25))``), or the CLI's ``--weights``,
-``--ensemble`` and ``--tta``.
+``--ensemble`` and ``--tta``. With the first recipe's ``inference.slicing`` every member runs
+sliced and the fusion above runs on the members' frame-pixel predictions
+(:mod:`detlab.engine.sliced_views`).
 """
 
 from __future__ import annotations
@@ -273,17 +275,22 @@ def merge_members(tasks: Sequence[Any], members: Sequence[Prediction],
         mask = post(probs, activation=tasks[0].model.head.activation)
         extras = {"threshold": float(post.threshold)} if hasattr(post, "threshold") else {}
         return Prediction(probs=probs, mask=mask, extras=extras)
-    # the first model's plain grid (its content size), whatever views TTA runs
-    if ref_meta.get("input_size") is not None:
+    # sliced members: maps in original pixels already (detlab.engine.sliced.combine)
+    frame = all(m.extras.get("map_pixels") == "original" for m in members)
+    scale = (1.0, 1.0) if frame else tuple(ref_meta.get("scale", (1.0, 1.0)))
+    # else the first model's plain grid (its content size), whatever views TTA runs
+    if frame:
+        size = tuple(int(v) for v in ref_meta["orig_size"])
+    elif ref_meta.get("input_size") is not None:
         size = tuple(max(1, int(round(float(v)))) for v in ref_meta["input_size"])
     else:
         size = tuple(members[0].extras["prob_map"].shape[-2:])
     prob = mean_maps([_resize_map(m.extras["prob_map"], size) for m in members], weights)
     orig = ref_meta.get("orig_size")
-    polygons, scores = post(prob.numpy(), scale=tuple(ref_meta.get("scale", (1.0, 1.0))),
-                            pad=(0.0, 0.0),
+    polygons, scores = post(prob.numpy(), scale=scale, pad=(0.0, 0.0),
                             orig_size=None if orig is None else tuple(int(v) for v in orig))
-    return Prediction(polygons=list(polygons), extras={"prob_map": prob},
+    extras = {"prob_map": prob, **({"map_pixels": "original"} if frame else {})}
+    return Prediction(polygons=list(polygons), extras=extras,
                       scores=torch.as_tensor(np.asarray(scores, dtype=np.float32)))
 
 
@@ -294,20 +301,26 @@ def gathered_members(tasks: Sequence[Any], loaders: Sequence[Any], device: Any,
     (model, view) member, model by model (views in :attr:`TTASettings.views` order), and the
     batch. What :func:`ensemble_predictions` merges and ``detlab sweep`` caches.
 
+    With the first recipe's ``inference.slicing`` every member runs sliced and its
+    predictions are frame-level (:mod:`detlab.engine.sliced_views`).
+
     Raises:
-        ConfigError: slicing (``inference.slicing``) with an ensemble or TTA; members of
-            different tasks.
+        ConfigError: members of different tasks.
         DataError: the loaders disagree on the images (count or ``image_id``).
     """
     from ..postprocess.slicing import SlicedInference
 
-    for task, name in zip(tasks, names):
-        if SlicedInference.from_recipe(task.recipe) is not None:
-            raise ConfigError(f"{name}: inference.slicing cannot be combined with an ensemble "
-                              "or TTA (yet); drop one of them")
     check_compatible(tasks, names)
     views = tta.views if tta is not None else [("none", 1.0)]
-    streams = [member_predictions(t, lo, device, views, limit) for t, lo in zip(tasks, loaders)]
+    slicing = SlicedInference.from_recipe(tasks[0].recipe)
+    if slicing is not None:
+        from .sliced_views import sliced_member_predictions
+
+        streams = [sliced_member_predictions(t, lo, device, views, slicing, limit)
+                   for t, lo in zip(tasks, loaders)]
+    else:
+        streams = [member_predictions(t, lo, device, views, limit)
+                   for t, lo in zip(tasks, loaders)]
     others = [_per_image(s) for s in streams[1:]]
     for ref_preds, batch in streams[0]:
         gathered = []
@@ -343,8 +356,7 @@ def ensemble_predictions(tasks: Sequence[Any], loaders: Sequence[Any], device: A
     in the same order (each with its own preprocessing).
 
     Raises:
-        ConfigError: slicing (``inference.slicing``) with an ensemble or TTA; weights that do
-            not fit the checkpoints; members of different tasks.
+        ConfigError: weights that do not fit the checkpoints; members of different tasks.
         DataError: the loaders disagree on the images (count or ``image_id``).
     """
     weights = member_weight_list(settings, names, tta)

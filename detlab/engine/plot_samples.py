@@ -128,8 +128,11 @@ class SampleKeeper:
         ignore = target.get("ignore")
         ignore = np.zeros(len(gts), bool) if ignore is None else _numpy(ignore, bool).reshape(-1)
         orig = meta.get("orig_size")
+        # a sliced DB map is in original pixels already (detlab.engine.sliced.combine)
+        frame = pred.extras.get("map_pixels") == "original"
         return {"prob_map": _numpy(pred.extras["prob_map"], np.float32),
-                "scale": tuple(float(v) for v in meta.get("scale", (1.0, 1.0))),
+                "scale": (1.0, 1.0) if frame else tuple(float(v) for v in meta.get("scale",
+                                                                                 (1.0, 1.0))),
                 "orig_size": None if orig is None else tuple(int(v) for v in orig),
                 "gts": gts, "ignore": ignore}
 

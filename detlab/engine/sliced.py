@@ -12,16 +12,20 @@ tile pixels (:mod:`detlab.ops.coords`), which are shifted to the frame and then
 * box heads: merged (NMS / NMM / greedy NMM, :func:`~detlab.postprocess.slicing.merge_detections`)
   with the whole-frame predictions when ``full_image``;
 * segmentation (``probs``) and DB text (``prob_map``): blended probability maps (weighted
-  mean over overlapping tiles), then the head's threshold / polygon extraction on the frame.
+  mean over overlapping tiles), then the head's threshold / polygon extraction on the frame
+  (a DB map is then in original pixels: ``extras["map_pixels"] == "original"``).
 
 The frame's ground truth and meta are the dataset's own, so evaluators are unchanged. Sliced
 predictions carry no other head extras (the U-Net's attention maps are per tile, not per
-frame). Validation during ``detlab train`` is not sliced.
+frame). Validation during ``detlab train`` runs this same path when the recipe sets
+``inference.slicing.during_training=True`` (:meth:`detlab.engine.task.DetlabTask.validation_step`
+on the :class:`SlicedBatch` es of :func:`sliced_loader`, :func:`sliced_step`), so its ``val/*``
+metrics are the ones ``detlab eval`` reports for the same checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +46,7 @@ from ..postprocess.slicing import SlicedInference
 from ..structures import Batch, Prediction, to_device
 
 __all__ = ["SlicedDataset", "SlicedCollate", "SlicedBatch", "TileOutputs", "sliced_loader",
-           "run_tiles", "tile_predictions", "combine", "sliced_predictions"]
+           "run_tiles", "tile_predictions", "combine", "sliced_step", "sliced_predictions"]
 
 
 class SlicedDataset(Dataset):
@@ -128,6 +132,32 @@ class SlicedBatch:
     owners: list[int] = field(default_factory=list)
     windows: list[tuple[int, int, int, int]] = field(default_factory=list)
 
+    # The frame batch's fields: Lightning's validation callbacks (overlays, diagnostics) read
+    # ``batch.images / targets / meta`` of the batch they are handed, sliced or not.
+    @property
+    def images(self) -> Tensor:
+        """The frames' ``(B, C, H, W)`` input (the unsliced val input)."""
+        return self.batch.images
+
+    @property
+    def targets(self) -> list[dict[str, Any]]:
+        """The frames' targets (original pixels)."""
+        return self.batch.targets
+
+    @property
+    def meta(self) -> list[dict[str, Any]]:
+        """The frames' meta."""
+        return self.batch.meta
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def to(self, device: Any) -> SlicedBatch:
+        """A copy with the frame batch on ``device`` (tiles move per forward in
+        :func:`run_tiles`): what Lightning calls to move a validation batch."""
+        return SlicedBatch(self.batch.to(device), self.tiles, self.tile_meta, self.owners,
+                           self.windows)
+
 
 class SlicedCollate:
     """Collate :class:`SlicedDataset` items into a :class:`SlicedBatch` (picklable)."""
@@ -163,9 +193,13 @@ class TileOutputs:
 
 
 def run_tiles(model: Any, sliced: SlicedBatch, settings: SlicedInference, device: Any,
-              full_image: bool | None = None) -> TileOutputs:
+              full_image: bool | None = None,
+              view: Callable[[Batch], Batch] | None = None) -> TileOutputs:
     """Forward the tiles ``settings.batch_size`` at a time (and the frames when
-    ``full_image``, default ``settings.full_image``)."""
+    ``full_image``, default ``settings.full_image``). ``view`` (a TTA view,
+    :func:`detlab.engine.ensemble.view_batch`) transforms every tile batch and the frame batch
+    before the forward; the outputs then hold the viewed batches (their meta maps the
+    predictions to the viewed tiles' pixels)."""
     full_image = settings.full_image if full_image is None else full_image
     bs, chunks = settings.tiles_per_forward(device), []
     # Tiles of one shape per forward: no tile is padded to another's size, so a tile's outputs
@@ -177,11 +211,14 @@ def run_tiles(model: Any, sliced: SlicedBatch, settings: SlicedInference, device
     for part in groups:
         tile_batch = collate([{"image": sliced.tiles[k], "meta": sliced.tile_meta[k]}
                               for k in part], int(getattr(model, "size_divisor", 32)))
+        if view is not None:
+            tile_batch = view(tile_batch)
         outputs = model(tile_batch.images.to(device))
         chunks.append((outputs, tile_batch, [sliced.owners[k] for k in part],
                        [sliced.windows[k] for k in part]))
-    full = model(sliced.batch.images.to(device)) if full_image else None
-    return TileOutputs(sliced.batch, chunks, full)
+    frames = sliced.batch if view is None else view(sliced.batch)
+    full = model(frames.images.to(device)) if full_image else None
+    return TileOutputs(frames, chunks, full)
 
 
 def tile_predictions(head: Any, raw: TileOutputs) -> tuple[list[list[tuple[Prediction, Any]]],
@@ -241,7 +278,8 @@ def combine(head: Any, parts: list[list[tuple[Prediction, Any]]],
             probs = _blend([(p.probs, w) for p, w in tiles], size, settings.blend)
             if whole is not None:
                 probs = (probs + _resized(whole.probs, size)) / 2
-            out.append(Prediction(probs=probs, mask=_seg_mask(head, probs)))
+            out.append(Prediction(probs=probs, mask=_seg_mask(head, probs),
+                                  extras=_seg_extras(head)))
         elif first.extras.get("prob_map") is not None:  # DB text: map at tile input size
             prob = _blend([(_resized(p.extras["prob_map"], (w[3] - w[1], w[2] - w[0])), w)
                            for p, w in tiles], size, settings.blend)
@@ -251,7 +289,7 @@ def combine(head: Any, parts: list[list[tuple[Prediction, Any]]],
                                                   pad=(0.0, 0.0), orig_size=size)
             out.append(Prediction(polygons=list(polygons),
                                   scores=torch.as_tensor(np.asarray(scores, np.float32)),
-                                  extras={"prob_map": prob[0]}))
+                                  extras={"prob_map": prob[0], "map_pixels": "original"}))
         else:
             raise ConfigError(f"inference.slicing: {type(head).__name__} predicts neither "
                               "boxes, probabilities nor a text probability map; remove "
@@ -259,10 +297,20 @@ def combine(head: Any, parts: list[list[tuple[Prediction, Any]]],
     return out
 
 
+def _seg_extras(head: Any) -> dict[str, Any]:
+    """``extras["threshold"]`` (the evaluator's Dice / IoU threshold), as unsliced."""
+    threshold = getattr(head, "threshold", None)
+    return {} if threshold is None else {"threshold": float(threshold)}
+
+
 def _seg_mask(head: Any, probs: Tensor) -> Tensor:
-    """The segmentation head's own decision on blended probabilities."""
+    """The segmentation head's own decision on blended probabilities: its test
+    post-processor (threshold ``>=``, or argmax), as unsliced and ensemble predictions."""
+    post = getattr(getattr(head, "postprocessor", None), "for_stage", None)
+    if post is not None:
+        return post("test")(probs, activation=getattr(head, "activation", "sigmoid"))
     if getattr(head, "activation", "sigmoid") == "sigmoid":
-        return probs > float(getattr(head, "threshold", 0.5))
+        return probs >= float(getattr(head, "threshold", 0.5))
     return F.one_hot(probs.argmax(0), probs.shape[0]).permute(2, 0, 1).bool()
 
 
@@ -271,12 +319,18 @@ def sliced_predictions(task: Any, data: Any, loader: DataLoader, settings: Slice
                        ) -> Iterator[tuple[list[Prediction], Batch]]:
     """``(frame predictions, frame Batch)`` per batch of ``loader``, sliced: the sliced branch
     of the shared loop of ``eval`` and ``predict`` (callers hold ``torch.inference_mode()``)."""
-    model = task.model
     for i, sliced in enumerate(sliced_loader(data, loader, settings)):
         if limit is not None and i >= limit:
             break
-        raw = run_tiles(model, sliced, settings, device)
-        parts, full = tile_predictions(model.head, raw)
-        preds = combine(model.head, parts, full, sliced.batch.meta, settings)
-        yield preds, Batch(sliced.batch.images, to_device(sliced.batch.targets, "cpu"),
-                           sliced.batch.meta)
+        yield sliced_step(task.model, sliced, settings, device)
+
+
+def sliced_step(model: Any, sliced: SlicedBatch, settings: SlicedInference, device: Any
+                ) -> tuple[list[Prediction], Batch]:
+    """One :class:`SlicedBatch` → ``(frame predictions, frame Batch with CPU targets)``: what
+    ``eval`` / ``predict`` and sliced validation during training run per batch."""
+    raw = run_tiles(model, sliced, settings, device)
+    parts, full = tile_predictions(model.head, raw)
+    preds = combine(model.head, parts, full, sliced.batch.meta, settings)
+    return preds, Batch(sliced.batch.images, to_device(sliced.batch.targets, "cpu"),
+                        sliced.batch.meta)

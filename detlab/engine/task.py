@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any
@@ -14,7 +15,7 @@ from ..errors import ConfigError
 from ..losses.nonfinite import total_nonfinite
 from ..registry import EVALUATORS, MODELS
 from ..recipe import Recipe
-from ..structures import Batch, Prediction
+from ..structures import Batch, Prediction, to_device
 from .ema import to_resume_layout
 from .optim import build_optimizer, build_scheduler
 
@@ -30,7 +31,11 @@ class DetlabTask(pl.LightningModule):
     * every loss term is logged separately (``train/loss_*``) next to their sum (``train/loss``);
     * validation predictions feed the evaluator, whose metrics are logged as ``val/<name>``
       each epoch; the primary one is also logged as ``val/primary`` for checkpointing;
-    * the recipe (resolved JSON + recipe file texts) is stored in every checkpoint.
+    * the recipe (resolved JSON + recipe file texts) is stored in every checkpoint;
+    * with ``inference.slicing.during_training=True`` validation is sliced: the datamodule's
+      val loader yields :class:`~detlab.engine.sliced.SlicedBatch` es and each is predicted as
+      ``detlab eval`` predicts it (tiles, merge, test post-processing, the recipe's TTA), so
+      ``val/*`` equals ``detlab eval`` of the checkpoint.
     """
 
     def __init__(self, recipe: Recipe) -> None:
@@ -41,6 +46,23 @@ class DetlabTask(pl.LightningModule):
         self.evaluator = EVALUATORS.build(eval_cfg, key="evaluator") if eval_cfg else None
         self.train_cfg: dict[str, Any] = dict(recipe.get("train") or {})
         self.last_metrics: dict[str, float] = {}
+        from ..postprocess.slicing import SlicedInference
+
+        slicing = SlicedInference.from_recipe(recipe)
+        self.val_slicing = slicing if slicing is not None and slicing.during_training else None
+
+    def setup(self, stage: str) -> None:
+        """Sliced validation (``inference.slicing.during_training``): wrap the datamodule's
+        val loader in :func:`~detlab.engine.sliced.sliced_loader` (same batch size, workers;
+        Lightning adds its distributed sampler to it as to any val loader)."""
+        data = getattr(self.trainer, "datamodule", None)
+        if data is None:
+            return
+        from .sliced import sliced_loader
+
+        # set (or cleared) on every setup: a datamodule reused by an unsliced task stays plain
+        data.val_loader_wrapper = None if self.val_slicing is None else functools.partial(
+            sliced_loader, data, settings=self.val_slicing)
 
     # -- steps ------------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Any:
@@ -78,7 +100,19 @@ class DetlabTask(pl.LightningModule):
             self.evaluator.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> list[Prediction]:
-        """Predict (``stage="val"``) and feed the evaluator; returns the predictions."""
+        """Predict (``stage="val"``; a sliced batch: as ``detlab eval`` does, stage
+        ``"test"``) and feed the evaluator; returns the (frame) predictions."""
+        from .sliced import SlicedBatch
+
+        if isinstance(batch, SlicedBatch):
+            from .sliced_views import sliced_batch_predictions
+
+            preds = sliced_batch_predictions(self, batch, self.val_slicing, self.device)
+            # eval's sliced loop feeds CPU targets: the same evaluator input
+            frames = Batch(batch.images, to_device(batch.targets, "cpu"), batch.meta)
+            if self.evaluator is not None:
+                self.evaluator.update(preds, frames)
+            return preds
         preds = self.model.predict(batch, stage="val")
         if self.evaluator is not None:
             self.evaluator.update(preds, batch)

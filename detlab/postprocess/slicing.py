@@ -69,6 +69,11 @@ class SlicedInference:
             ``"gaussian"``, ``"linear"`` or ``"constant"``
             (:func:`detlab.ops.slicing.blend_weights`); with ``full_image`` the whole-frame map
             is averaged in with equal weight.
+        during_training: also slice the validation of ``detlab train`` (off by default: it
+            costs a forward per tile every validation epoch, ~``tiles per frame`` times the
+            unsliced validation), so ``val/*`` and the ``best.ckpt`` choice use the metric
+            ``detlab eval`` reports with these settings (same tiles, same merge, the test
+            post-processing; with ``inference.tta`` the same views too).
     """
 
     slice_height: int = 640
@@ -81,6 +86,7 @@ class SlicedInference:
     match_threshold: float = 0.5
     class_agnostic: bool = False
     blend: str = "gaussian"
+    during_training: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ConfigError:
@@ -99,7 +105,7 @@ class SlicedInference:
         mt = self.match_threshold
         if not is_number(mt) or not 0 <= mt <= 1:
             raise bad("match_threshold", "a number in [0, 1]")
-        for name in ("full_image", "class_agnostic"):
+        for name in ("full_image", "class_agnostic", "during_training"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "true or false")
         for name, allowed in (("merge", MERGE_METHODS), ("match_metric", MATCH_METRICS),
