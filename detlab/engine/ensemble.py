@@ -309,8 +309,10 @@ def gathered_members(tasks: Sequence[Any], loaders: Sequence[Any], device: Any,
         DataError: the loaders disagree on the images (count or ``image_id``).
     """
     from ..postprocess.slicing import SlicedInference
+    from .inference_model import inference_task
 
     check_compatible(tasks, names)
+    tasks = [inference_task(t) for t in tasks]  # each member's folded copy (fuse_bn)
     views = tta.views if tta is not None else [("none", 1.0)]
     slicing = SlicedInference.from_recipe(tasks[0].recipe)
     if slicing is not None:

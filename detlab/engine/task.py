@@ -102,18 +102,22 @@ class DetlabTask(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> list[Prediction]:
         """Predict (``stage="val"``; a sliced batch: as ``detlab eval`` does, stage
         ``"test"``) and feed the evaluator; returns the (frame) predictions."""
+        from .inference_model import inference_task
         from .sliced import SlicedBatch
 
+        # The model detlab eval runs (BatchNorm folded, made once per validation epoch): val/*
+        # equal eval's numbers to the digit, and validation runs faster.
+        view = inference_task(self)
         if isinstance(batch, SlicedBatch):
             from .sliced_views import sliced_batch_predictions
 
-            preds = sliced_batch_predictions(self, batch, self.val_slicing, self.device)
+            preds = sliced_batch_predictions(view, batch, self.val_slicing, self.device)
             # eval's sliced loop feeds CPU targets: the same evaluator input
             frames = Batch(batch.images, to_device(batch.targets, "cpu"), batch.meta)
             if self.evaluator is not None:
                 self.evaluator.update(preds, frames)
             return preds
-        preds = self.model.predict(batch, stage="val")
+        preds = view.model.predict(batch, stage="val")
         if self.evaluator is not None:
             self.evaluator.update(preds, batch)
         return preds
