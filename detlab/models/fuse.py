@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-__all__ = ["FusionReport", "fuse_conv_bn", "inference_copy", "to_channels_last"]
+__all__ = ["AutocastFeatures", "FusionReport", "fuse_conv_bn", "inference_copy",
+           "to_channels_last"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,37 @@ def fuse_conv_bn(model: nn.Module, example: torch.Tensor) -> FusionReport:
         conv.weight, conv.bias = weight, bias
         _set(model, bn_name, _bn_replacement(bn))
     return FusionReport(fused=len(pairs), batchnorms=batchnorms, skipped=skipped)
+
+
+class AutocastFeatures(nn.Module):
+    """``module`` (a backbone or neck) run under ``torch.autocast(dtype)``, its feature maps
+    handed on as float32: the convolutions run in bf16/fp16, the head and its box decoding stay
+    float32 (a bf16 coordinate near 1920 px is only good to 8 px)."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype, cast: bool = True) -> None:
+        super().__init__()
+        self.module, self.dtype, self.cast = module, dtype, cast
+        for name in ("channels", "strides"):  # what Model and the heads read off a backbone
+            if hasattr(module, name):
+                setattr(self, name, getattr(module, name))
+
+    def forward(self, *args: Any) -> Any:
+        """The wrapped module's outputs, floating tensors cast back to float32 (``cast``; off
+        for a backbone whose maps go on to an autocast neck)."""
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        with torch.autocast(device, dtype=self.dtype):
+            out = self.module(*args)
+        return _to_float32(out) if self.cast else out
+
+
+def _to_float32(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {k: _to_float32(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float32(v) for v in out)
+    return out
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:

@@ -299,7 +299,7 @@ def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, method: str 
             torch.tensor([out_labels[i] for i in rank], dtype=labels.dtype, device=labels.device))
 
 
-INFERENCE_KEYS = ("channels_last", "ensemble", "fuse_bn", "slicing", "tta")
+INFERENCE_KEYS = ("channels_last", "ensemble", "fuse_bn", "precision", "slicing", "tta")
 
 
 def inference_section(recipe: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -193,3 +193,22 @@ def test_inference_options_from_recipe():
         inference_task(_task({"fuse_bn": "yes"}))
     with pytest.raises(ConfigError, match="unknown key"):
         inference_task(_task({"fuse": True}))
+
+
+def test_bf16_features_keep_a_float32_head():
+    task = _task({"precision": "bf16-mixed"})
+    view = inference_task(task)
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        feats = view.model.features(x)
+        ref = task.model(x)
+        out = view.model(x)
+    assert all(f.dtype == torch.float32 for f in feats)  # the head sees float32 maps
+    assert out["cls_logits"].dtype == torch.float32
+    scale = float(ref["cls_logits"].abs().max())
+    err = float((out["cls_logits"] - ref["cls_logits"]).abs().max())
+    assert 0 < err < 0.05 * scale  # bf16 convolutions: different, but close
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        inference_task(_task({"precision": "16"}))
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        inference_task(_task({"precision": "int8"}))
