@@ -155,6 +155,9 @@ def predict_volume(task: Any, path: str | Path, out_dir: str | Path,
         raise ConfigError(f"the model takes {channels} input channel(s) but the recipe's "
                           f"{len(windows)} window(s) x (2*{context}+1) slices give {expected}")
     volume = read_volume(path, "volume")
+    from ..engine.inference_model import inference_task
+
+    model = inference_task(task).model  # what detlab eval runs: BatchNorm folded
     device = next(model.parameters()).device
     head = model.head
     probs = []
