@@ -19,6 +19,7 @@ stay float32. It changes the numbers (~1 % of a logit on the helmet YOLO) for sp
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from ..models.fuse import AutocastFeatures, FusionReport, inference_copy
 __all__ = ["inference_options", "inference_task", "InferenceTask"]
 
 _CACHE = "_detlab_inference_copy"
+log = logging.getLogger(__name__)
 
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
@@ -131,9 +133,13 @@ def inference_task(task: Any) -> Any:
     if cached is None or cached[0] != key:
         try:
             copy, report = inference_copy(model, example, fuse_bn=fuse, channels_last=cl)
-        except RuntimeError as err:  # the traced forward failed: not a model detlab built
-            raise ConfigError(f"inference.fuse_bn: tracing {type(model).__name__} on a zero "
-                              f"image failed ({err}); set inference.fuse_bn=False") from err
+        except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:
+            # An optimisation, not a requirement: a model whose forward does not take one image
+            # batch (a custom Model subclass) runs as it is, and says so.
+            log.warning("inference runs %s as trained (no BatchNorm folding / channels-last): "
+                        "a forward on a %s image failed: %s", type(model).__name__,
+                        tuple(example.shape), err)
+            return task
         if precision != "32":
             _autocast_features(copy, precision, example.device)
         # __dict__, not setattr: an nn.Module attribute would become a submodule (state_dict).

@@ -212,3 +212,15 @@ def test_bf16_features_keep_a_float32_head():
         inference_task(_task({"precision": "16"}))
     with pytest.raises(ConfigError, match="precision must be one of"):
         inference_task(_task({"precision": "int8"}))
+
+
+def test_model_without_image_forward_runs_as_trained(caplog):
+    class PredictOnly(nn.Module):  # a custom model that only implements predict()
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)
+
+    task = SimpleNamespace(model=PredictOnly(), recipe={})
+    with caplog.at_level("WARNING"):
+        assert inference_task(task) is task
+    assert "runs PredictOnly as trained" in caplog.text
