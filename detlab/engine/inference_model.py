@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..checks import check_choice
 from ..models.fuse import AutocastFeatures, FusionReport, inference_copy
 
-__all__ = ["inference_options", "inference_task", "InferenceTask"]
+__all__ = ["drop_inference_copy", "inference_options", "inference_task", "InferenceTask"]
 
 _CACHE = "_detlab_inference_copy"
 log = logging.getLogger(__name__)
@@ -145,3 +145,9 @@ def inference_task(task: Any) -> Any:
         # __dict__, not setattr: an nn.Module attribute would become a submodule (state_dict).
         task.__dict__[_CACHE] = cached = (key, copy, report)
     return InferenceTask(task, cached[1], cached[2])
+
+
+def drop_inference_copy(task: Any) -> None:
+    """Free the cached inference copy of ``task``'s model (its memory, e.g. on the GPU while
+    training goes on); the next :func:`inference_task` makes a fresh one."""
+    task.__dict__.pop(_CACHE, None)

@@ -125,6 +125,9 @@ class DetlabTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """Compute the evaluator's metrics, log them as ``val/<name>`` and the primary one as
         ``val/primary`` (what checkpoints monitor)."""
+        from .inference_model import drop_inference_copy
+
+        drop_inference_copy(self)  # the weights change before the next validation anyway
         if self.evaluator is None:
             return
         metrics = self.evaluator.compute()  # already gathered: identical on every rank

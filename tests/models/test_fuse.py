@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from detlab.engine.inference_model import InferenceTask, inference_task
+from detlab.engine.inference_model import InferenceTask, drop_inference_copy, inference_task
 from detlab.errors import ConfigError
 from detlab.models.fuse import fuse_conv_bn, inference_copy
 from detlab.recipe import load
@@ -182,6 +182,9 @@ def test_inference_task_cached_until_weights_change():
         next(task.model.parameters()).add_(1.0)  # what an optimizer step does
     assert inference_task(task).model is not view.model
     assert view.recipe is task.recipe  # everything else is the task's
+    kept = inference_task(task).model
+    drop_inference_copy(task)
+    assert inference_task(task).model is not kept
 
 
 def test_inference_options_from_recipe():
