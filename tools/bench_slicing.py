@@ -75,17 +75,20 @@ def write_frame(folder: Path) -> Path:
 def detlab_run(model: Any, path: Path, settings: SlicedInference, fold: bool = True) -> Any:
     """detlab end to end: ImageFiles (val preprocessing) → sliced predictions of the frame, on
     the inference copy ``detlab eval``/``predict`` run (BatchNorm folded, channels-last;
-    :mod:`detlab.engine.inference_model`; the copy is made once and cached, as in a predict
-    run over many frames) or, ``fold=False``, on ``model`` as it is."""
+    :mod:`detlab.engine.inference_model`; made once per model and cached, as in a predict run
+    over many frames) or, ``fold=False``, on ``model`` as it is."""
     dataset = ImageFiles([path], channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                          geometry=GEOMETRY.to_config(), pixels="uint8")
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=0)
-    task = SimpleNamespace(model=model, recipe={})
+    task = _TASKS.setdefault(id(model), SimpleNamespace(model=model, recipe={}))
     task = inference_task(task) if fold else task
     data = SimpleNamespace(size_divisor=model.size_divisor)
     with torch.inference_mode():
         preds, _ = next(sliced_predictions(task, data, loader, settings, "cpu"))
     return preds[0]
+
+
+_TASKS: dict[int, Any] = {}  # one task per model: its inference copy is cached on it
 
 
 def tile_parts(model: Any, path: Path, settings: SlicedInference) -> tuple[Any, Any]:
@@ -275,7 +278,8 @@ def main() -> None:
         sahi_model = sahi_model_class()(model=model, confidence_threshold=0.0,
                                         load_at_init=True)
         theirs = _sahi_rows(sahi_run(sahi_model, path, settings))
-        folded = inference_task(SimpleNamespace(model=model, recipe={})).model
+        folded = inference_task(_TASKS.setdefault(id(model), SimpleNamespace(
+            model=model, recipe={}))).model
         sahi_folded = sahi_model_class()(model=folded, confidence_threshold=0.0,
                                          load_at_init=True)
         fold_rows = _sahi_rows(sahi_run(sahi_folded, path, settings))
