@@ -1,10 +1,11 @@
 """Cost of one extra ``detlab sweep`` setting against one inference pass over the val split.
 
     python tools/bench_sweep.py [CKPT] [--key model.head.postprocessor.iou_threshold]
-                                [--values 0.5,0.6,0.7,0.8] [--repeats 3]
+                                [--values 0.5,0.6,0.7,0.8] [--repeats 3] [--keep DIR]
 
 Without CKPT, trains a tiny helmet_yolo checkpoint first (96 train / 32 val images at 192 px,
-2 epochs, ``train.num_threads=1``; ~2 min on one CPU core) in a temporary folder. Prints the
+2 epochs, ``train.num_threads=1``; ~2 min on one CPU core) in a temporary folder (``--keep
+DIR``: in DIR, reused by later runs). Prints the
 median inference pass, the median post-processing and evaluation time per setting, and the
 ratio per setting / inference (the goal of issue 17: <= 10 %).
 """
@@ -36,6 +37,14 @@ def tiny_checkpoint(work: Path) -> Path:
     return next(work.glob("*/version_0/checkpoints/last.ckpt"))
 
 
+def _default_key(recipe: dict) -> str:
+    """The test-stage ``iou_threshold`` key: ``...postprocessor.test.<knob>`` when the recipe
+    has a ``test`` section, else ``...postprocessor.<knob>`` (both stages; sweep runs test)."""
+    post = recipe["model"]["head"].get("postprocessor") or {}
+    test = isinstance(post, dict) and isinstance(post.get("test"), dict)
+    return "model.head.postprocessor." + ("test." if test else "") + "iou_threshold"
+
+
 def main() -> None:
     """Run the benchmark (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -44,6 +53,9 @@ def main() -> None:
                         "postprocessor iou_threshold, new or legacy spelling)")
     parser.add_argument("--values", default="0.5,0.6,0.7,0.8")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="train the tiny checkpoint into DIR and keep it; reuse the one "
+                        "already there on later runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from detlab.commands.sweep import parse_sweep, run_sweep
@@ -51,11 +63,18 @@ def main() -> None:
     from detlab.postprocess.staged import StagedPostprocessor
 
     tmp = tempfile.TemporaryDirectory()
-    ckpt = Path(args.checkpoint) if args.checkpoint else tiny_checkpoint(Path(tmp.name))
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+    elif args.keep:
+        work = Path(args.keep)
+        found = sorted(work.glob("*/version_0/checkpoints/last.ckpt"))
+        ckpt = found[0] if found else tiny_checkpoint(work)
+    else:
+        ckpt = tiny_checkpoint(Path(tmp.name))
     task = load_task(ckpt)
     if not isinstance(getattr(task.model.head, "postprocessor", None), StagedPostprocessor):
         raise SystemExit(f"{type(task.model.head).__name__} has no postprocessor slot")
-    key = args.key or "model.head.postprocessor.test.iou_threshold"
+    key = args.key or _default_key(task.recipe)
     grid = parse_sweep([f"{key}={args.values}"])
     n = len(grid[key])
     inference, post, evaluation = [], [], []

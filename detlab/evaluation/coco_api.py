@@ -30,7 +30,9 @@ __all__ = [
     "build_coco_dicts",
     "evaluate_bbox",
     "mean_valid",
+    "relative_as_absolute",
     "summary_line",
+    "top_detections",
 ]
 
 Backend = Literal["pycocotools", "faster_coco_eval"]
@@ -134,6 +136,65 @@ def _xywh_rows(boxes: Any, norm: float) -> list[list[float]]:
 
 def _ints(values: Any) -> list[int]:
     return [int(v) for v in np.asarray(values).reshape(-1).tolist()]
+
+
+def top_detections(records: Sequence[dict[str, Any]], max_det: int) -> list[dict[str, Any]]:
+    """``records`` with only the ``max_det`` highest-scoring detections per class of each image,
+    in their original order: all COCOeval ever looks at (it sorts each image's detections of a
+    category by score, stably, and drops those after ``maxDets[-1]``), so the numbers are the
+    same and the dicts and matching cost less (a sweep at score 0.001 keeps 300 per image)."""
+    out = []
+    for rec in records:
+        scores = np.asarray(rec["dt_scores"], dtype=np.float64).reshape(-1)
+        if scores.size <= max_det:
+            out.append(rec)
+            continue
+        labels = np.asarray(rec["dt_labels"]).reshape(-1)
+        order = np.lexsort((-scores, labels))  # by label, then score down; ties: input order
+        sorted_labels = labels[order]
+        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+        first = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        keep = np.sort(order[np.arange(len(order)) - first < max_det])
+        if keep.size == scores.size:
+            out.append(rec)
+            continue
+        out.append({**rec, "dt_boxes": np.asarray(rec["dt_boxes"]).reshape(-1, 4)[keep],
+                    "dt_scores": scores[keep], "dt_labels": labels[keep]})
+    return out
+
+
+def relative_as_absolute(
+    records: Sequence[dict[str, Any]], relative: dict[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]] | None:
+    """Absolute (px²) ranges that put exactly the same boxes of ``records`` into each relative
+    bucket (fractions of the image area) as :func:`build_coco_dicts` ``area="relative"`` does,
+    or ``None`` when the images differ in size (then no absolute range can).
+
+    With one image area ``A``, the relative area ``fl(a / A)`` of a box is non-decreasing in its
+    absolute area ``a``, so the boxes of a bucket ``lo <= fl(a / A) <= hi`` are those with
+    ``a`` between the smallest and the largest such ``a``: these two (of the boxes present) are
+    the range, which is exact where ``[lo * A, hi * A]`` could round the other way. A bucket
+    with no box gets an empty range. So one COCOeval run can take the absolute and the relative
+    buckets together."""
+    sizes = {(int(r["height"]), int(r["width"])) for r in records}
+    if len(sizes) != 1:
+        return None
+    h, w = sizes.pop()
+    norm = float(h * w)
+    areas = [_box_areas(r[k]) for r in records for k in ("gt_boxes", "dt_boxes")]
+    absolute = np.unique(np.concatenate(areas)) if areas else np.zeros(0)
+    rel = absolute / norm  # the same division as _xywh_rows
+    out = {}
+    for name, (lo, hi) in relative.items():
+        inside = absolute[(rel >= lo) & (rel <= hi)]
+        out[name] = (float(inside[0]), float(inside[-1])) if inside.size else (1.0, 0.0)
+    return out
+
+
+def _box_areas(boxes: Any) -> np.ndarray:
+    """``w * h`` of ``(N, 4)`` xyxy boxes in float64, as :func:`_xywh_rows` computes it."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
 
 
 def evaluate_bbox(
