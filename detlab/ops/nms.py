@@ -357,6 +357,30 @@ def soft_nms(
                    score_threshold, limit, row_numpy)
 
 
+def _per_class_standard(boxes: Tensor, scores: Tensor, labels: Tensor,
+                        iou_threshold: float) -> Tensor:
+    """Per-class standard NMS of many CPU boxes: the result of one torchvision ``nms`` over the
+    float64 class-offset boxes (the "coordinate trick"), bit for bit, at a fraction of its cost.
+
+    torchvision's CPU ``nms`` compares every kept box with every later one, so one pass over
+    all classes costs ~ kept x N while one pass per class costs ~ sum over classes of
+    kept_c x N_c. The classes are contiguous slices of one stable sort (torchvision's own class
+    loop masks all N boxes per class: slow with 80 classes). Each slice runs on the same
+    offset float64 coordinates as the single pass (the same IoU bits), and the kept boxes are
+    merged as that pass orders them: score down, ties by index (torchvision sorts stably)."""
+    shifted = offset_by_class(boxes.double(), labels)
+    values = scores.double()
+    order = torch.argsort(labels, stable=True)
+    counts = torch.unique_consecutive(labels[order], return_counts=True)[1].tolist()
+    kept, start = [], 0
+    for count in counts:
+        index = order[start:start + count]
+        kept.append(index[_tv_nms(shifted[index], values[index], iou_threshold)])
+        start += count
+    keep = torch.cat(kept).sort().values if kept else order[:0]
+    return keep[values[keep].sort(descending=True, stable=True).indices]
+
+
 def nms(
     boxes: Tensor,
     scores: Tensor,
@@ -374,8 +398,8 @@ def nms(
         labels: ``Tensor[N]`` classes; boxes of different classes never suppress each other
             unless ``class_agnostic`` (None means class-agnostic).
         method: ``"standard"`` (torchvision ``nms``/``batched_nms``; per-class over more than
-            1000 boxes on CPU, one ``nms`` over float64 class-offset boxes, which gives the same
-            boxes without torchvision's loop over classes), ``"soft_gaussian"``,
+            1000 boxes on CPU, what one ``nms`` over float64 class-offset boxes gives, run per
+            class: :func:`_per_class_standard`), ``"soft_gaussian"``,
             ``"soft_linear"`` or ``"diou"``.
         iou_threshold: suppression threshold (IoU, or DIoU for ``"diou"``; linear Soft-NMS
             decays above it; Gaussian Soft-NMS ignores it).
@@ -397,10 +421,7 @@ def nms(
     per_class = labels is not None and not class_agnostic
     if method == "standard":
         if per_class and boxes.device.type == "cpu" and boxes.shape[0] > 1000:
-            # torchvision loops over classes here (a mask over all boxes per class: slow with 80
-            # classes); one pass over class-offset boxes is the same, exact in float64.
-            shifted = offset_by_class(boxes.double(), labels)
-            keep = _tv_nms(shifted, scores.double(), iou_threshold)
+            keep = _per_class_standard(boxes, scores, labels, iou_threshold)
         elif per_class:
             keep = _tv_batched_nms(boxes, scores, labels, iou_threshold)
         else:
