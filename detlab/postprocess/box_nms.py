@@ -163,15 +163,19 @@ class BoxPostProcessor:
         if 2 * k >= limit:  # a second, longer pass would cost more than the saving
             k = limit
         while pending:
-            rows = scores if len(pending) == len(out) else scores[pending]
+            everyone = len(pending) == len(out)
+            rows = scores if everyone else scores[pending]
             # Soft-NMS also needs the best candidate left out (the k+1-th) as a bound.
             values, box_index, labels = self.candidates(rows, min(limit, k + soft))
             bounds = values[:, k].tolist() if values.shape[1] > k else [None] * len(pending)
             values, box_index, labels = values[:, :k], box_index[:, :k], labels[:, :k]
             counts = (values >= 0).sum(dim=1).tolist()
+            # one gather for all images, then views: per-image fancy indexing costs more
+            candidates = (boxes if everyone else boxes[pending]).gather(
+                1, box_index[..., None].expand(-1, -1, 4))
             unfinished = []
             for row, (i, m) in enumerate(zip(pending, counts)):
-                cand = boxes[i, box_index[row, :m]]
+                cand = candidates[row, :m]
                 keep, kept = nms(
                     cand, values[row, :m], labels[row, :m], self.method, self.iou_threshold,
                     self.class_agnostic, self.sigma, self.score_threshold, self.max_detections,
