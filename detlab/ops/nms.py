@@ -415,14 +415,18 @@ def per_class_standard_rows(boxes: Tensor, scores: Tensor, labels: Tensor, count
     order = torch.argsort(key, dim=1, stable=True)
     per_row = torch.bincount((key + torch.arange(len(rows))[:, None] * (top + 1)).reshape(-1),
                              minlength=len(rows) * (top + 1)).reshape(len(rows), top + 1)
+    # class-sorted copies: each class of each row is then a contiguous slice, not a gather
+    shifted = shifted.gather(1, order[..., None].expand(-1, -1, 4))
+    v = v.gather(1, order)
     out = {}
     for j, (row, class_counts) in enumerate(zip(rows, per_row[:, :top].tolist())):
         kept, start = [], 0
         for count in class_counts:
             if count:
-                index = order[j, start:start + count]
-                kept.append(index[_tv_nms(shifted[j, index], v[j, index], iou_threshold)])
-                start += count
+                end = start + count
+                keep = _tv_nms(shifted[j, start:end], v[j, start:end], iou_threshold)
+                kept.append(order[j, start:end][keep])
+                start = end
         out[row] = torch.cat(kept).sort().values if kept else order[j, :0]
     return out
 
