@@ -152,8 +152,10 @@ def top_detections(records: Sequence[dict[str, Any]], max_det: int) -> list[dict
         labels = np.asarray(rec["dt_labels"]).reshape(-1)
         order = np.lexsort((-scores, labels))  # by label, then score down; ties: input order
         sorted_labels = labels[order]
-        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-        first = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        new_class = np.empty(len(order), dtype=bool)
+        new_class[0], new_class[1:] = True, sorted_labels[1:] != sorted_labels[:-1]
+        starts = np.flatnonzero(new_class)
+        first = np.repeat(starts, np.diff(np.append(starts, len(order))))
         keep = np.sort(order[np.arange(len(order)) - first < max_det])
         if keep.size == scores.size:
             out.append(rec)
