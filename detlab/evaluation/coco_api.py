@@ -216,19 +216,78 @@ def evaluate_bbox(
     coco_cls, eval_cls = load_backend(backend)
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "faster_coco_eval":
-            coco_gt = coco_cls(gt, print_function=_quiet)
-            coco_dt = coco_cls({**_meta(gt), "annotations": dts}, print_function=_quiet)
-            ev = eval_cls(coco_gt, coco_dt, "bbox", print_function=_quiet)
+            ev = _faster_cocoeval(coco_cls, eval_cls, gt, dts, lean=True)
         else:
             coco_gt = _pycoco(coco_cls, gt)
             coco_dt = _pycoco(coco_cls, {**_meta(gt), "annotations": dts})
             ev = eval_cls(coco_gt, coco_dt, "bbox")
-        ev.params.areaRng = [list(r) for r in area_ranges.values()]
-        ev.params.areaRngLbl = list(area_ranges)
-        ev.params.maxDets = list(max_dets)
-        ev.evaluate()
-        ev.accumulate()
+        _run(ev, area_ranges, max_dets)
     return np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"])
+
+
+def _run(ev: Any, area_ranges: dict[str, tuple[float, float]], max_dets: Sequence[int]) -> None:
+    ev.params.areaRng = [list(r) for r in area_ranges.values()]
+    ev.params.areaRngLbl = list(area_ranges)
+    ev.params.maxDets = list(max_dets)
+    ev.evaluate()
+    ev.accumulate()
+
+
+def _faster_cocoeval(coco_cls: Any, eval_cls: Any, gt: dict[str, Any],
+                     dts: list[dict[str, Any]], lean: bool) -> Any:
+    """A faster-coco-eval COCOeval over ``gt`` and ``dts``. ``lean``: without the two COCO
+    indexes (:class:`faster_coco_eval.COCO`), whose only use in a bbox evaluation is to hand
+    each (image, category)'s annotations to the C++ datasets, in list order: done here directly
+    (a sixth of the evaluation's cost at 300 detections per image). Falls back to the indexes
+    if this faster-coco-eval's COCOeval is not built the way that needs."""
+    if lean:
+        try:
+            ev = _lean_class(eval_cls)(None, None, "bbox", print_function=_quiet)
+            ev.params.imgIds = [im["id"] for im in gt["images"]]
+            ev.params.catIds = [c["id"] for c in gt["categories"]]
+            ev.lean_annotations = (gt["annotations"], dts)
+            return ev
+        except (AttributeError, TypeError):
+            pass
+    coco_gt = coco_cls(gt, print_function=_quiet)
+    coco_dt = coco_cls({**_meta(gt), "annotations": dts}, print_function=_quiet)
+    return eval_cls(coco_gt, coco_dt, "bbox", print_function=_quiet)
+
+
+_LEAN: dict[Any, Any] = {}
+
+
+def _lean_class(eval_cls: Any) -> Any:
+    """``eval_cls`` (faster-coco-eval's COCOeval_faster) with a ``_prepare`` that fills its C++
+    ground-truth and detection datasets from ``lean_annotations`` as its own ``_prepare`` does
+    for bbox from the COCO indexes: every annotation per (image, category) in list order, the
+    crowd flag as ``ignore``, the pairs with both kinds for the IoU step."""
+    if eval_cls in _LEAN:
+        return _LEAN[eval_cls]
+    for name in ("_prepare", "evaluate"):
+        if not callable(getattr(eval_cls, name, None)):
+            raise AttributeError(name)
+
+    class Lean(eval_cls):
+        lean_annotations: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+
+        def _prepare(self) -> None:
+            gts, dts = self.lean_annotations
+            for ann in gts:  # before the datasets see them, as in the library's _prepare
+                ann["ignore"] = int(ann.get("iscrowd", 0))
+            pairs = []
+            for dataset, anns in ((self.gt_dataset, gts), (self.dt_dataset, dts)):
+                dataset.clean()
+                seen = set()
+                for ann in anns:
+                    key = (ann["image_id"], ann["category_id"])
+                    dataset.append_ref(key[0], key[1], ann)
+                    seen.add(key)
+                pairs.append(seen)
+            self._nonempty_iou_pairs = pairs[0] & pairs[1]
+
+    _LEAN[eval_cls] = Lean
+    return Lean
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:

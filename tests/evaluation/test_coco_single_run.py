@@ -155,3 +155,28 @@ def test_top_detections_keeps_the_best_per_class_in_input_order():
     np.testing.assert_array_equal(out["dt_labels"], [0, 0, 1, 1])
     np.testing.assert_array_equal(out["dt_boxes"], rec["dt_boxes"][[0, 1, 5, 6]])
     assert top_detections([rec], 4)[0] is rec  # nothing to drop: the record itself
+
+
+@pytest.mark.parametrize("seed", [1, 7])
+def test_faster_coco_eval_without_coco_indexes_gives_the_same_arrays(seed):
+    pytest.importorskip("faster_coco_eval")
+    from detlab.evaluation.coco_api import _faster_cocoeval, _run, load_backend
+
+    ev = CocoEvaluator()
+    images = random_images(seed, n=8)  # ignore (crowd) gts, images without detections
+    images[2]["dt"], images[2]["scores"] = images[2]["dt"][:0], images[2]["scores"][:0]
+    images[2]["dt_labels"] = images[2]["dt_labels"][:0]
+    feed(ev, images)
+    gt, dt = build_coco_dicts(ev._records, 3, area="absolute")
+    assert any(g["iscrowd"] for g in gt["annotations"])
+    coco_cls, eval_cls = load_backend("faster_coco_eval")
+    runs = []
+    for lean in (True, False):
+        cocoeval = _faster_cocoeval(coco_cls, eval_cls, gt, dt, lean=lean)
+        assert (type(cocoeval) is eval_cls) is not lean  # the lean class, or the library's
+        _run(cocoeval, COCO_AREA_RANGES, [1, 10, 100])
+        runs.append(cocoeval.eval)
+    for key in ("precision", "recall", "scores"):
+        np.testing.assert_array_equal(runs[0][key], runs[1][key])
+    slow, _ = evaluate_bbox(gt, dt, COCO_AREA_RANGES, [1, 10, 100], "pycocotools")
+    np.testing.assert_allclose(runs[0]["precision"], slow, rtol=0, atol=1e-12)
