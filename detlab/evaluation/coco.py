@@ -11,6 +11,14 @@ ground truths *and* detections and uses the relative ranges as ``areaRng``. So, 
 COCO's AP_small: a ground truth outside the bucket is ignored (neither needed nor a miss), a
 detection matched to it is ignored, and an *unmatched* detection outside the bucket is ignored
 rather than counted as a false positive. Bounds are inclusive on both ends, as in COCO.
+
+When all images have one size (a val split usually does), the relative buckets are absolute
+ranges that select exactly the same boxes (:func:`~detlab.evaluation.coco_api.
+relative_as_absolute`), and one COCOeval run with both sets of ranges gives both sets of
+numbers: the per-image matching of a range depends only on which boxes it ignores. Detections
+after the ``max_dets`` best of a class in an image, which COCOeval never looks at, are dropped
+before the COCO dicts are built. Both change the cost, not a number (tests compare with the
+two-run pycocotools evaluation).
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ from .coco_api import (
     evaluate_bbox,
     load_backend,
     mean_valid,
+    relative_as_absolute,
     summary_line,
+    top_detections,
 )
 
 __all__ = ["CocoEvaluator", "HELMET_RELATIVE_AREAS", "UNDEFINED"]
@@ -68,7 +78,7 @@ class CocoEvaluator(Evaluator):
             AR is also reported at 1 and 10 when they are smaller (``AR1``, ``AR10``,
             ``AR<max_dets>``).
         relative_areas: ``{name: (low, high)}`` as fractions of the image area, reported as
-            ``"AP_rel_<name>"``; ``None`` or ``{}`` skips the second COCOeval run.
+            ``"AP_rel_<name>"``; ``None`` or ``{}`` skips them.
         backend: ``"pycocotools"`` or ``"faster_coco_eval"`` (same numbers, faster C++).
 
     ``update`` expects predictions in original image coordinates and takes ground truth from
@@ -151,8 +161,7 @@ class CocoEvaluator(Evaluator):
         records.sort(key=lambda r: _id_key(r["image_id"]))
         num_classes = self._num_classes(records)
         names = self.class_names or [f"class_{k}" for k in range(num_classes)]
-        abs_stats = self._absolute_stats(records, num_classes)
-        rel_stats = self._relative_stats(records, num_classes)
+        abs_stats, rel_stats = self._stats(records, num_classes)
         self._last = {"abs": abs_stats, "rel": rel_stats, "records": records, "names": names}
         metrics = {k: _defined(v) for k, v in abs_stats["stats"].items()}
         for name, ap in zip(names, abs_stats["per_class"]):
@@ -243,14 +252,37 @@ class CocoEvaluator(Evaluator):
                     )
         return num
 
-    def _absolute_stats(self, records: list[dict[str, Any]], num_classes: int) -> dict[str, Any]:
+    def _stats(self, records: list[dict[str, Any]],
+               num_classes: int) -> tuple[dict[str, Any], dict[str, float]]:
+        """(absolute stats, relative AP per bucket). One COCOeval run when the images share one
+        size (the relative buckets then are absolute ranges, :func:`relative_as_absolute`),
+        else one run per kind of area; detections COCOeval would drop are dropped first."""
         dets = self._max_dets_list()
         keys = list(_COCO_KEYS) + [f"AR{m}" for m in dets] + ["AR_small", "AR_medium", "AR_large"]
         if not records or num_classes == 0:  # nothing to evaluate: COCO has no categories
-            return {"stats": dict.fromkeys(keys, -1.0), "per_class": [-1.0] * num_classes,
-                    "precision": None}
+            return ({"stats": dict.fromkeys(keys, -1.0), "per_class": [-1.0] * num_classes,
+                     "precision": None}, dict.fromkeys(self.relative_areas, -1.0))
+        records = top_detections(records, dets[-1])
+        ranges = dict(COCO_AREA_RANGES)
+        as_absolute = relative_as_absolute(records, self.relative_areas) if (
+            self.relative_areas) else {}
+        if as_absolute is not None:
+            ranges.update({f"rel_{k}": v for k, v in as_absolute.items()})
         gt, dt = build_coco_dicts(records, num_classes, area="absolute")
-        prec, rec = evaluate_bbox(gt, dt, COCO_AREA_RANGES, dets, self.backend)
+        prec, rec = evaluate_bbox(gt, dt, ranges, dets, self.backend)
+        if as_absolute is not None:
+            rel_prec = prec[:, :, :, len(COCO_AREA_RANGES):]
+        else:
+            gt, dt = build_coco_dicts(records, num_classes, area="relative")
+            rel_prec, _ = evaluate_bbox(gt, dt, self.relative_areas, dets, self.backend)
+        rel = {k: mean_valid(rel_prec[:, :, :, a, -1]) for a, k in enumerate(self.relative_areas)}
+        return self._absolute_stats(prec, rec, dets, num_classes), rel
+
+    @staticmethod
+    def _absolute_stats(prec: np.ndarray, rec: np.ndarray, dets: list[int],
+                        num_classes: int) -> dict[str, Any]:
+        """COCO's numbers from COCOeval's precision/recall, areas ``all, small, medium, large``
+        first."""
         t50, t75 = _iou_index(0.5), _iou_index(0.75)
         stats = {
             "AP": mean_valid(prec[:, :, :, 0, -1]),
@@ -266,15 +298,6 @@ class CocoEvaluator(Evaluator):
         per_class = [mean_valid(prec[:, :, k, 0, -1]) for k in range(num_classes)]
         # all areas, the largest detection limit: what the PR curves show
         return {"stats": stats, "per_class": per_class, "precision": prec[:, :, :, 0, -1]}
-
-    def _relative_stats(self, records: list[dict[str, Any]], num_classes: int) -> dict[str, float]:
-        if not self.relative_areas:
-            return {}
-        if not records or num_classes == 0:
-            return dict.fromkeys(self.relative_areas, -1.0)
-        gt, dt = build_coco_dicts(records, num_classes, area="relative")
-        prec, _ = evaluate_bbox(gt, dt, self.relative_areas, self._max_dets_list(), self.backend)
-        return {k: mean_valid(prec[:, :, :, a, -1]) for a, k in enumerate(self.relative_areas)}
 
     def _record(self, pred: Prediction, target: dict[str, Any], meta: dict[str, Any]) -> dict:
         image_id = _plain(meta.get("image_id"))

@@ -9,7 +9,13 @@ from torch import Tensor
 
 from ..checks import check_bool, check_choice, check_float, check_int
 from ..errors import ConfigError
-from ..ops.nms import NMS_METHODS, NMSMethod, nms
+from ..ops.nms import (
+    NMS_METHODS,
+    PER_CLASS_ROWS_FROM,
+    NMSMethod,
+    nms,
+    per_class_standard_rows,
+)
 from ..registry import POSTPROCESSORS
 
 __all__ = ["BoxPostProcessor"]
@@ -163,19 +169,36 @@ class BoxPostProcessor:
         if 2 * k >= limit:  # a second, longer pass would cost more than the saving
             k = limit
         while pending:
-            rows = scores if len(pending) == len(out) else scores[pending]
+            everyone = len(pending) == len(out)
+            rows = scores if everyone else scores[pending]
             # Soft-NMS also needs the best candidate left out (the k+1-th) as a bound.
             values, box_index, labels = self.candidates(rows, min(limit, k + soft))
             bounds = values[:, k].tolist() if values.shape[1] > k else [None] * len(pending)
             values, box_index, labels = values[:, :k], box_index[:, :k], labels[:, :k]
             counts = (values >= 0).sum(dim=1).tolist()
+            # one gather for all images, then views: per-image fancy indexing costs more
+            candidates = (boxes if everyone else boxes[pending]).gather(
+                1, box_index[..., None].expand(-1, -1, 4))
             unfinished = []
+            many = [row for row, m in enumerate(counts) if m > PER_CLASS_ROWS_FROM]
+            if many and self.method == "standard" and not self.class_agnostic and (
+                    boxes.device.type == "cpu"):
+                # what nms() does for each of these images, prepared for all of them at once
+                batched = per_class_standard_rows(candidates, values, labels, counts, many,
+                                                  self.iou_threshold)
+            else:
+                batched = {}
             for row, (i, m) in enumerate(zip(pending, counts)):
-                cand = boxes[i, box_index[row, :m]]
-                keep, kept = nms(
-                    cand, values[row, :m], labels[row, :m], self.method, self.iou_threshold,
-                    self.class_agnostic, self.sigma, self.score_threshold, self.max_detections,
-                )
+                cand = candidates[row, :m]
+                if row in batched:
+                    keep = batched[row][:self.max_detections]
+                    kept = values[row, keep]
+                else:
+                    keep, kept = nms(
+                        cand, values[row, :m], labels[row, :m], self.method, self.iou_threshold,
+                        self.class_agnostic, self.sigma, self.score_threshold,
+                        self.max_detections,
+                    )
                 exact = keep.numel()
                 if soft and bounds[row] is not None and bounds[row] >= 0:
                     exact = int((kept >= bounds[row]).sum())

@@ -1,0 +1,53 @@
+"""``detlab sweep`` on a detection checkpoint: every row's metrics (COCO, per-class and
+relative-area AP) equal ``detlab eval`` with the same override, and the table shows them all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from detlab.cli import main
+from detlab.commands.sweep import format_table, run_sweep
+from detlab.engine.checkpoint import load_task
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "data.train.num_samples=8", "data.val.num_samples=4", "data.train.image_size=64",
+    "data.train.img_size=64", "data.val.image_size=64", "data.val.img_size=64",
+    "data.batch_size=4", "data.num_workers=0", "train.max_epochs=1", "train.progress_bar=false",
+]
+KEY = "model.head.postprocessor.iou_threshold"
+
+
+@pytest.fixture(scope="module")
+def det_ckpt(tmp_path_factory) -> str:
+    work = tmp_path_factory.mktemp("sweep_det")
+    assert main(["train", str(ROOT / "recipes" / "helmet_yolo_p2.py"), *TINY,
+                 "--work-dir", str(work)]) == 0
+    return str(next(work.glob("*/version_0/checkpoints/last.ckpt")))
+
+
+def test_sweep_rows_equal_eval_with_the_same_override(det_ckpt, tmp_path):
+    result = run_sweep(load_task(det_ckpt), {KEY: [0.5, 0.8]})
+    assert len(result) == 2 and result.primary == "AP"
+    for row in result:
+        value = row["settings"][KEY]
+        out = tmp_path / f"{value}.json"
+        assert main(["eval", det_ckpt, f"{KEY}={value}", "--json", str(out), "--quiet"]) == 0
+        expected = json.loads(out.read_text())
+        metrics = row["metrics"]
+        assert any(k.startswith("AP_rel_") for k in metrics) and "AP/helmet_on" in metrics
+        for key, got in metrics.items():
+            want = expected[key]
+            want = float("nan") if want is None else want
+            assert got == pytest.approx(want, abs=1e-9, nan_ok=True), (value, key)
+
+
+def test_sweep_table_shows_every_metric(det_ckpt):
+    result = run_sweep(load_task(det_ckpt), {KEY: [0.6]})
+    tables = format_table(result).split("\n\n")  # scalar metrics, then per-class AP
+    header = [word for table in tables for word in table.splitlines()[0].split()]
+    assert set(result[0]["metrics"]) - set(header) == set()
+    assert {"AP_rel_tiny", "AP_rel_large", "AR_large", "AP/helmet_off"} <= set(header)
