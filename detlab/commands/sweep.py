@@ -212,6 +212,9 @@ def _run_sweep(task: Any, grid: dict[str, list[Any]], split: str,
     loader = data.val_dataloader() if split == "val" else data.test_dataloader()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
+    from ..engine.inference_model import inference_task
+
+    view = inference_task(task)  # the model detlab eval runs (BatchNorm folded)
     if any(is_slicing_key(k) for k in grid) or SlicedInference.from_recipe(task.recipe):
         return run_sliced_sweep(task, grid, data, loader, device, limit, SweepResult())
 
@@ -224,7 +227,7 @@ def _run_sweep(task: Any, grid: dict[str, list[Any]], split: str,
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
-        outputs = model(batch.images.to(device))
+        outputs = view.model(batch.images.to(device))
         cached.append((to_device(outputs, "cpu"), batch))
     result = SweepResult()
     result.inference_s = time.perf_counter() - t0

@@ -48,9 +48,11 @@ def run_sliced_sweep(task: Any, grid: dict[str, list[Any]], data: Any, loader: A
                      device: Any, limit: int | None, result: Any) -> Any:
     """Fill ``result`` (a :class:`~detlab.commands.sweep.SweepResult`) with one row per
     combination of ``grid``, evaluated with sliced inference (module docstring)."""
+    from ..engine.inference_model import inference_task
     from ..postprocess.slicing import SlicedInference
 
-    model = task.model
+    model = task.model  # its head's weights rebuild swept heads
+    runner = inference_task(task).model  # the network pass: what detlab eval runs
     keys = list(grid)
     head_swept = any(k.startswith("model.head.") for k in keys)
     combos = []
@@ -75,7 +77,7 @@ def run_sliced_sweep(task: Any, grid: dict[str, list[Any]], data: Any, loader: A
         for i, sliced in enumerate(sliced_loader(data, loader, first)):
             if limit is not None and i >= limit:
                 break
-            raw = run_tiles(model, sliced, first, device, full_image=full_image)
+            raw = run_tiles(runner, sliced, first, device, full_image=full_image)
             frames = Batch(sliced.batch.images, to_device(sliced.batch.targets, "cpu"),
                            sliced.batch.meta)
             if head_swept:  # raw outputs: the head's post-processing re-runs per combination
