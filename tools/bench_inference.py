@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from detlab.engine.inference_model import inference_task
+from detlab.models.fuse import output_tensors
 from detlab.recipe import load
 from detlab.registry import MODELS
 
@@ -44,18 +45,9 @@ VARIANTS = {
 }
 
 
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _tensors(v)]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _tensors(v)]
-    return []
-
-
 def _rel_diff(a: Any, b: Any) -> float:
-    pairs = [(x, y) for x, y in zip(_tensors(a), _tensors(b)) if x.shape == y.shape and x.numel()]
+    pairs = [(x, y) for x, y in zip(output_tensors(a), output_tensors(b))
+             if x.is_floating_point() and x.shape == y.shape and x.numel()]
     return max((float((x - y).abs().max()) / (float(x.abs().max()) + 1e-12) for x, y in pairs),
                default=float("nan"))
 

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = ["AutocastFeatures", "FusionReport", "fuse_conv_bn", "inference_copy",
-           "to_channels_last"]
+           "output_tensors", "to_channels_last"]
 
 log = logging.getLogger(__name__)
 
@@ -182,20 +182,21 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def _tensors(out: Any) -> list[torch.Tensor]:
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a raw model output (nested dicts, lists, tuples), in order."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
-        return [t for v in out.values() for t in _tensors(v)]
+        return [t for v in out.values() for t in output_tensors(v)]
     if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _tensors(v)]
+        return [t for v in out for t in output_tensors(v)]
     return []
 
 
 def _same_outputs(a: Any, b: Any, rtol: float = 1e-3) -> bool:
     """Whether two raw outputs agree: every float tensor within ``rtol`` of its largest value
     (folding changes the rounding, ~1e-6), integer tensors equal."""
-    ta, tb = _tensors(a), _tensors(b)
+    ta, tb = output_tensors(a), output_tensors(b)
     if len(ta) != len(tb):
         return False
     for x, y in zip(ta, tb):

@@ -14,7 +14,7 @@ from torch import nn
 
 from detlab.engine.inference_model import InferenceTask, drop_inference_copy, inference_task
 from detlab.errors import ConfigError
-from detlab.models.fuse import fuse_conv_bn, inference_copy
+from detlab.models.fuse import fuse_conv_bn, inference_copy, output_tensors
 from detlab.recipe import load
 from detlab.registry import MODELS
 
@@ -77,16 +77,19 @@ class ConvUsedTwice(Plain):
         return self.bn(y), y
 
 
+def _outputs(model: nn.Module, x: torch.Tensor):
+    """``(model(x), folded copy(x), fusion report)``; the copy traced on another input."""
+    with torch.no_grad():
+        ref = model(x)
+        copy, report = inference_copy(model, torch.rand(1, 3, 8, 8), channels_last=False)
+        return ref, copy(x), report
+
+
 @pytest.mark.parametrize("cls, folded", [(Plain, 1), (InPlace, 0), (TwoBNs, 0), (BNOnSum, 0),
                                          (Shared, 1)])
 def test_fold_decided_by_traced_calls(cls, folded):
     model = _random_stats(cls())
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        ref = model(x)
-        copy, report = inference_copy(model, torch.rand(1, 3, 8, 8),
-                                      channels_last=False)
-        out = copy(x)
+    ref, out, report = _outputs(model, torch.randn(2, 3, 8, 8))
     assert report.fused == folded
     assert report.batchnorms == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert len(report.skipped) == report.batchnorms - folded
@@ -117,25 +120,10 @@ def test_hand_computed_fold():
 
 def test_conv_output_used_elsewhere_is_not_folded():
     model = _random_stats(ConvUsedTwice())
-    x = torch.randn(1, 3, 8, 8)
-    with torch.no_grad():
-        ref = model(x)
-        copy, report = inference_copy(model, torch.rand(1, 3, 8, 8),
-                                      channels_last=False)
-        out = copy(x)
+    ref, out, report = _outputs(model, torch.randn(1, 3, 8, 8))
     # The trace cannot see the raw use of y; the output check on the example undoes the fold.
     assert report.fused == 0 and report.skipped
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-
-
-def _flat(o):
-    if torch.is_tensor(o):
-        return [o]
-    if isinstance(o, dict):
-        return [y for v in o.values() for y in _flat(v)]
-    if isinstance(o, (list, tuple)):
-        return [y for v in o for y in _flat(v)]
-    return []
 
 
 @pytest.mark.parametrize("recipe, size, skipped", [
@@ -151,10 +139,10 @@ def test_every_family_predicts_the_same(recipe, size, skipped):
     channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
     x = torch.randn(1, channels, size, size)
     with torch.no_grad():
-        ref = _flat(model(x))
+        ref = output_tensors(model(x))
         copy, report = inference_copy(
             model, torch.rand(1, channels, 2 * model.size_divisor, 2 * model.size_divisor))
-        out = _flat(copy(x))
+        out = output_tensors(copy(x))
     assert report.fused == report.batchnorms - skipped > 0
     assert len(out) == len(ref)
     for a, b in zip(out, ref):
