@@ -72,15 +72,18 @@ def write_frame(folder: Path) -> Path:
     return path
 
 
-def detlab_run(model: Any, path: Path, settings: SlicedInference, fold: bool = True) -> Any:
+def detlab_run(model: Any, path: Path, settings: SlicedInference, fold: bool = True,
+               precision: str = "32") -> Any:
     """detlab end to end: ImageFiles (val preprocessing) → sliced predictions of the frame, on
     the inference copy ``detlab eval``/``predict`` run (BatchNorm folded, channels-last;
     :mod:`detlab.engine.inference_model`; made once per model and cached, as in a predict run
-    over many frames) or, ``fold=False``, on ``model`` as it is."""
+    over many frames) or, ``fold=False``, on ``model`` as it is; ``precision="bf16"``: the
+    recipe's ``inference.precision`` (backbone and neck under bf16 autocast)."""
     dataset = ImageFiles([path], channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                          geometry=GEOMETRY.to_config(), pixels="uint8")
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=0)
-    task = _TASKS.setdefault(id(model), SimpleNamespace(model=model, recipe={}))
+    task = _TASKS.setdefault((id(model), precision), SimpleNamespace(
+        model=model, recipe={"inference": {"precision": precision}}))
     task = inference_task(task) if fold else task
     data = SimpleNamespace(size_divisor=model.size_divisor)
     with torch.inference_mode():
@@ -88,7 +91,7 @@ def detlab_run(model: Any, path: Path, settings: SlicedInference, fold: bool = T
     return preds[0]
 
 
-_TASKS: dict[int, Any] = {}  # one task per model: its inference copy is cached on it
+_TASKS: dict[Any, Any] = {}  # one task per model: its inference copy is cached on it
 
 
 def tile_parts(model: Any, path: Path, settings: SlicedInference) -> tuple[Any, Any]:
@@ -172,17 +175,17 @@ def _rows(pred: Any) -> np.ndarray:
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> str:
     """How far two row sets are apart: each row of ``a`` to its nearest same-label row of
-    ``b`` (box px, then that row's score), the largest over rows; not row by row, since scores
-    equal to ~1e-8 may sort in either order."""
-    if a.shape != b.shape:
+    ``b`` (box px, then that row's score), the largest over rows, and how many rows of ``a``
+    have a same-label row of ``b`` within 1 px; not row by row, since scores equal to ~1e-8
+    may sort in either order."""
+    if not len(a) or not len(b):
         return f"n/a ({len(a)} vs {len(b)} rows)"
-    if not len(a):
-        return "0 (no boxes)"
     d = np.abs(a[:, None, :4] - b[None, :, :4]).max(-1)
     d[a[:, None, 5] != b[None, :, 5]] = np.inf
     nearest = d.argmin(1)
     return (f"{float(d.min(1).max()):.2e} px, scores "
-            f"{float(np.abs(a[:, 4] - b[nearest, 4]).max()):.2e}")
+            f"{float(np.abs(a[:, 4] - b[nearest, 4]).max()):.2e}; "
+            f"{int((d.min(1) <= 1.0).sum())}/{len(a)} within 1 px")
 
 
 def _sahi_rows(preds: list[Any]) -> np.ndarray:
@@ -278,8 +281,8 @@ def main() -> None:
         sahi_model = sahi_model_class()(model=model, confidence_threshold=0.0,
                                         load_at_init=True)
         theirs = _sahi_rows(sahi_run(sahi_model, path, settings))
-        folded = inference_task(_TASKS.setdefault(id(model), SimpleNamespace(
-            model=model, recipe={}))).model
+        folded = inference_task(_TASKS.setdefault((id(model), "32"), SimpleNamespace(
+            model=model, recipe={"inference": {"precision": "32"}}))).model
         sahi_folded = sahi_model_class()(model=folded, confidence_threshold=0.0,
                                          load_at_init=True)
         fold_rows = _sahi_rows(sahi_run(sahi_folded, path, settings))
@@ -288,17 +291,22 @@ def main() -> None:
                 ("folded copy", _rows(detlab_run(model, path, settings)), fold_rows)):
             print(f"end to end, {label}: detlab {len(mine)} boxes, SAHI {len(ref)} boxes, "
                   f"max |difference| {_max_diff(mine, ref)}")
+        bf16 = _rows(detlab_run(model, path, settings, precision="bf16"))
+        print(f"detlab with inference.precision=bf16: {len(bf16)} boxes vs SAHI's {len(theirs)}, "
+              f"max |difference| {_max_diff(bf16, theirs)}")
         print(f"SAHI, folded copy vs model as given: {len(fold_rows)} vs {len(theirs)} boxes "
               f"max |difference| "
               f"{_max_diff(fold_rows, theirs)}")
         merge_timing(parts, full, frame, args.repeats)
         # Interleaved, so load from other processes hits both alike.
-        runs: dict[str, list[float]] = {k: [] for k in ("detlab", "detlab unfolded", "SAHI",
-                                                       "SAHI folded")}
+        runs: dict[str, list[float]] = {k: [] for k in ("detlab", "detlab unfolded",
+                                                       "detlab bf16", "SAHI", "SAHI folded")}
         for _ in range(args.repeats):
             runs["detlab"] += timed(lambda: detlab_run(model, path, settings), 1)
             runs["detlab unfolded"] += timed(
                 lambda: detlab_run(model, path, settings, fold=False), 1)
+            runs["detlab bf16"] += timed(
+                lambda: detlab_run(model, path, settings, precision="bf16"), 1)
             runs["SAHI"] += timed(lambda: sahi_run(sahi_model, path, settings), 1)
             runs["SAHI folded"] += timed(lambda: sahi_run(sahi_folded, path, settings), 1)
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -307,6 +315,7 @@ def main() -> None:
     per = settings.tiles_per_forward("cpu")
     labels = {"detlab": f"detlab ({per} tiles/forward, folded)",
               "detlab unfolded": "detlab, model as given",
+              "detlab bf16": "detlab, folded, inference.precision=bf16",
               "SAHI": "SAHI get_sliced_prediction", "SAHI folded": "SAHI on the folded copy"}
     for key, label in labels.items():
         print(f"  {label:<36} {med[key] * 1000:8.1f} ms   runs "
@@ -316,6 +325,8 @@ def main() -> None:
           f"{med['SAHI'] / med['detlab unfolded']:.2f}x")
     print(f"  SAHI folded / detlab, both on the folded copy  = "
           f"{med['SAHI folded'] / med['detlab']:.2f}x")
+    print(f"  SAHI / detlab bf16 (other numbers, see above)  = "
+          f"{med['SAHI'] / med['detlab bf16']:.2f}x")
 
 
 if __name__ == "__main__":
