@@ -145,6 +145,7 @@ class YoloDetection(DetectionDataset):
             self._labels.append(_parse_label_file(label, len(self.class_names), self._report))
             self._sources.append(str(label))
         self._paths = [str(p) for p in self.images]
+        self._areas: list[np.ndarray | None] | None = None
         self._report.samples = len(self.images)
         self._report.log()
         self._report.enforce(max_bad_fraction)
@@ -156,6 +157,16 @@ class YoloDetection(DetectionDataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def object_areas(self, index: int) -> np.ndarray:
+        """``(M,)`` relative areas of image ``index``'s objects (see the base class), computed
+        once per image: a sampler asks for all of them whenever a train loader is built."""
+        if self._areas is None:
+            self._areas = [None] * len(self)
+        areas = self._areas[index]
+        if areas is None:
+            areas = self._areas[index] = super().object_areas(index)
+        return areas.copy()
 
     def annotations(self, index: int) -> Annotations:
         boxes, labels = self._labels[index]
