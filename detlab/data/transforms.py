@@ -41,6 +41,10 @@ class SeededCompose(A.Compose):
 
 
 _FLIPS = (A.HorizontalFlip, A.VerticalFlip)
+# albumentations 2.x resets a transform's ``params`` each call and keeps the applied ones
+# (``get_applied_params``), which tells FlipBoxesCompose whether a flip ran; older versions
+# keep the box processor.
+_KNOWS_APPLIED = hasattr(A.BasicTransform, "get_applied_params")
 _AREA_EPS = 1e-7  # albumentations' filter_bboxes drops boxes under this many px²
 
 
@@ -62,7 +66,8 @@ class FlipBoxesCompose(SeededCompose):
         for t in self.transforms:  # a transform that does not run leaves params empty
             t.params = {}
         out = super().__call__(*args, force_apply=force_apply, **data)
-        flips = [type(t) for t in self.transforms if type(t) in _FLIPS and t.params]
+        flips = [type(t) for t in self.transforms
+                 if type(t) in _FLIPS and t.get_applied_params()]
         boxes, keep = _flip_boxes(boxes, height, width, flips)
         out["bboxes"] = boxes
         if labels is not None:
@@ -165,8 +170,8 @@ def build_transforms(
         else:
             built.append(cfg)
     extra: dict[str, Any] = {}
-    if task == "detection" and all(isinstance(t, A.ImageOnlyTransform) or type(t) in _FLIPS
-                                   for t in built):
+    if task == "detection" and _KNOWS_APPLIED and all(
+            isinstance(t, A.ImageOnlyTransform) or type(t) in _FLIPS for t in built):
         return FlipBoxesCompose(built)
     if task == "detection":
         extra["bbox_params"] = A.BboxParams(
