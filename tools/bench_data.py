@@ -26,7 +26,7 @@ A run is one epoch (400 images) on a freshly built loader, so worker start-up is
 both. Runs alternate between the libraries (the CPU is shared) and the medians are printed with
 the ratio detlab / Ultralytics, in images/s and in images per CPU-second (main process plus
 workers, from /proc: steadier than wall time on a shared machine). ``--profile`` prints a
-cProfile of one detlab epoch in the main process (``num_workers=0``).
+cProfile (CPU time) of one detlab epoch in the main process (``num_workers=0``).
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def profile_detlab(root: Path, img_size: int) -> None:
     import pstats
 
     module = detlab_module(root, img_size, 0, None)
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(time.process_time)  # CPU time: the machine may be shared
     prof.enable()
     detlab_epoch(module)
     prof.disable()

@@ -22,7 +22,10 @@ worker -> main process queue) concatenates each key's per-image tensors into one
 unpickling gives back a plain ``list`` of dicts whose tensors are views of those. Every tensor
 crosses the process boundary as a shared-memory segment of its own, so a batch of 8 images
 with 4 target tensors each cost 33 segments; packed it costs 5 (this was most of a 1-worker
-loader's time at 192 px, tools/bench_data.py).
+loader's time at 192 px, tools/bench_data.py). A packed tensor of at most
+``BY_VALUE_BYTES`` (boxes, labels: a few hundred bytes) travels inside the pickle as a NumPy
+array instead: a shared-memory segment costs the worker a ``shm`` file and the main process a
+socket round trip to fetch its descriptor, far more than copying a kilobyte.
 """
 
 from __future__ import annotations
@@ -30,12 +33,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..structures import Batch
 
-__all__ = ["collate", "Collate", "pad_to", "PackedTargets"]
+__all__ = ["collate", "Collate", "pad_to", "PackedTargets", "BY_VALUE_BYTES"]
+
+#: a packed target tensor up to this size is pickled by value, not through shared memory
+BY_VALUE_BYTES = 1 << 16
 
 
 def pad_to(t: torch.Tensor, height: int, width: int, value: float = 0.0) -> torch.Tensor:
@@ -113,14 +120,28 @@ def _packable(targets: list[dict[str, Any]], key: str) -> bool:
     return all(v.dtype == first.dtype and v.shape[1:] == first.shape[1:] for v in values)
 
 
-def _unpack(keys: list[str], flat: list[torch.Tensor], counts: list[list[int]],
+def _unpack(keys: list[str], flat: list[torch.Tensor | np.ndarray], counts: list[list[int]],
             rest: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The plain list of target dicts :class:`PackedTargets` was (views of ``flat``)."""
+    """The plain list of target dicts :class:`PackedTargets` was (views of ``flat``; a NumPy
+    array in ``flat`` is a small tensor that was pickled by value)."""
     out = [dict(r) for r in rest]
     for key, tensor, sizes in zip(keys, flat, counts):
+        if isinstance(tensor, np.ndarray):
+            tensor = torch.from_numpy(tensor)
         for target, part in zip(out, torch.split(tensor, sizes)):
             target[key] = part
     return out
+
+
+def _by_value(t: torch.Tensor) -> torch.Tensor | np.ndarray:
+    """``t`` as a NumPy array (pickled by value) when it is a small CPU tensor NumPy can
+    hold, else ``t`` itself (shared memory)."""
+    if t.device.type != "cpu" or t.requires_grad or t.numel() * t.element_size() > BY_VALUE_BYTES:
+        return t
+    try:
+        return t.numpy()
+    except (TypeError, RuntimeError):  # a dtype NumPy has no type for (bfloat16 …)
+        return t
 
 
 class PackedTargets(list):
@@ -135,7 +156,7 @@ class PackedTargets(list):
             common &= set(t)
         keys = [k for k in (targets[0] if targets else {}) if k in common
                 and _packable(targets, k)]
-        flat = [torch.cat([t[k] for t in targets]) for k in keys]
+        flat = [_by_value(torch.cat([t[k] for t in targets])) for k in keys]
         counts = [[int(t[k].shape[0]) for t in targets] for k in keys]
         order = [list(t) for t in targets]
         rest = [{k: (None if k in keys else t[k]) for k in o} for t, o in zip(targets, order)]

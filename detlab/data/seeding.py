@@ -143,7 +143,7 @@ class SharedEpoch:
     @property
     def epoch(self) -> int:
         """The epoch set by :meth:`set_epoch` (shared with the loader workers)."""
-        return int(self._epoch[0])
+        return int(self._epoch.item())
 
 
 class SeededDataset(SharedEpoch, Dataset):

@@ -138,10 +138,14 @@ class YoloDetection(DetectionDataset):
             first[image_id] = i
         self._report = DataReport(f"YoloDetection ({list_file or base})", "boxes")
         self._labels = []
+        self._sources = []  # label file per image, as str: annotations() runs per sample
         for image in self.images:
             label = label_path_for(image)
             require_inside(label, data_root, f"label of {image}", allow_outside_root)
             self._labels.append(_parse_label_file(label, len(self.class_names), self._report))
+            self._sources.append(str(label))
+        self._paths = [str(p) for p in self.images]
+        self._areas: list[np.ndarray | None] | None = None
         self._report.samples = len(self.images)
         self._report.log()
         self._report.enforce(max_bad_fraction)
@@ -154,13 +158,21 @@ class YoloDetection(DetectionDataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def object_areas(self, index: int) -> np.ndarray:
+        """``(M,)`` relative areas of image ``index``'s objects (see the base class), computed
+        once per image: a sampler asks for all of them whenever a train loader is built."""
+        if self._areas is None:
+            self._areas = [None] * len(self)
+        areas = self._areas[index]
+        if areas is None:
+            areas = self._areas[index] = super().object_areas(index)
+        return areas.copy()
+
     def annotations(self, index: int) -> Annotations:
-        image = self.images[index]
-        label_file = label_path_for(image)
         boxes, labels = self._labels[index]
         return Annotations(
-            image_id=self._ids[index], path=str(image), boxes=boxes, labels=labels,
-            ignore=np.zeros(len(labels), bool), normalized=True, source=str(label_file),
+            image_id=self._ids[index], path=self._paths[index], boxes=boxes, labels=labels,
+            ignore=np.zeros(len(labels), bool), normalized=True, source=self._sources[index],
         )
 
 
