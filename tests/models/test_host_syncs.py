@@ -107,3 +107,40 @@ def test_yolo_loss_reads_the_host_only_for_the_label_check(ignore):
         losses = model.loss(batch)
     assert calls == [("check_gt", "tolist")]
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def _model(name: str) -> tuple[Model, object]:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return Model(**CASES[name].model), CASES[name].batch()
+
+
+def test_db_and_unet_losses_have_no_host_reads(monkeypatch):
+    monkeypatch.setattr(db_loss, "_host_counts", lambda device: False)
+    for name in ("DBHead", "AttentionUNetHead"):
+        model, batch = _model(name)
+        with count_host_reads() as calls:
+            model.loss(batch)
+        assert calls == [], name  # DBHead counted its words with int() per image before
+
+
+def test_faster_rcnn_label_check_is_one_read_per_batch():
+    model, batch = _model("FasterRCNNHead")
+    batch.targets[1] = dict(batch.targets[0])  # two images with labels: was four int() reads
+    with count_host_reads() as calls:
+        model.loss(batch)
+    assert calls == [("_targets", "tolist")]
+
+
+@pytest.mark.parametrize(("name", "caller", "per_batch"),
+                         [("DBHead", "postprocess", 1), ("AttentionUNetHead", "<listcomp>", 4)])
+def test_postprocess_copies_to_the_host_once_per_batch(name, caller, per_batch):
+    """DB: the probability maps (OpenCV needs them on the host); U-Net: the 4 gate levels,
+    whatever the batch size (was one copy per image and level)."""
+    model, batch = _model(name)
+    model.eval()
+    with torch.no_grad(), count_host_reads() as calls:
+        preds = model.predict(batch)
+    assert len(preds) == 2
+    assert [c for c in calls if c[1] == "cpu"] == [(caller, "cpu")] * per_batch or [
+        c for c in calls if c[1] == "cpu"] == [("postprocess", "cpu")] * per_batch  # 3.12 inlines
