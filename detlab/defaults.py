@@ -24,6 +24,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "devices": "auto",
     "num_nodes": 1,
     "strategy": "auto",             # "ddp" for several GPUs / nodes
+    "sync_batchnorm": False,        # True: BatchNorm statistics over all DDP processes
+                                    # (SyncBatchNorm); no effect with one process
     "seed": 0,
     "num_threads": None,            # torch CPU threads; None: torch's default (one per core).
                                     # 1 can be ~3x faster on a CPU other processes share

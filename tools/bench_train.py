@@ -154,8 +154,14 @@ def _unet_masks(batch: int, size: int) -> torch.Tensor:
 
 
 def _detlab_parts(model: torch.nn.Module) -> list:
-    """The dense parts torch.compile gets: backbone, neck, head forward (losses stay eager)."""
-    parts = [model.backbone, model.neck, model.head]
+    """The dense parts torch.compile gets: backbone, neck, head forward (losses stay eager).
+    Faster R-CNN trains through ``head.loss``, never ``head.forward`` (the test-mode path):
+    there the RPN's conv head and the RoI box head are compiled, as on the peer's side."""
+    head = model.head
+    if hasattr(head, "rpn") and hasattr(head, "roi"):
+        parts = [model.backbone, model.neck, head.rpn.core.head, head.roi.box_head]
+    else:
+        parts = [model.backbone, model.neck, head]
     return [(p, "forward") for p in parts if p is not None]
 
 

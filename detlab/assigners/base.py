@@ -79,11 +79,15 @@ def check_gt(
         )
     valid = gt_valid.bool()
     labels = torch.where(valid, gt_labels.long(), torch.zeros_like(gt_labels, dtype=torch.long))
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(
-            f"ground-truth labels must be in [0, {num_classes}) (num_classes from the score "
-            f"tensor); got values in [{int(labels.min())}, {int(labels.max())}]"
-        )
+    if labels.numel():
+        # The one host read of an assignment (a user mistake needs a message, not a device-side
+        # assert in the scatter): both bounds in one transfer.
+        low, high = torch.stack(torch.aminmax(labels)).tolist()
+        if low < 0 or high >= num_classes:
+            raise DataError(
+                f"ground-truth labels must be in [0, {num_classes}) (num_classes from the score "
+                f"tensor); got values in [{low}, {high}]"
+            )
     return labels, valid
 
 

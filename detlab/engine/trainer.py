@@ -28,7 +28,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..checks import is_int
+from ..checks import check_bool, is_int
 from ..defaults import DETLAB_TRAIN_KEYS, TRAIN_DEFAULTS
 from ..errors import CheckpointError, ConfigError, DetlabError
 from ..recipe import Recipe
@@ -85,7 +85,10 @@ def _train_cfg(recipe: Recipe) -> dict[str, Any]:
             f"unknown key(s) in recipe 'train': {', '.join(parts)}; "
             f"known keys: {', '.join(sorted(TRAIN_DEFAULTS))}"
         )
-    return {**TRAIN_DEFAULTS, **cfg}  # recipes from load() are complete; dicts built by hand may not be
+    cfg = {**TRAIN_DEFAULTS, **cfg}  # recipes from load() are complete; dicts built by hand may not be
+    # Lightning takes any truthy value here; a recipe's "yes" is a typo, not a request.
+    check_bool("recipe 'train'", "sync_batchnorm", cfg["sync_batchnorm"])
+    return cfg
 
 
 def train_settings(recipe: Recipe) -> dict[str, Any]:

@@ -41,6 +41,14 @@ def _flat(t: Tensor, name: str, shape: torch.Size) -> Tensor:
     return t.float()  # fp32 even under AMP: sums over ~1e6 pixels overflow half precision
 
 
+def _host_counts(device: torch.device) -> bool:
+    """Whether :meth:`DBLoss.mined_bce` reads the pixel counts on the host: on the CPU a read
+    costs nothing (no asynchronous queue to drain) and ``topk`` is ~5x faster than the full
+    sort the device-side path needs (0.10 vs 0.51 s for 3.3M pixels); elsewhere it would stall
+    the launch queue once per step."""
+    return device.type == "cpu"
+
+
 @LOSSES.register()
 class DBLoss(nn.Module):
     """Differentiable-binarization loss for text detection (arXiv:1911.08947).
@@ -119,20 +127,31 @@ class DBLoss(nn.Module):
         """BCE over all positives and the hardest ``min(#neg, ratio * #pos)`` negatives."""
         positive = gt * mask
         negative = (1.0 - gt) * mask
-        num_pos = int(positive.sum().item())
-        num_neg_avail = int(negative.sum().item())
-        if num_pos > 0:
-            num_neg = min(num_neg_avail, int(num_pos * self.negative_ratio))
-        else:
-            num_neg = min(num_neg_avail, self.min_negatives)
         loss = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
         pos_loss = (loss * positive).sum()
         neg_loss = (loss * negative).flatten()
-        if num_neg > 0:
-            neg_loss = torch.topk(neg_loss, num_neg, sorted=False).values.sum()
-        else:
-            neg_loss = neg_loss.sum() * 0.0  # keeps the graph (and DDP's used-parameter check)
-        return (pos_loss + neg_loss) / (num_pos + num_neg + self.eps)
+        if _host_counts(logits.device):
+            num_pos = int(positive.sum().item())
+            num_neg_avail = int(negative.sum().item())
+            if num_pos > 0:
+                num_neg = min(num_neg_avail, int(num_pos * self.negative_ratio))
+            else:
+                num_neg = min(num_neg_avail, self.min_negatives)
+            if num_neg > 0:
+                neg_sum = torch.topk(neg_loss, num_neg, sorted=False).values.sum()
+            else:
+                neg_sum = neg_loss.sum() * 0.0  # keeps the graph (and DDP's used-parameter check)
+            return (pos_loss + neg_sum) / (num_pos + num_neg + self.eps)
+        # Accelerators: the counts stay on the device (no host synchronisation per step); the
+        # top-k becomes a full sort and a rank mask, the same selection (ties aside) and sum.
+        num_pos = positive.sum()
+        cap = torch.where(num_pos > 0, (num_pos * self.negative_ratio).floor(),
+                          torch.full_like(num_pos, float(self.min_negatives)))
+        num_neg = torch.minimum(negative.sum(), cap)
+        ranked = neg_loss.sort(descending=True).values
+        keep = torch.arange(ranked.numel(), device=ranked.device) < num_neg
+        neg_sum = torch.where(keep, ranked, 0.0).sum()  # a where, not a product: NaN stays out
+        return (pos_loss + neg_sum) / (num_pos + num_neg + self.eps)
 
     def masked_l1(self, pred: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
         """Mean ``|pred - gt|`` over pixels where ``mask`` is 1 (0 when the mask is empty)."""

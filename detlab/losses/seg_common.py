@@ -88,7 +88,7 @@ def prepare_target(logits: Tensor, target: Tensor, mask: Tensor | None = None) -
         target = target.masked_fill(mask[:, 0] == 0, 0)
     high = max(num_classes, 2)  # one channel: labels are 0 (background) or 1 (foreground)
     if target.numel():
-        low_label, high_label = (int(v) for v in torch.aminmax(target))
+        low_label, high_label = torch.stack(torch.aminmax(target)).tolist()  # one host read
         if low_label < 0 or high_label >= high:
             raise DataError(
                 f"class indices must lie in [0, {high - 1}] for {num_classes} channel(s), got "

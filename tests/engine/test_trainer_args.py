@@ -18,6 +18,7 @@ OLD_DEFAULT_ARGS = dict(
     precision="32-true", accumulate_grad_batches=1, gradient_clip_algorithm="norm",
     log_every_n_steps=10, check_val_every_n_epoch=1, num_sanity_val_steps=0,
     deterministic=False,
+    sync_batchnorm=False,  # a train key since issue 17 (Lightning's default)
 )
 
 

@@ -244,6 +244,8 @@ class AttentionUNetHead(Head):
         logits = outputs["logits"].detach()
         image_size = tuple(batch.images.shape[-2:])
         post = self.postprocessor.for_stage(stage)
+        # One device -> host copy per gate level and batch, not per image.
+        alphas = [alpha.detach().float().cpu() for alpha in outputs["attention"]]
         preds = []
         for i, meta in enumerate(batch.meta or [{}] * logits.shape[0]):
             top, left, h, w = content_region(meta, image_size)
@@ -253,11 +255,11 @@ class AttentionUNetHead(Head):
             probs = maps_to_original(act, meta, mode="bilinear")
             mask = post(probs, activation=self.activation)
             attention = []
-            for alpha in outputs["attention"]:
+            for alpha in alphas:
                 s = logits.shape[-2] // alpha.shape[-2]  # grid step of this map in pixels
                 t, l = int(top // s), int(left // s)
                 b, r = math.ceil((top + h) / s), math.ceil((left + w) / s)
-                attention.append(alpha[i, :, t:b, l:r].detach().float().cpu())
+                attention.append(alpha[i, :, t:b, l:r].clone())  # not a view of the batch
             extras: dict[str, Any] = {"attention": attention}
             if getattr(post, "threshold", None) is not None:
                 extras["threshold"] = float(post.threshold)

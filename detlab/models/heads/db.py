@@ -189,7 +189,7 @@ class DBHead(Head):
         # Per-step counts for the collapse check (DiagnosticsCallback), not loss terms.
         self.last_stats = {
             "num_pos": ((targets["prob_map"] > 0.5) & (targets["prob_mask"] > 0.5)).sum(),
-            "num_gt": torch.tensor(sum(_num_words(t) for t in batch.targets)),
+            "num_gt": torch.as_tensor(sum(_num_words(t) for t in batch.targets)),
         }
         out = self.loss_fn(cropped, targets)
         if isinstance(out, Tensor):
@@ -211,10 +211,12 @@ class DBHead(Head):
         ``extras["prob_map"]``: that cropped ``(h, w)`` probability map (input resolution, CPU)."""
         logits = outputs["prob_logits"].detach()
         image_size = tuple(batch.images.shape[-2:])
+        # One device -> host copy per batch (the polygon search runs in OpenCV), not per image.
+        probs = logits[:, 0].float().sigmoid().cpu()
         preds = []
         for i, meta in enumerate(batch.meta or [{}] * logits.shape[0]):
             top, left, h, w = content_region(meta, image_size)
-            prob = logits[i, 0, top : top + h, left : left + w].float().sigmoid().cpu()
+            prob = probs[i, top : top + h, left : left + w].clone()  # not a view of the batch
             orig = meta.get("orig_size")
             polygons, scores = self.postprocessor(
                 prob.numpy(), stage=stage,
@@ -230,12 +232,14 @@ class DBHead(Head):
         return preds
 
 
-def _num_words(target: Mapping[str, Any]) -> int:
-    """Words of one target that are not marked ``###``."""
+def _num_words(target: Mapping[str, Any]) -> Tensor | int:
+    """Words of one target that are not marked ``###`` (a tensor when counted from an
+    ``ignore`` tensor: no host read per image)."""
     n = len(target.get("polygons") or [])
     ignore = target.get("ignore")
-    return n - int(torch.as_tensor(ignore).bool().sum()) if ignore is not None and len(
-        ignore) == n else n
+    if ignore is not None and len(ignore) == n:
+        return n - torch.as_tensor(ignore).bool().sum()
+    return n
 
 
 def _target_map(target: Mapping[str, Any], key: str, index: int, size: tuple[int, int]

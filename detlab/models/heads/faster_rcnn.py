@@ -149,7 +149,7 @@ class FasterRCNNHead(Head):
 
     def _targets(self, batch: Batch, device: torch.device) -> list[dict[str, Tensor]]:
         """torchvision-style targets: non-ignored boxes, labels + 1 (0 is background)."""
-        out = []
+        out, ranges = [], []
         for i, t in enumerate(batch.targets):
             boxes = t.get("boxes")
             boxes = torch.zeros((0, 4)) if boxes is None else boxes
@@ -159,16 +159,21 @@ class FasterRCNNHead(Head):
             labels = labels.reshape(-1).to(device)
             if len(labels) != len(boxes):
                 raise DataError(f"{OWNER}: image {i}: {len(boxes)} boxes but {len(labels)} labels")
-            if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise DataError(
-                    f"{OWNER}: image {i}: labels must be in [0, {self.num_classes}), got "
-                    f"[{int(labels.min())}, {int(labels.max())}]"
-                )
+            if len(labels):
+                ranges.append((i, torch.stack(torch.aminmax(labels))))
             ignore = t.get("ignore")
             if ignore is not None and len(ignore) == len(boxes):
                 keep = ~ignore.to(device).bool()
                 boxes, labels = boxes[keep], labels[keep]
             out.append({"boxes": boxes, "labels": labels.long() + 1})
+        # One host read for the whole batch's label check (not two per image).
+        values = torch.stack([r for _, r in ranges]).tolist() if ranges else []
+        for (i, _), (low, high) in zip(ranges, values):
+            if low < 0 or high >= self.num_classes:
+                raise DataError(
+                    f"{OWNER}: image {i}: labels must be in [0, {self.num_classes}), got "
+                    f"[{low}, {high}]"
+                )
         return out
 
     def loss(self, feats: list[Tensor], batch: Batch) -> dict[str, Tensor]:

@@ -155,7 +155,10 @@ class RPN(nn.Module):
         b = feats[0].shape[0]
         anchors = grid_anchors([tuple(f.shape[-2:]) for f in feats], self.strides, self.cells,
                                feats[0].device)
-        return logits.view(b, -1), deltas.view(b, -1, 4), anchors.to(deltas.dtype), per_level
+        # Anchors stay float32 under autocast: half precision has 0.5 px steps at 512-1024 px
+        # (bf16: 4 px), which shifts every regression target (fp64 kept for gradcheck).
+        dtype = torch.promote_types(deltas.dtype, torch.float32)
+        return logits.view(b, -1), deltas.view(b, -1, 4), anchors.to(dtype), per_level
 
     @torch.no_grad()
     def proposals(
@@ -186,7 +189,8 @@ class RPN(nn.Module):
         idx = torch.cat(picks, dim=1)  # (B, K)
         level_ids = torch.cat(levels)
         scores = objectness.gather(1, idx).sigmoid()
-        chosen_deltas = deltas.detach().gather(1, idx[..., None].expand(-1, -1, 4))
+        # decode_single casts the anchors to the deltas' dtype: decode in the anchors' (fp32).
+        chosen_deltas = deltas.detach().gather(1, idx[..., None].expand(-1, -1, 4)).to(anchors)
         boxes = self.box_coder.decode_single(
             chosen_deltas.reshape(-1, 4), anchors[idx.reshape(-1)]
         ).view(idx.shape[0], -1, 4)

@@ -107,7 +107,8 @@ def regression_loss(
     if box_target_space(loss) == "deltas":
         pred, target = deltas, target_deltas
     else:
-        pred, target = coder.decode_single(deltas, refs), target_boxes
+        # In the refs' dtype (fp32): decode_single would cast the boxes to half deltas' dtype.
+        pred, target = coder.decode_single(deltas.to(refs.dtype), refs), target_boxes
     if isinstance(loss, nn.modules.loss._Loss):
         return loss(pred, target) if len(pred) else deltas.sum() * 0.0
     return loss(pred, target, avg_factor=float(max(avg_factor, 1)))

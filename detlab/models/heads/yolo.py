@@ -255,20 +255,24 @@ class YOLOHead(Head):
                            "num_gt_below_stride": (used & (sides < min(self.strides))).sum()}
 
         cls_weight = None
-        if ignored.any():
+        # Whether any image carries ignore flags is known on the host (no read of the flags).
+        if any(isinstance(t.get("ignore"), Tensor) for t in batch.targets):
             in_ignore = points_in_boxes(points, gt_boxes.float(), ignored).any(dim=1)
             cls_weight = (~(in_ignore & ~fg)).float().reshape(-1)
         loss_cls = self.cls_loss(cls_logits.reshape(b * a, c), target_scores.reshape(b * a, c),
                                  weight=cls_weight, avg_factor=norm)
 
-        box_weight = target_scores.sum(dim=-1)[fg]
-        target_boxes = assign.target_boxes[fg].float()
-        loss_box = self.box_loss(pred_boxes[fg], target_boxes, weight=box_weight, avg_factor=norm)
-        pos_points = points[None].expand(b, a, 2)[fg]
-        pos_strides = strides[None].expand(b, a)[fg]
-        target_dist = boxes_to_distances(pos_points, target_boxes) / pos_strides[:, None]
-        loss_dfl = self.dfl_loss(box_dist[fg].reshape(-1, 4, self.reg_max), target_dist,
+        # One nonzero for all positive gathers (each boolean-mask index would be a host sync);
+        # row-major, so the same rows in the same order as ``x[fg]``.
+        pos = fg.reshape(-1).nonzero().squeeze(1)
+        pos_anchor = pos % a
+        box_weight = target_scores.sum(dim=-1).reshape(-1)[pos]
+        target_boxes = assign.target_boxes.reshape(b * a, 4)[pos].float()
+        loss_box = self.box_loss(pred_boxes.reshape(b * a, 4)[pos], target_boxes,
                                  weight=box_weight, avg_factor=norm)
+        target_dist = boxes_to_distances(points[pos_anchor], target_boxes) / strides[pos_anchor, None]
+        loss_dfl = self.dfl_loss(box_dist.reshape(b * a, -1)[pos].reshape(-1, 4, self.reg_max),
+                                 target_dist, weight=box_weight, avg_factor=norm)
         return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_dfl": loss_dfl}
 
     # -- predictions ----------------------------------------------------------------------------
