@@ -5,16 +5,18 @@ convolutions, channels-last weights where the head profits), set by the recipe's
 
     inference = dict(fuse_bn=True, channels_last=None, precision="32")   # the defaults
 
-``channels_last=None`` means "where it is faster": box and text heads yes, segmentation heads
-no (the Attention U-Net's decoder ran ~7x slower in NHWC on the 2-core CPU). Predictions equal
+``channels_last=None`` means "yes unless the head sets ``prefers_channels_last = False``"
+(every detlab head was faster in NHWC on the 2-core CPU: ``tools/bench_inference.py``).
+Predictions equal
 those of the training model up to float rounding (~1e-6 relative, tested per head family).
 Lightning's validation loop runs the same copy (made once per validation epoch), so val/*
 equal ``detlab eval``'s numbers.
 
 ``precision="bf16"`` (CPU or CUDA) or ``"16"`` (CUDA) runs the backbone and neck under
 autocast and hands float32 feature maps to the head, whose box decoding and post-processing
-stay float32. It changes the numbers (~1 % of a logit on the helmet YOLO) for speed (1.75x per
-640 px forward on the AVX512-BF16 CPU): check the metrics with ``detlab eval`` before using it.
+stay float32. It changes the numbers (2 % of the largest logit on the helmet YOLO; Faster R-CNN's proposals
+reorder) for speed (1.3-1.7x per forward on top of folding, AVX512-BF16 CPU): check the
+metrics with ``detlab eval`` before using it.
 """
 
 from __future__ import annotations
