@@ -108,10 +108,12 @@ def _autocast_features(model: nn.Module, precision: str, device: torch.device) -
 def _weights_key(model: nn.Module) -> tuple[Any, ...]:
     # Optimizer steps and load_state_dict write parameters in place, which bumps their version:
     # a changed model gets a fresh copy.
+    # Tensors made under inference_mode (a model loaded inside it) have no version counter;
+    # their storage stands in (an in-place write under inference_mode then goes unseen).
     tensors = list(model.parameters()) + list(model.buffers())
     first = next(iter(tensors), None)
     return (id(model), first.device if first is not None else None,
-            tuple(t._version for t in tensors))
+            tuple((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors))
 
 
 def inference_task(task: Any) -> Any:

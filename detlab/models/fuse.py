@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from contextlib import contextmanager
+from contextvars import ContextVar
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +29,26 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-__all__ = ["AutocastFeatures", "FusionReport", "fuse_conv_bn", "inference_copy",
+__all__ = ["AutocastFeatures", "FusionReport", "fuse_conv_bn", "inference_copy", "is_tracing",
            "output_tensors", "to_channels_last"]
 
 log = logging.getLogger(__name__)
+_TRACING: ContextVar[bool] = ContextVar("detlab_fuse_tracing", default=False)
+
+
+def is_tracing() -> bool:
+    """Whether the current forward is one of the fold's own (the trace and the output check on
+    the example image), e.g. for a hook that counts the network passes of a loop."""
+    return _TRACING.get()
+
+
+@contextmanager
+def _tracing() -> Iterator[None]:
+    token = _TRACING.set(True)
+    try:
+        yield
+    finally:
+        _TRACING.reset(token)
 
 
 @dataclass
@@ -88,7 +107,7 @@ def _trace_pairs(model: nn.Module, example: torch.Tensor
             handles.append(mod.register_forward_pre_hook(bn_hook))
     try:
         # Not inference tensors: those have no version counter.
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), _tracing():
             model(example.clone())
     finally:
         for h in handles:
@@ -227,7 +246,7 @@ def inference_copy(model: nn.Module, example: torch.Tensor, fuse_bn: bool = True
         if report.fused:
             was_training = model.training
             try:
-                with torch.inference_mode(False), torch.no_grad():
+                with torch.inference_mode(False), torch.no_grad(), _tracing():
                     same = _same_outputs(model.eval()(example), out(example))
             finally:
                 model.train(was_training)

@@ -215,3 +215,15 @@ def test_model_without_image_forward_runs_as_trained(caplog):
     with caplog.at_level("WARNING"):
         assert inference_task(task) is task
     assert "runs PredictOnly as trained" in caplog.text
+
+
+def test_model_built_under_inference_mode():
+    """Weights made inside torch.inference_mode() have no version counter: the cache key uses
+    their storage instead (this raised 'Inference tensors do not track version counter')."""
+    with torch.inference_mode():
+        task = _task()
+        view = inference_task(task)
+        assert inference_task(task).model is view.model
+        x = torch.rand(1, 3, 64, 64)
+        torch.testing.assert_close(view.model(x)["cls_logits"], task.model(x)["cls_logits"],
+                                   rtol=1e-4, atol=1e-4)
