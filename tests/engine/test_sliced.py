@@ -50,7 +50,8 @@ def test_unet_blend_equals_monai_sliding_window():
     for i, pred in enumerate(preds):
         assert pred.probs.shape == (1, 64, 64) and float(want[i].std()) > 1e-5
         torch.testing.assert_close(pred.probs, want[i], atol=1e-6, rtol=0)
-        assert torch.equal(pred.mask, pred.probs > task.model.head.threshold)
+        # the head's one threshold, ">=" as everywhere (SegmentationPostProcessor)
+        assert torch.equal(pred.mask, pred.probs >= task.model.head.threshold)
 
 
 def test_db_one_whole_frame_tile_keeps_the_map():
