@@ -66,8 +66,9 @@ def _is_batchnorm(module: nn.Module) -> bool:
 
     if isinstance(module, FrozenBatchNorm2d):
         return True
-    return isinstance(module, nn.BatchNorm2d) and module.track_running_stats and (
-        module.running_mean is not None)
+    # SyncBatchNorm (train.sync_batchnorm) is not a BatchNorm2d; in eval it is one.
+    return isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) and (
+        module.track_running_stats and module.running_mean is not None)
 
 
 def _trace_pairs(model: nn.Module, example: torch.Tensor

@@ -227,3 +227,13 @@ def test_model_built_under_inference_mode():
         x = torch.rand(1, 3, 64, 64)
         torch.testing.assert_close(view.model(x)["cls_logits"], task.model(x)["cls_logits"],
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_sync_batchnorm_folds_too():
+    """train.sync_batchnorm turns every BatchNorm into SyncBatchNorm (not a BatchNorm2d)."""
+    model = _random_stats(Plain())
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model).eval()
+    assert isinstance(model.bn, nn.SyncBatchNorm)
+    ref, out, report = _outputs(model, torch.randn(2, 3, 8, 8))
+    assert report.fused == 1 == report.batchnorms
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
