@@ -56,6 +56,8 @@ def main() -> None:
                         "postprocessor iou_threshold, new or legacy spelling)")
     parser.add_argument("--values", default="0.5,0.6,0.7,0.8")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--recipe", default=None, help="rebuild CKPT with this recipe (a "
+                        "checkpoint saved before a key rename), as `detlab eval --recipe`")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="train the tiny checkpoint into DIR and keep it; reuse the one "
                         "already there on later runs")
@@ -75,7 +77,7 @@ def main() -> None:
         ckpt = found[0] if found else tiny_checkpoint(work)
     else:
         ckpt = tiny_checkpoint(Path(tmp.name))
-    task = load_task(ckpt)
+    task = load_task(ckpt, recipe=args.recipe)
     if not isinstance(getattr(task.model.head, "postprocessor", None), StagedPostprocessor):
         raise SystemExit(f"{type(task.model.head).__name__} has no postprocessor slot")
     key = args.key or _default_key(task.recipe)
