@@ -8,14 +8,14 @@ mistake names the component and the argument. ``bool`` is never accepted as a nu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .errors import ConfigError
 
 __all__ = [
-    "check_bool", "check_choice", "check_float", "check_int", "check_int_list", "is_number",
-    "is_int",
+    "check_bool", "check_choice", "check_float", "check_int", "check_int_list", "check_section",
+    "is_number", "is_int",
 ]
 
 
@@ -106,3 +106,22 @@ def check_int_list(
         what += (f" >= {low}" if low is not None else "")
         raise ConfigError(f"{owner}: {arg} must be {what}, got {value!r}")
     return list(value)
+
+
+def check_section(key: str, value: Any, allowed: Iterable[str], expected: str = "a dict",
+                  ignore: Iterable[str] = ("type",)) -> dict[str, Any]:
+    """``value`` (a recipe section such as ``inference.tta``) as a plain dict without the
+    ``ignore`` keys, after checking it is a mapping whose keys are among ``allowed``.
+
+    Raises:
+        ConfigError: ``"<key>=<value>: expected <expected>"`` for a non-mapping;
+            ``"<key>: unknown key(s) [...]; expected [...]"`` for keys outside ``allowed``.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+    skip, known = set(ignore), sorted(set(allowed))
+    out = {k: v for k, v in value.items() if k not in skip}
+    unknown = sorted(set(out) - set(known))
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {unknown}; expected {known}")
+    return out

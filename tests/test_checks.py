@@ -42,3 +42,17 @@ def test_huge_int_is_not_a_number():
     assert not is_number(10**400)
     with pytest.raises(ConfigError, match="must be a number"):
         check_float("A", "x", 10**400)
+
+
+def test_check_section_strips_type_and_names_unknown_keys():
+    from detlab.checks import check_section
+
+    assert check_section("inference.tta", {"type": "x", "flips": ["h"]}, ["flips"]) == {
+        "flips": ["h"]}
+    with pytest.raises(ConfigError, match=r"inference.tta=3: expected a dict"):
+        check_section("inference.tta", 3, ["flips"])
+    with pytest.raises(ConfigError, match=r"inference.tta: unknown key\(s\) \['flip'\]; "
+                                          r"expected \['flips', 'scales'\]"):
+        check_section("inference.tta", {"flip": 1}, ["scales", "flips"])
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['type'\]"):
+        check_section("inference", {"type": 1}, ["tta"], ignore=())

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
     [
         ("helmet_yolo_p2.py", ["data.train.num_samples=4", "data.train.transforms=[]"]),
         ("helmet_yolo.py", ["data.train.num_samples=4", "data.train.transforms=[]"]),
+        # the dense CSP-Darknet backbone variant
+        ("helmet_yolo_dense.py", ["data.train.num_samples=4", "data.train.transforms=[]"]),
         # ObjectCrops of full-HD frames; small frames and crops keep the 12 steps fast.
         ("helmet_cctv_fullhd.py", [
             "data.train.dataset.num_samples=4", "data.train.dataset.transforms=[]",

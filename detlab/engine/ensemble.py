@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import check_choice, check_float
+from ..checks import check_choice, check_float, check_section
 from ..errors import ConfigError, DataError
 from ..postprocess.ensemble import EnsembleSettings, mean_maps, merge_boxes
 from ..structures import Batch, Prediction
@@ -78,13 +78,8 @@ class TTASettings:
             return cls()
         if isinstance(cfg, TTASettings):
             return cfg
-        if not isinstance(cfg, Mapping):
-            raise ConfigError(f"inference.tta={cfg!r}: expected dict(flips=..., scales=...)")
-        unknown = sorted(set(cfg) - {"flips", "scales", "type"})
-        if unknown:
-            raise ConfigError(f"inference.tta: unknown key(s) {unknown}; expected "
-                              "['flips', 'scales']")
-        return cls(**{k: v for k, v in cfg.items() if k != "type"})
+        return cls(**check_section("inference.tta", cfg, ("flips", "scales"),
+                                   "dict(flips=..., scales=...)"))
 
     @property
     def views(self) -> list[tuple[str, float]]:

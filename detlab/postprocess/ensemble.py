@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..checks import check_choice, check_float, check_int
+from ..checks import check_choice, check_float, check_int, check_section
 from ..errors import ConfigError
 from ..ops.nms import nms
 from ..ops.wbf import weighted_boxes_fusion
@@ -88,13 +88,8 @@ class EnsembleSettings:
             return cls()
         if isinstance(cfg, EnsembleSettings):
             return cfg
-        if not isinstance(cfg, Mapping):
-            raise ConfigError(f"inference.ensemble={cfg!r}: expected a dict of settings")
-        cfg = {k: v for k, v in cfg.items() if k != "type"}
-        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"inference.ensemble: unknown key(s) {unknown}; expected "
-                              f"{sorted(cls.__dataclass_fields__)}")
+        cfg = check_section("inference.ensemble", cfg, cls.__dataclass_fields__,
+                            "a dict of settings")
         return cls(**cfg)
 
     def member_weights(self, count: int, names: Sequence[str]) -> list[float]:

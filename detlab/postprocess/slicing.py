@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import is_int, is_number
+from ..checks import check_section, is_int, is_number
 from ..errors import ConfigError
 from ..registry import POSTPROCESSORS
 
@@ -129,16 +129,11 @@ class SlicedInference:
         """Settings from a recipe's ``inference.slicing`` (a dict, an instance or ``None``)."""
         if cfg is None or isinstance(cfg, SlicedInference):
             return cfg
-        if not isinstance(cfg, Mapping):
-            raise ConfigError(f"{KEY}={cfg!r}: expected a dict of SlicedInference arguments")
-        args = {k: v for k, v in cfg.items() if k != "type"}
+        args = check_section(KEY, cfg, [f.name for f in fields(cls)],
+                             "a dict of SlicedInference arguments")
         kind = cfg.get("type", "SlicedInference")
         if kind not in ("SlicedInference", cls):
             raise ConfigError(f"{KEY}.type={kind!r}: expected 'SlicedInference'")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(args) - known)
-        if unknown:
-            raise ConfigError(f"{KEY}: unknown key(s) {unknown}; expected {sorted(known)}")
         return cls(**args)
 
     @classmethod
@@ -309,10 +304,6 @@ def inference_section(recipe: Mapping[str, Any]) -> Mapping[str, Any]:
     section = recipe.get("inference")
     if section is None:
         return {}
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"inference={section!r}: expected a dict with keys from "
-                          f"{list(INFERENCE_KEYS)}")
-    unknown = sorted(set(section) - set(INFERENCE_KEYS))
-    if unknown:
-        raise ConfigError(f"inference: unknown key(s) {unknown}; expected {list(INFERENCE_KEYS)}")
+    check_section("inference", section, INFERENCE_KEYS,
+                  f"a dict with keys from {list(INFERENCE_KEYS)}", ignore=())
     return section

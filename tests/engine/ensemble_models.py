@@ -62,3 +62,29 @@ def write_checkpoint(task: DetlabTask, path: Path) -> Path:
     torch.save({"state_dict": task.state_dict(),
                 RECIPE_KEY: json.dumps(task.recipe.provenance())}, path)
     return path
+
+
+def prediction_numbers(pred) -> torch.Tensor:
+    """A prediction's numbers as one tensor: boxes + scores + labels, probabilities + mask, or
+    the DB probability map."""
+    if pred.boxes is not None:
+        return torch.cat([pred.boxes, pred.scores[:, None], pred.labels[:, None].float()], 1)
+    if pred.probs is not None:
+        return torch.cat([pred.probs.flatten(), pred.mask.float().flatten()])
+    return pred.extras["prob_map"]
+
+
+def assert_same_predictions(got, want, atol: float) -> None:
+    """Two lists of frame predictions agree: numbers within ``atol``, polygons (DB) one for one
+    within 1e-4 px; each prediction has numbers to compare."""
+    import numpy as np
+
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert prediction_numbers(w).numel() > 0
+        torch.testing.assert_close(prediction_numbers(g), prediction_numbers(w), atol=atol,
+                                   rtol=0)
+        if w.polygons is not None:
+            assert len(g.polygons) == len(w.polygons)
+            for a, b in zip(g.polygons, w.polygons):
+                np.testing.assert_allclose(a, b, atol=1e-4)

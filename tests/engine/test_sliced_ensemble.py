@@ -7,7 +7,6 @@ with ``inference.slicing`` in the recipe scores the mean of the two sliced maps.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,8 @@ from detlab.engine.sliced_views import sliced_views
 from detlab.postprocess.ensemble import EnsembleSettings
 from detlab.postprocess.slicing import SlicedInference
 
-from ensemble_models import tiny_task, write_checkpoint
+from ensemble_models import (assert_same_predictions, prediction_numbers, tiny_task,
+                             write_checkpoint)
 
 torch.set_num_threads(1)
 
@@ -33,14 +33,6 @@ SLICED = ["+inference.slicing.slice_height=40", "+inference.slicing.overlap=0.25
           "+inference.slicing.match_threshold=0.5"]
 BOX = ["model.head.postprocessor.score_threshold=0.0"]
 DB = ["model.head.postprocessor.min_size=1"]  # polygons of the untrained map's small blobs
-
-
-def _numbers(pred) -> torch.Tensor:
-    if pred.boxes is not None:
-        return torch.cat([pred.boxes, pred.scores[:, None], pred.labels[:, None].float()], 1)
-    if pred.probs is not None:
-        return torch.cat([pred.probs.flatten(), pred.mask.float().flatten()])
-    return pred.extras["prob_map"]
 
 
 @pytest.mark.parametrize("kind, extra, method", [
@@ -55,14 +47,8 @@ def test_ensemble_of_a_sliced_checkpoint_with_itself_is_its_sliced_prediction(ki
         pair = [p for preds, _ in ensemble_predictions(
             [task, task], loaders, "cpu", ["a", "a"], EnsembleSettings(method=method), None)
             for p in preds]
-    assert len(single) == len(pair) == 2
-    for s, p in zip(single, pair):
-        assert _numbers(s).numel() > 0
-        torch.testing.assert_close(_numbers(p), _numbers(s), atol=1e-5, rtol=0)
-        if s.polygons is not None:
-            assert len(s.polygons) == len(p.polygons)
-            for a, b in zip(s.polygons, p.polygons):
-                np.testing.assert_allclose(a, b, atol=1e-4)
+    assert len(single) == 2
+    assert_same_predictions(pair, single, atol=1e-5)
     if kind == "db":
         assert sum(len(s.polygons) for s in single) >= 1
 
@@ -108,8 +94,8 @@ def test_sliced_hflip_view_is_the_mirrored_prediction_of_the_mirrored_frame(kind
     # and the view is not the plain (unflipped) sliced prediction of the frame
     with torch.inference_mode():
         (same,), _ = sliced_step(task.model, sliced, settings, "cpu")
-    assert _numbers(same).shape != _numbers(view).shape or not torch.allclose(
-        _numbers(same), _numbers(view), atol=1e-4)
+    assert prediction_numbers(same).shape != prediction_numbers(view).shape or not torch.allclose(
+        prediction_numbers(same), prediction_numbers(view), atol=1e-4)
 
 
 def test_recipe_tta_with_slicing_fuses_the_sliced_views():

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -18,7 +17,7 @@ from detlab.cli import main
 from detlab.engine.inference import data_module, evaluate
 from detlab.structures import Prediction
 
-from ensemble_models import ROOT, tiny_task
+from ensemble_models import ROOT, assert_same_predictions, prediction_numbers, tiny_task
 
 torch.set_num_threads(1)
 
@@ -57,15 +56,6 @@ def _recorded(task, run) -> tuple[dict[str, float], list[Prediction]]:
         task.evaluator.update = update
 
 
-def _dense(pred: Prediction) -> torch.Tensor:
-    """The prediction's numbers: boxes + scores + labels, the DB map, or the probabilities."""
-    if pred.boxes is not None:
-        return torch.cat([pred.boxes, pred.scores[:, None], pred.labels[:, None].float()], 1)
-    if pred.probs is not None:
-        return pred.probs
-    return pred.extras["prob_map"]
-
-
 @pytest.mark.parametrize("kind, extra", [
     ("yolo", ["model.head.postprocessor.score_threshold=0.0"]),
     ("db", []),
@@ -79,17 +69,13 @@ def test_sliced_validation_logs_what_eval_computes(kind, extra):
     assert logged.keys() == want.keys() and len(want) >= 3
     assert logged == pytest.approx(want, abs=1e-6)
     # the same frame predictions (untrained boxes score AP 0: compare the boxes themselves)
-    assert len(val_preds) == len(eval_preds) == 2
-    for v, e in zip(val_preds, eval_preds):
-        assert _dense(v).numel() > 0
-        torch.testing.assert_close(_dense(v), _dense(e), atol=1e-6, rtol=0)
-        if e.polygons is not None:
-            assert len(v.polygons) == len(e.polygons)
+    assert len(eval_preds) == 2
+    assert_same_predictions(val_preds, eval_preds, atol=1e-6)
     # the validation really was sliced: the unsliced validation of the same weights differs
     plain = tiny_task(kind, extra=[*SLICED, *extra])
     assert plain.val_slicing is None  # off by default
     _, plain_preds = _recorded(plain, _validate)
-    assert any(_dense(p).shape != _dense(e).shape or not torch.allclose(_dense(p), _dense(e))
+    assert any(prediction_numbers(p).shape != prediction_numbers(e).shape or not torch.allclose(prediction_numbers(p), prediction_numbers(e))
                for p, e in zip(plain_preds, eval_preds))
 
 
