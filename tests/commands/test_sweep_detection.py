@@ -51,3 +51,16 @@ def test_sweep_table_shows_every_metric(det_ckpt):
     header = [word for table in tables for word in table.splitlines()[0].split()]
     assert set(result[0]["metrics"]) - set(header) == set()
     assert {"AP_rel_tiny", "AP_rel_large", "AR_large", "AP/helmet_off"} <= set(header)
+
+
+def test_sweep_decodes_each_batch_once(det_ckpt, monkeypatch):
+    # YOLOHead splits post-processing: the DFL decoding is shared by all settings
+    from detlab.models.heads.yolo import YOLOHead
+
+    calls = []
+    original = YOLOHead.decode_outputs
+    monkeypatch.setattr(YOLOHead, "decode_outputs",
+                        lambda self, outputs: calls.append(1) or original(self, outputs))
+    result = run_sweep(load_task(det_ckpt), {KEY: [0.5, 0.6, 0.8]})
+    assert len(result) == 3 and len(calls) == 1  # 4 val images, batch 4: one batch
+    assert 0 < result.decode_s <= result.postprocess_s

@@ -325,3 +325,70 @@ def test_prefix_is_exact_for_soft_and_diou(method):
                      score_threshold=0.05, max_keep=30)
     assert torch.equal(out_scores, kept) and torch.equal(out_boxes, boxes[order][keep])
     assert len(out_scores) == 30
+
+
+# -- tie order and continued prefixes -------------------------------------------------------------
+def _stable_candidates(scores, threshold, multi_label):
+    """All candidates over ``threshold`` in a full stable descending sort (the oracle order)."""
+    if multi_label:
+        v, idx = scores.reshape(-1).sort(descending=True, stable=True)
+        box, lab = idx // scores.shape[1], idx % scores.shape[1]
+    else:
+        best, labels = scores.max(dim=1)
+        v, box = best.sort(descending=True, stable=True)
+        lab = labels[box]
+    ok = v > threshold
+    return v[ok], box[ok], lab[ok]
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_candidates_are_a_stable_sort_prefix(multi_label):
+    g = torch.Generator().manual_seed(11)
+    scores = (torch.rand(2, 700, 3, generator=g) * 9).floor() / 9 + 0.01  # 10 levels: ties
+    post = BoxPostProcessor(score_threshold=0.001, multi_label=multi_label)
+    for k in (5, 333, 700, 2100 if multi_label else 700):
+        values, box, labels = post.candidates(scores, k)
+        for r in range(2):
+            v, b, lab = _stable_candidates(scores[r], 0.001, multi_label)
+            assert torch.equal(values[r], v[:k]) and torch.equal(box[r], b[:k])
+            assert torch.equal(labels[r], lab[:k])
+
+
+def _clustered(seed, clusters=3, copies=1500, classes=2, levels=None):
+    """``copies`` jittered copies of a few boxes outrank scattered small boxes, so a short
+    prefix keeps few detections and NMS has to continue past it."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(clusters, 2, generator=g) * 400
+    pick = torch.randint(0, clusters, (copies,), generator=g)
+    xy = centres[pick] + torch.rand(copies, 2, generator=g) * 3
+    dup = torch.cat([xy, xy + 40 + torch.rand(copies, 2, generator=g) * 3], 1)
+    xy = torch.rand(1500, 2, generator=g) * 600
+    scattered = torch.cat([xy, xy + 4 + torch.rand(1500, 2, generator=g) * 8], 1)
+    boxes = torch.cat([dup, scattered])
+    scores = torch.cat([0.5 + 0.5 * torch.rand(copies, classes, generator=g),
+                        0.5 * torch.rand(1500, classes, generator=g)])
+    if levels:
+        scores = (scores * levels).ceil() / levels
+    return boxes, scores
+
+
+@pytest.mark.parametrize("method, agnostic, multi_label, levels", [
+    ("standard", False, True, None), ("standard", False, True, 40),
+    ("standard", True, True, 40), ("standard", False, False, 25), ("diou", False, True, 40)])
+def test_continued_prefix_equals_one_pass_over_all_candidates(method, agnostic, multi_label,
+                                                               levels, monkeypatch):
+    calls = []
+    original = BoxPostProcessor._continue_hard
+    monkeypatch.setattr(BoxPostProcessor, "_continue_hard",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    post = BoxPostProcessor(score_threshold=0.01, max_detections=300, iou_threshold=0.6,
+                            method=method, class_agnostic=agnostic, multi_label=multi_label)
+    for seed in (0, 1):
+        boxes, scores = _clustered(seed, levels=levels)
+        got = post(boxes, scores)
+        v, b, lab = _stable_candidates(scores, 0.01, multi_label)
+        keep, kept = nms(boxes[b], v, lab, method, 0.6, class_agnostic=agnostic, max_keep=300)
+        assert len(keep) == 300
+        assert torch.equal(got[0], boxes[b][keep]) and torch.equal(got[1], kept)
+        assert torch.equal(got[2], lab[keep])
+    assert len(calls) == 2  # both images went past the first prefix

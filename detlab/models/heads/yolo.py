@@ -281,9 +281,20 @@ class YOLOHead(Head):
     ) -> list[Prediction]:
         """Decode, run the post-processor, map boxes back to original pixels (``meta`` scale and
         pad: ``orig = (input - pad) / scale``) and clip them to ``orig_size``."""
+        return self.postprocess_decoded(*self.decode_outputs(outputs), batch, stage)
+
+    def decode_outputs(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        """What the post-processor takes from the raw outputs: ``(boxes, scores)``, xyxy
+        input-pixel boxes ``(B, A, 4)`` and class probabilities ``(B, A, C)``, float32. They do
+        not depend on the post-processing settings, so ``detlab sweep`` decodes once."""
         scores = outputs["cls_logits"].detach().float().sigmoid()
         boxes = self.decode(outputs["box_dist"].detach(), outputs["anchor_points"],
                             outputs["strides"])
+        return boxes, scores
+
+    def postprocess_decoded(self, boxes: Tensor, scores: Tensor, batch: Batch,
+                            stage: str = "test") -> list[Prediction]:
+        """:meth:`postprocess` of :meth:`decode_outputs`' ``(boxes, scores)``."""
         detections = self.postprocessor.for_stage(stage).batched(boxes, scores)
         metas = batch.meta or [{} for _ in detections]
         return [Prediction(boxes=to_original(det_boxes, meta), scores=det_scores, labels=labels)
