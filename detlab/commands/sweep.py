@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .cli_args import add_trust_arguments
+from .sweep_workers import available_cores, run_jobs
 from ..errors import ConfigError
 from ..postprocess.staged import StagedPostprocessor
 from ..recipe import apply_overrides, parse_value
@@ -163,6 +164,7 @@ class SweepResult(list):
     postprocess_s: float = 0.0
     evaluation_s: float = 0.0
     decode_s: float = 0.0
+    workers: int = 1  # processes the settings ran in
     primary: str = ""
     network_passes: int = 1  # sliced sweeps: one per distinct tile size / overlap
     images: int = 0
@@ -188,19 +190,21 @@ def _combinations(task: Any, grid: dict[str, list[Any]], features: Any,
 
 
 def run_sweep(task: Any, grid: dict[str, list[Any]], split: str = "val",
-              limit: int | None = None) -> SweepResult:
-    """Run ``task``'s model once over ``split`` and evaluate every combination of ``grid``.
+              limit: int | None = None, workers: int = 1) -> SweepResult:
+    """Run ``task``'s model once over ``split`` and evaluate every combination of ``grid``,
+    in up to ``workers`` forked processes (:mod:`detlab.commands.sweep_workers`; the sliced
+    sweep runs in this one).
 
     Returns rows sorted by the primary metric (best first).
     """
     import torch  # here, not at import: `detlab sweep --help` must not load torch
 
     with torch.inference_mode():
-        return _run_sweep(task, grid, split, limit)
+        return _run_sweep(task, grid, split, limit, workers)
 
 
 def _run_sweep(task: Any, grid: dict[str, list[Any]], split: str,
-               limit: int | None) -> SweepResult:
+               limit: int | None, workers: int) -> SweepResult:
     import torch
 
     from ..data.datamodule import DataModule
@@ -237,27 +241,49 @@ def _run_sweep(task: Any, grid: dict[str, list[Any]], split: str,
     postprocess = _shared_decoding(model.head, [head for *_, head, _ in combos], cached, result)
 
     keys = list(grid)
-    higher = True
-    # Combinations that differ only in evaluator keys share the head's predictions.
-    predictions: dict[str, list[Any]] = {}
-    for values, recipe, head, ignored in combos:
-        evaluator = EVALUATORS.build(_fast_evaluator(recipe["evaluator"]), key="evaluator")
-        evaluator.reset()
+    # Combinations that differ only in evaluator keys share the head's predictions: one job
+    # per distinct head.
+    groups: dict[str, list[int]] = {}
+    for i, (_, recipe, _, _) in enumerate(combos):
+        groups.setdefault(repr(recipe["model"]["head"]), []).append(i)
+    jobs = list(groups.values())
+
+    def job(j: int) -> list[tuple[int, dict[str, Any], str, bool, float, float]]:
+        head = combos[jobs[j][0]][2]
         t1 = time.perf_counter()
-        head_key = repr(recipe["model"]["head"])
-        if head_key not in predictions:
-            predictions[head_key] = [postprocess(head, outputs, batch)
-                                     for outputs, batch in cached]
-        for preds, (_, batch) in zip(predictions[head_key], cached):
-            evaluator.update(preds, batch)
-        t2 = time.perf_counter()
-        metrics = evaluator.compute()
-        result.postprocess_s += t2 - t1
-        result.evaluation_s += time.perf_counter() - t2
+        predictions = [postprocess(head, outputs, batch) for outputs, batch in cached]
+        shared = time.perf_counter() - t1
+        rows = []
+        for i in jobs[j]:
+            evaluator = EVALUATORS.build(_fast_evaluator(combos[i][1]["evaluator"]),
+                                         key="evaluator")
+            evaluator.reset()
+            t1 = time.perf_counter()
+            for preds, (_, batch) in zip(predictions, cached):
+                evaluator.update(preds, batch)
+            t2 = time.perf_counter()
+            metrics = evaluator.compute()
+            rows.append((i, metrics, evaluator.primary,
+                         getattr(evaluator, "higher_is_better", True), shared + t2 - t1,
+                         time.perf_counter() - t2))
+            shared = 0.0
+        return rows
+
+    t0 = time.perf_counter()
+    done, result.workers = run_jobs(job, len(jobs), workers)
+    wall = time.perf_counter() - t0
+    rows = sorted(row for group in done for row in group)
+    post, evaluation = sum(r[4] for r in rows), sum(r[5] for r in rows)
+    # workers overlap: split the wall time of all settings in the measured proportion
+    scale = wall / max(post + evaluation, 1e-12) if result.workers > 1 else 1.0
+    result.postprocess_s += post * scale
+    result.evaluation_s += evaluation * scale
+    higher = True
+    for i, metrics, primary, higher, _, _ in rows:
+        values, _, _, ignored = combos[i]
         result.append({"settings": dict(zip(keys, values)), "metrics": metrics,
                        "ignored": ignored})
-        result.primary = evaluator.primary
-        higher = getattr(evaluator, "higher_is_better", True)
+        result.primary = primary
     sort_rows(result, result.primary, higher)
     return result
 
@@ -368,7 +394,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         result = run_ensemble_sweep(tasks, paths, grid, split=args.split, limit=args.limit,
                                     tta=tta)
     else:
-        result = run_sweep(tasks[0], grid, split=args.split, limit=args.limit)
+        result = run_sweep(tasks[0], grid, split=args.split, limit=args.limit,
+                           workers=args.workers or available_cores())
     print(format_table(result))
     n = len(result)
     passes = result.network_passes
@@ -382,7 +409,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"\n{n} combination(s) on {result.images or '?'} images: inference {once} "
         f"{result.inference_s:.2f} s; per combination post-processing {post:.2f} s + "
         f"evaluation {evaluation:.2f} s = {per_combo:.2f} s ({100 * share:.0f} % of one "
-        "inference pass)"
+        "inference pass" + (f"; settings in {result.workers} processes)"
+                            if result.workers > 1 else ")")
     )
     best = result[0]
     print("best: " + "  ".join(f"{k}={v!r}" for k, v in best["settings"].items())
@@ -394,7 +422,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             json.dump({"primary": result.primary, "inference_s": result.inference_s,
                        "postprocess_s": result.postprocess_s,
                        "evaluation_s": result.evaluation_s, "decode_s": result.decode_s,
-                       "rows": rows}, f, indent=1,
+                       "workers": result.workers, "rows": rows}, f, indent=1,
                       default=str)
     return 0
 
@@ -416,11 +444,25 @@ def add_command(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N batches")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="also write every row (settings, all metrics, ignored knobs) as JSON")
+    p.add_argument("--workers", type=_workers, default=0, metavar="N",
+                   help="processes that evaluate the settings (forked, Linux/macOS; default 0: "
+                   "one per available core). The network pass is not affected")
     add_trust_arguments(p)
     p.add_argument("--tta", action="store_true", help="test-time augmentation (as in eval)")
     p.add_argument("--tta-flips", default=None, metavar="F1,F2")
     p.add_argument("--tta-scales", default=None, metavar="S1,S2")
     p.set_defaults(func=cmd_sweep)
+
+
+def _workers(raw: str) -> int:
+    """``--workers`` value: an int >= 0 (argparse turns the error into a usage line)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {raw!r}")
+    return value
 
 
 def rebuild_head(recipe: dict[str, Any], features: Any, head_state: dict[str, Any]) -> Any:

@@ -31,6 +31,9 @@ class BoxPostProcessor:
     candidate, so one box may be kept for several classes (``multi_label=False`` keeps only each
     box's best class). The ``pre_nms_topk`` highest-scoring candidates go through NMS
     (:func:`detlab.ops.nms.nms`), and the ``max_detections`` best survivors are returned.
+    Equal scores are ordered by ``box * C + class`` id, and NMS only looks as far down the
+    candidates as ``max_detections`` survivors need (:meth:`_prefix`): the detections are those
+    of one NMS pass over all candidates in a stable descending sort, ties included.
 
     Args:
         score_threshold: minimum class probability of a candidate (and the final threshold of

@@ -64,3 +64,27 @@ def test_sweep_decodes_each_batch_once(det_ckpt, monkeypatch):
     result = run_sweep(load_task(det_ckpt), {KEY: [0.5, 0.6, 0.8]})
     assert len(result) == 3 and len(calls) == 1  # 4 val images, batch 4: one batch
     assert 0 < result.decode_s <= result.postprocess_s
+
+
+def test_sweep_in_worker_processes_equals_one_process(det_ckpt):
+    from detlab.commands.sweep_workers import can_fork
+
+    if not can_fork():
+        pytest.skip("no fork start method here: the settings run in one process")
+    # 6 settings, 3 heads: the two evaluator settings of a head share its predictions
+    grid = {KEY: [0.5, 0.65, 0.8], "evaluator.max_dets": [100, 10]}
+    task = load_task(det_ckpt)
+    one = run_sweep(task, grid, workers=1)
+    two = run_sweep(task, grid, workers=2)
+    assert (one.workers, two.workers) == (1, 2) and len(two) == 6
+    assert [r["settings"] for r in two] == [r["settings"] for r in one]
+    for a, b in zip(one, two):
+        assert a["metrics"].keys() == b["metrics"].keys()
+        for key, value in a["metrics"].items():
+            assert b["metrics"][key] == pytest.approx(value, abs=0, nan_ok=True), key
+
+
+def test_sweep_workers_option_is_checked(det_ckpt, capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", det_ckpt, f"{KEY}=0.5", "--workers", "-1"])
+    assert "expected an integer >= 0, got '-1'" in capsys.readouterr().err
