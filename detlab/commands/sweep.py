@@ -445,7 +445,7 @@ def add_command(sub: Any) -> None:
     p.add_argument("--json", default=None, metavar="PATH",
                    help="also write every row (settings, all metrics, ignored knobs) as JSON")
     p.add_argument("--workers", type=_workers, default=0, metavar="N",
-                   help="processes that evaluate the settings (forked, Linux/macOS; default 0: "
+                   help="processes that evaluate the settings (forked, Linux only; default 0: "
                    "one per available core). The network pass is not affected")
     add_trust_arguments(p)
     p.add_argument("--tta", action="store_true", help="test-time augmentation (as in eval)")

@@ -4,14 +4,16 @@ A sweep's network pass uses every core (torch's intra-op threads), but each sett
 COCO evaluation run on one, so on a many-core machine the settings, not the network, set the
 time. The settings are independent: forked workers inherit the cached outputs (copy-on-write,
 nothing is pickled but the jobs' indices and their small results) and evaluate one group of
-settings each. Fork only: on platforms without it, or once CUDA is initialised in the parent
-(a forked child cannot use it), the settings run one after another in this process.
+settings each. Linux fork only: elsewhere (macOS system frameworks are not fork-safe,
+Windows has no fork), or once CUDA is initialised in the parent (a forked child cannot use
+it), the settings run one after another in this process.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,10 +31,11 @@ def available_cores() -> int:
 
 
 def can_fork() -> bool:
-    """Whether settings can run in forked workers here (fork exists, CUDA not initialised)."""
+    """Whether settings can run in forked workers here (Linux, CUDA not initialised)."""
     import torch
 
-    return "fork" in multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized()
+    return sys.platform.startswith("linux") and (
+        "fork" in multiprocessing.get_all_start_methods()) and not torch.cuda.is_initialized()
 
 
 def run_jobs(job: Callable[[int], T], count: int, workers: int) -> tuple[list[T], int]:
