@@ -279,7 +279,8 @@ def _ordered_topk(flat: Tensor, k: int) -> tuple[Tensor, Tensor]:
     the ``k``-th place, the lowest-index ones taken: the first ``k`` of a stable descending
     sort, without sorting all ``M`` (``topk`` alone leaves both to the implementation)."""
     values, idx = flat.topk(k, dim=1)
-    if k == 0:
+    if k == 0 or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # an exported graph's TopK: ONNX specifies ties by lower index already
         return values, idx
     idx, perm = idx.sort(dim=1)
     values, perm2 = values.gather(1, perm).sort(dim=1, descending=True, stable=True)
