@@ -1,0 +1,154 @@
+"""uint8 image transport for the training loader (``data.uint8_batches``).
+
+A detection dataset normalizes every sample on the loader worker (``(x / 255 - mean) / std``
+in float32, :meth:`~detlab.data.datasets.detection_base.DetectionDataset.normalize`) and the
+batch crosses to the main process as float32: four bytes a pixel written to shared memory and
+one normalization pass per sample on the worker's CPU. With uint8 batches the workers stop at
+the padded uint8 image (letterbox gray included), collate pads it with zeros into a
+:class:`Uint8Batch` (a quarter of the bytes, the image sizes and ``mean``/``std`` alongside),
+and :func:`normalize_batch_images` makes the float batch after it reached the training device
+(``DataModule.on_after_batch_transfer``, called by Lightning before ``training_step`` and every
+``on_train_batch_*`` callback). Ultralytics' loader does the same (uint8 batches, ``/ 255`` in
+the training step).
+
+The normalized batch is today's float batch: the same float32 operations on the same uint8
+pixels (``x / 255``, ``- mean``, ``/ std``, one channel at a time), and collate's padding
+(zeros in normalized space, not the letterbox gray) set to 0 from each image's size. On the CPU
+the result is bit-identical; on a GPU ``x / 255`` may be rounded differently in the last bit.
+
+Only the training loader built by a Lightning trainer yields uint8 batches (there
+``on_after_batch_transfer`` runs); validation, test, predict, ``detlab show-data`` and every
+loader built outside a trainer keep float batches. Pipelines that compute on normalized pixels
+(``Mixup`` blends them, ``data.multi_scale`` interpolates the batch) and non-detection datasets
+stay float: :func:`uint8_unsupported` names why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import DataError
+from ..structures import Batch, to_device
+from .collate import Collate
+
+__all__ = ["Uint8Batch", "Uint8Collate", "normalize_batch_images", "normalize_images",
+           "raw_pixels", "raw_pixels_requested", "uint8_unsupported"]
+
+_RAW: ContextVar[bool] = ContextVar("detlab_raw_pixels", default=False)
+
+
+@contextlib.contextmanager
+def raw_pixels(enabled: bool = True) -> Iterator[None]:
+    """Context in which detection datasets return ``(3, H, W)`` uint8 images (not normalized)
+    (:class:`~detlab.data.seeding.SeededDataset` with ``uint8=True`` loads samples in it)."""
+    token = _RAW.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _RAW.reset(token)
+
+
+def raw_pixels_requested() -> bool:
+    """Whether the sample being loaded should keep uint8 pixels (:func:`raw_pixels`)."""
+    return _RAW.get()
+
+
+def normalize_images(images: torch.Tensor, sizes: Sequence[Sequence[int]],
+                     mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(B, C, H, W)`` uint8 → float32 ``(x / 255 - mean) / std`` per channel, on the images'
+    device; rows/columns beyond image ``i``'s ``sizes[i]`` ``(h, w)`` (collate's padding) are
+    0, as :func:`~detlab.data.collate.collate` pads normalized images."""
+    out = images.to(torch.float32)
+    out.div_(255.0)
+    shape = (1, -1, 1, 1)
+    out.sub_(torch.tensor(mean, dtype=torch.float32, device=out.device).view(shape))
+    out.div_(torch.tensor(std, dtype=torch.float32, device=out.device).view(shape))
+    height, width = out.shape[-2:]
+    for i, (h, w) in enumerate(sizes):
+        if h < height:
+            out[i, :, h:, :] = 0
+        if w < width:
+            out[i, :, :h, w:] = 0
+    return out
+
+
+@dataclass
+class Uint8Batch(Batch):
+    """A training :class:`~detlab.structures.Batch` whose ``images`` are ``(B, 3, H, W)``
+    uint8, zero-padded; :meth:`normalized` is the float batch the model trains on.
+
+    Attributes:
+        sizes: ``(h, w)`` of each image before collate padded it (letterbox padding included).
+        mean, std: per-channel normalization of ``x / 255`` (the dataset's float32 values).
+    """
+
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def to(self, device: torch.device | str) -> Uint8Batch:
+        """A copy with every tensor on ``device`` (still uint8: normalize there)."""
+        return Uint8Batch(images=self.images.to(device, non_blocking=True),
+                          targets=to_device(self.targets, device), meta=self.meta,
+                          sizes=self.sizes, mean=self.mean, std=self.std)
+
+    def normalized(self) -> Batch:
+        """The plain float32 :class:`~detlab.structures.Batch` (same device)."""
+        return Batch(images=normalize_images(self.images, self.sizes, self.mean, self.std),
+                     targets=self.targets, meta=self.meta)
+
+
+def normalize_batch_images(batch: Any) -> Any:
+    """``batch.normalized()`` for a :class:`Uint8Batch`, anything else unchanged: the one call
+    a consumer of training batches outside Lightning needs."""
+    return batch.normalized() if isinstance(batch, Uint8Batch) else batch
+
+
+class Uint8Collate(Collate):
+    """:class:`~detlab.data.collate.Collate` of uint8 samples into a :class:`Uint8Batch`."""
+
+    def __init__(self, size_divisor: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__(size_divisor)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+
+    def __call__(self, samples: list[dict[str, Any]]) -> Uint8Batch:
+        wrong = [s["image"].dtype for s in samples if s["image"].dtype != torch.uint8]
+        if wrong:
+            raise DataError(f"data.uint8_batches: a training sample has a {wrong[0]} image, "
+                            "expected uint8 (a dataset or wrapper that normalizes itself); "
+                            "set data.uint8_batches=False")
+        sizes = [(int(s["image"].shape[-2]), int(s["image"].shape[-1])) for s in samples]
+        batch = super().__call__(samples)
+        return Uint8Batch(images=batch.images, targets=batch.targets, meta=batch.meta,
+                          sizes=sizes, mean=self.mean, std=self.std)
+
+
+def uint8_unsupported(dataset: Any, multi_scale: Any = None) -> str | None:
+    """Why the training ``dataset`` cannot produce uint8 batches, or ``None`` when it can: a
+    chain of ``MosaicDataset`` / ``ObjectCrops`` / ``CopyPaste`` around a detection dataset,
+    without ``data.multi_scale``."""
+    from .crops import ObjectCrops
+    from .datasets.detection_base import DetectionDataset
+    from .mixing import CopyPaste, Mixup
+    from .mosaic import MosaicDataset
+
+    if multi_scale is not None:
+        return "data.multi_scale resizes the normalized batch"
+    current = dataset
+    for _ in range(8):
+        if isinstance(current, DetectionDataset):
+            return None
+        if isinstance(current, Mixup):
+            return "data.train uses Mixup, which blends normalized images"
+        if not isinstance(current, (MosaicDataset, ObjectCrops, CopyPaste)):
+            break
+        current = current.dataset
+    return (f"data.train ({type(dataset).__name__}) is not a detection dataset (or "
+            "MosaicDataset / ObjectCrops / CopyPaste around one)")
