@@ -26,6 +26,7 @@ stay float: :func:`uint8_unsupported` names why.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -66,9 +67,8 @@ def normalize_images(images: torch.Tensor, sizes: Sequence[Sequence[int]],
     0, as :func:`~detlab.data.collate.collate` pads normalized images."""
     out = images.to(torch.float32)
     out.div_(255.0)
-    shape = (1, -1, 1, 1)
-    out.sub_(torch.tensor(mean, dtype=torch.float32, device=out.device).view(shape))
-    out.div_(torch.tensor(std, dtype=torch.float32, device=out.device).view(shape))
+    out.sub_(_channel_tensor(tuple(mean), out.device))
+    out.div_(_channel_tensor(tuple(std), out.device))
     height, width = out.shape[-2:]
     for i, (h, w) in enumerate(sizes):
         if h < height:
@@ -76,6 +76,13 @@ def normalize_images(images: torch.Tensor, sizes: Sequence[Sequence[int]],
         if w < width:
             out[i, :, :h, w:] = 0
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_tensor(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """``(1, C, 1, 1)`` float32 ``values`` on ``device``, made once (not a host-to-device copy
+    per batch)."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
 
 @dataclass
