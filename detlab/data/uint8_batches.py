@@ -77,6 +77,12 @@ def normalize_images(images: torch.Tensor, sizes: Sequence[Sequence[int]],
     mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     if images.device.type == "cpu":
         return _lookup(images, sizes, _table(mean, std))
+    return _arithmetic(images, sizes, mean, std)
+
+
+def _arithmetic(images: torch.Tensor, sizes: Sequence[Sequence[int]],
+                mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """:func:`normalize_images` off the CPU: the float32 operations on the device."""
     out = images.to(torch.float32)
     out.div_(_channel_tensor((255.0,) * out.shape[1], out.device))
     out.sub_(_channel_tensor(mean, out.device))

@@ -98,6 +98,22 @@ def test_normalized_uint8_batches_equal_the_float_batches(yolo_root, wrap):
             np.testing.assert_array_equal(b.images[i, :, 0, 0].numpy(), gray)
 
 
+def test_table_lookup_and_device_arithmetic_agree_bitwise():
+    # the CPU path (table lookup) and the path other devices take (float32 operations), both
+    # run on the CPU here: every uint8 value in every channel, with and without padding
+    values = torch.arange(256, dtype=torch.uint8).repeat(3 * 2 * 4).view(2, 3, 16, 64)
+    mean, std = (0.5, 0.25, 0.125), (0.3, 0.7, 1.9)
+    for sizes in ([(16, 64), (16, 64)], [(8, 64), (16, 33)]):
+        table = uint8_batches.normalize_images(values, sizes, mean, std)
+        arith = uint8_batches._arithmetic(values, sizes, mean, std)
+        assert torch.equal(table, arith)
+        # row 0 of image 1, channel 1 holds the values 0 .. 63
+        expected = ((np.arange(64, dtype=np.float32) / np.float32(255) - np.float32(mean[1]))
+                    / np.float32(std[1]))
+        expected[sizes[1][1]:] = 0  # collate's padding
+        np.testing.assert_array_equal(table[1, 1, 0, :].numpy(), expected)
+
+
 def test_uint8_batches_through_a_worker(yolo_root):
     module = _module(yolo_root, num_workers=1, persistent_workers=False)
     raws = list(module.train_dataloader(uint8=True))
