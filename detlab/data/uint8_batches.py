@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from .collate import Collate
 __all__ = ["Uint8Batch", "Uint8Collate", "normalize_batch_images", "normalize_images",
            "raw_pixels", "raw_pixels_requested", "uint8_unsupported"]
 
+log = logging.getLogger(__name__)
 _RAW: ContextVar[bool] = ContextVar("detlab_raw_pixels", default=False)
 
 
@@ -170,16 +172,35 @@ class Uint8Collate(Collate):
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
 
-    def __call__(self, samples: list[dict[str, Any]]) -> Uint8Batch:
-        wrong = [s["image"].dtype for s in samples if s["image"].dtype != torch.uint8]
-        if wrong:
-            raise DataError(f"data.uint8_batches: a training sample has a {wrong[0]} image, "
-                            "expected uint8 (a dataset or wrapper that normalizes itself); "
-                            "set data.uint8_batches=False")
+    def __call__(self, samples: list[dict[str, Any]]) -> Batch:
+        if any(s["image"].dtype != torch.uint8 for s in samples):
+            return self._float_batch(samples)
         sizes = [(int(s["image"].shape[-2]), int(s["image"].shape[-1])) for s in samples]
         batch = super().__call__(samples)
         return Uint8Batch(images=batch.images, targets=batch.targets, meta=batch.meta,
                           sizes=sizes, mean=self.mean, std=self.std)
+
+    def _float_batch(self, samples: list[dict[str, Any]]) -> Batch:
+        """A plain float batch when a sample came out float (a recipe transform that makes
+        floats, e.g. ``ToFloat``: the dataset normalized it itself): the uint8 ones are
+        normalized here, with the same numbers, and it is logged once per process."""
+        global _WARNED
+        if not _WARNED:
+            _WARNED = True
+            log.warning("data.uint8_batches: a training sample has a float image (a transform "
+                        "that makes floats?); such batches are normalized on the loader "
+                        "workers (same numbers, not the uint8 speed-up)")
+        fixed = []
+        for s in samples:
+            image = s["image"]
+            if image.dtype == torch.uint8:
+                image = normalize_images(image[None], [tuple(image.shape[-2:])], self.mean,
+                                         self.std)[0]
+            fixed.append({**s, "image": image})
+        return super().__call__(fixed)
+
+
+_WARNED = False
 
 
 def uint8_unsupported(dataset: Any, multi_scale: Any = None) -> str | None:

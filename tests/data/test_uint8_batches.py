@@ -114,6 +114,19 @@ def test_table_lookup_and_device_arithmetic_agree_bitwise():
         np.testing.assert_array_equal(table[1, 1, 0, :].numpy(), expected)
 
 
+def test_a_transform_that_makes_floats_gets_float_batches_of_the_same_numbers(yolo_root):
+    # ToFloat on half the samples: the dataset normalizes those itself (x in [0, 1]); a batch
+    # with one of them is normalized on the worker, with the numbers of the float loader
+    transforms = [*AUG, dict(type="ToFloat", max_value=255.0, p=0.5)]
+    train = {**_train(yolo_root, "plain"), "transforms": transforms}
+    module = _module(yolo_root, train=train)
+    floats = list(module.train_dataloader(uint8=False))
+    raws = list(module.train_dataloader(uint8=True))
+    assert any(not isinstance(r, Uint8Batch) for r in raws)
+    for r, f in zip(raws, floats):
+        assert torch.equal(normalize_batch_images(r).images, f.images)
+
+
 def test_uint8_batches_through_a_worker(yolo_root):
     module = _module(yolo_root, num_workers=1, persistent_workers=False)
     raws = list(module.train_dataloader(uint8=True))
