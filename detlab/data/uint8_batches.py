@@ -11,10 +11,12 @@ and :func:`normalize_batch_images` makes the float batch after it reached the tr
 ``on_train_batch_*`` callback). Ultralytics' loader does the same (uint8 batches, ``/ 255`` in
 the training step).
 
-The normalized batch is today's float batch: the same float32 operations on the same uint8
-pixels (``x / 255``, ``- mean``, ``/ std``, one channel at a time), and collate's padding
-(zeros in normalized space, not the letterbox gray) set to 0 from each image's size. On the CPU
-the result is bit-identical; on a GPU ``x / 255`` may be rounded differently in the last bit.
+The normalized batch is today's float batch: the same uint8 pixels through the same float32
+operations (``x / 255``, ``- mean``, ``/ std``, per channel), and collate's padding (zeros in
+normalized space, not the letterbox gray) set to 0 from each image's size. On the CPU the
+values come from a 256-entry table per channel computed with the dataset's own NumPy
+operations: bit-identical (tests/data/test_uint8_batches.py). On other devices the three
+operations run there with tensor divisors (IEEE division; a GPU run was not checked here).
 
 Only the training loader built by a Lightning trainer yields uint8 batches (there
 ``on_after_batch_transfer`` runs); validation, test, predict, ``detlab show-data`` and every
