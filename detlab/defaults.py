@@ -70,6 +70,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     "root": None,                   # data folder/list for datasets taking `root` (CT studies)
     "classes": None,                # class names once, in label order (detlab.classes)
     "cache": None,                  # "ram" / "disk": decoded, resized images (detlab.data.cache)
+    "uint8_batches": None,          # uint8 train batches normalized on the device (None: where
+                                    # the pipeline allows it; detlab.data.uint8_batches)
 }
 
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}

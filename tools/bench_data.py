@@ -3,7 +3,8 @@
 Usage::
 
     python tools/bench_data.py [--root /tmp/bench_data] [--sizes 192 640] [--runs 5]
-        [--ultra-python /work/ultraenv/bin/python] [--cache none ram] [--profile]
+        [--ultra-python /work/ultraenv/bin/python] [--cache none ram] [--uint8 off on]
+        [--profile]
 
 What it does:
 
@@ -15,7 +16,12 @@ What it does:
 2. detlab: ``YoloDetection`` with the helmet recipe's augmentation (HorizontalFlip p=0.5,
    RandomBrightnessContrast 0.2/0.2 p=0.5) and its ``TinyObjectOversampler`` (weight 2,
    area 0.001), through the real :class:`~detlab.data.datamodule.DataModule` train loader:
-   ``SeededDataset``, ``NoSingletonBatchSampler``, ``Collate``, 1 worker, batch 8.
+   ``SeededDataset``, ``NoSingletonBatchSampler``, ``Collate``, 1 worker, batch 8. With
+   ``--uint8 on`` the loader is the one Lightning trains from with ``data.uint8_batches``
+   (uint8 batches, :mod:`detlab.data.uint8_batches`) and each batch is normalized in the timed
+   loop, on the CPU of the main process, as the training step's device would
+   (``normalize_batch_images``): that cost is in detlab's figure. Ultralytics' figure does not
+   include its ``img.float() / 255``, which its trainer runs in the training step.
 3. Ultralytics (only when ``--ultra-python`` names an interpreter that has it; it is AGPL and
    never a detlab dependency): this file re-runs itself under that interpreter with
    ``--ultra-worker`` and times ``ultralytics.data.build.build_yolo_dataset`` +
@@ -133,13 +139,17 @@ def detlab_cfg(root: Path, img_size: int, workers: int, cache: str | None) -> di
     return cfg
 
 
-def detlab_epoch(module) -> tuple[float, float]:
+def detlab_epoch(module, uint8: bool = False) -> tuple[float, float]:
     """``(images/s, CPU ms per image)`` of one epoch on a freshly built train loader (worker
-    start-up included; CPU of this process and its workers)."""
+    start-up included; CPU of this process and its workers); ``uint8``: uint8 batches,
+    normalized here (module docstring)."""
+    from detlab.data.uint8_batches import normalize_batch_images
+
     c0, t0 = tree_cpu_seconds(), time.perf_counter()
-    loader = module.train_dataloader()
+    loader = module.train_dataloader(uint8=uint8)
     n = 0
     for batch in loader:
+        batch = normalize_batch_images(batch)
         n += batch.images.shape[0]
     dt, cpu = time.perf_counter() - t0, tree_cpu_seconds() - c0  # workers still alive
     del loader
@@ -157,15 +167,15 @@ def detlab_module(root: Path, img_size: int, workers: int, cache: str | None):
     return module
 
 
-def profile_detlab(root: Path, img_size: int) -> None:
-    """cProfile of one epoch in the main process (no workers), top 25 by cumulative time."""
+def profile_detlab(root: Path, img_size: int, uint8: bool = False) -> None:
+    """cProfile of one epoch in the main process (no workers), top 25 by own time."""
     import cProfile
     import pstats
 
     module = detlab_module(root, img_size, 0, None)
     prof = cProfile.Profile(time.process_time)  # CPU time: the machine may be shared
     prof.enable()
-    detlab_epoch(module)
+    detlab_epoch(module, uint8)
     prof.disable()
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
@@ -219,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--cache", nargs="+", default=["none"],
                    help="detlab data.cache settings to time: none ram disk")
+    p.add_argument("--uint8", nargs="+", choices=("off", "on"), default=["off", "on"],
+                   help="detlab uint8 batches (data.uint8_batches) to time")
     p.add_argument("--ultra-python", default="/work/ultraenv/bin/python")
     p.add_argument("--ultra-modes", nargs="+", default=["default", "no_mosaic"])
     p.add_argument("--profile", action="store_true")
@@ -237,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     if args.profile:
         for size in args.sizes:
-            profile_detlab(args.root, size)
+            for u in args.uint8:
+                profile_detlab(args.root, size, u == "on")
         return 0
     ultra = args.ultra_python if args.ultra_python and Path(args.ultra_python).exists() else None
     if ultra is None:
@@ -247,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[str, list[tuple[float, float]]] = {}
         for _ in range(args.runs):
             for c, module in modules.items():
-                times.setdefault(f"detlab cache={c}", []).append(detlab_epoch(module))
+                for u in args.uint8:
+                    times.setdefault(f"detlab cache={c} uint8={u}", []).append(
+                        detlab_epoch(module, u == "on"))
             for mode in args.ultra_modes if ultra else ():
                 for c in caches:
                     times.setdefault(f"ultralytics {mode} cache={c}", []).append(
@@ -263,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         for c in caches:
             for mode in args.ultra_modes if ultra else ():
                 ips, cpu = med[f"ultralytics {mode} cache={c}"]
-                d_ips, d_cpu = med[f"detlab cache={c}"]
-                print(f"  detlab / ultralytics {mode} (cache={c}): images/s {d_ips / ips:.2f}x, "
-                      f"images per CPU-second {cpu / d_cpu:.2f}x")
+                for u in args.uint8:
+                    d_ips, d_cpu = med[f"detlab cache={c} uint8={u}"]
+                    print(f"  detlab uint8={u} / ultralytics {mode} (cache={c}): images/s "
+                          f"{d_ips / ips:.2f}x, images per CPU-second {cpu / d_cpu:.2f}x")
     return 0
 
 

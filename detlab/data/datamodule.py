@@ -20,6 +20,10 @@ Keys of ``data``::
                          (:class:`~detlab.data.multiscale.MultiScaleCollate`); with high > 1
                          the train dataset letterboxes at the largest size
                          (:func:`~detlab.data.multiscale.train_multi_scale`)
+    uint8_batches        None (default: where the train pipeline allows it) / True / False:
+                         the training loader's workers send uint8 images, normalized on the
+                         training device after the batch got there (on_after_batch_transfer;
+                         :mod:`detlab.data.uint8_batches`); val/test/predict stay float
 
 Same seed, same run: the data module gets ``train.seed`` (``seed``); the training dataset is
 wrapped in :class:`~detlab.data.seeding.SeededDataset` (augmentation seeded per sample from
@@ -43,6 +47,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..checks import check_choice
 from ..defaults import DATA_DEFAULTS
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS, SAMPLERS
@@ -50,12 +55,23 @@ from .collate import Collate
 from .multiscale import train_multi_scale
 from .samplers import EpochShuffleSampler, NoSingletonBatchSampler
 from .seeding import SeededDataset
+from .uint8_batches import Uint8Collate, normalize_batch_images, uint8_unsupported
 from .validation import recipe_key
 
 __all__ = ["DataModule", "build_dataset", "set_dataset_epoch"]
 
 _KNOWN_KEYS = set(DATA_DEFAULTS)
 log = logging.getLogger(__name__)
+
+
+class _NotAChoice:
+    """Shows as the value it wraps in check_choice's message and equals no choice."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
 
 def set_dataset_epoch(dataset: Any, epoch: int) -> bool:
@@ -103,6 +119,11 @@ class DataModule(pl.LightningDataModule):
             ]
             raise ConfigError(f"unknown key(s) in recipe 'data': {', '.join(parts)}")
         self.cfg = cfg
+        uint8 = cfg.get("uint8_batches")
+        # check_choice lets 1 / 0 pass for True / False (1 == True): only a bool or None here
+        self.uint8_batches: bool | None = check_choice(
+            "data", "uint8_batches", uint8 if uint8 is None or isinstance(uint8, bool)
+            else _NotAChoice(uint8), (None, True, False))
         self.batch_size = int(cfg.get("batch_size", 8))
         self.val_batch_size = int(cfg.get("val_batch_size") or self.batch_size)
         workers = cfg.get("num_workers")
@@ -129,6 +150,7 @@ class DataModule(pl.LightningDataModule):
             SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset,
                            seed=self.seed)
         self.train_collate(dataset)
+        self.train_uint8(dataset)
 
     def set_size_divisor(self, size_divisor: int) -> None:
         """Use the model's largest stride for padding, unless ``data.size_divisor`` is set."""
@@ -228,10 +250,20 @@ class DataModule(pl.LightningDataModule):
             ),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled loader over ``data.train``, or ordered by ``data.sampler`` when set."""
+    def train_dataloader(self, uint8: bool | None = None) -> DataLoader:
+        """Shuffled loader over ``data.train``, or ordered by ``data.sampler`` when set.
+
+        ``uint8``: yield :class:`~detlab.data.uint8_batches.Uint8Batch` es (uint8 images,
+        normalized by :meth:`on_after_batch_transfer`). Default: per ``data.uint8_batches``
+        when a Lightning trainer drives this data module (it calls that hook before every
+        training step), else float batches as the validation loader's: a loader read outside
+        Lightning (``detlab show-data``, tools) needs no normalization step of its own."""
         dataset = self.dataset("train")
-        seeded = SeededDataset(dataset, self.seed)
+        if uint8 is None:
+            uint8 = getattr(self, "trainer", None) is not None and self.train_uint8(dataset)
+        elif uint8:
+            self.train_uint8(dataset, required=True)
+        seeded = SeededDataset(dataset, self.seed, uint8=bool(uint8))
         trainer = getattr(self, "trainer", None)
         epoch = trainer.current_epoch if trainer is not None else 0
         # Lightning builds (and, with workers, starts iterating) this loader while a resumed
@@ -244,6 +276,11 @@ class DataModule(pl.LightningDataModule):
             sampler = SAMPLERS.build(self.cfg["sampler"], key="data.sampler", dataset=dataset,
                                      seed=self.seed)
         collate = self.train_collate(dataset)
+        if uint8:
+            from .wrappers import base_detection_dataset
+
+            base = base_detection_dataset(dataset)
+            collate = Uint8Collate(self.size_divisor, base.mean, base.std)
         self._fill_cache(dataset, "train")
         loader = self._loader(seeded, self.batch_size, shuffle=True, sampler=sampler,
                               collate=collate)
@@ -251,6 +288,25 @@ class DataModule(pl.LightningDataModule):
         if callable(set_epoch):
             set_epoch(epoch)
         return loader
+
+    def train_uint8(self, dataset: Dataset, required: bool = False) -> bool:
+        """Whether the training loader sends uint8 images (``data.uint8_batches``): False when
+        set so, else whether ``dataset`` allows it
+        (:func:`~detlab.data.uint8_batches.uint8_unsupported`); a ConfigError naming why not
+        when ``data.uint8_batches=True`` (or ``required``) and it does not."""
+        if self.uint8_batches is False and not required:
+            return False
+        reason = uint8_unsupported(dataset, self.cfg.get("multi_scale"))
+        if reason is not None and (required or self.uint8_batches):
+            raise ConfigError(f"data.uint8_batches=True: {reason}, so its batches must be "
+                              "normalized on the loader workers; set data.uint8_batches=None "
+                              "(uint8 where possible) or False")
+        return reason is None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Lightning hook: normalize a uint8 training batch on its device
+        (:func:`~detlab.data.uint8_batches.normalize_batch_images`); other batches unchanged."""
+        return normalize_batch_images(batch)
 
     def train_collate(self, dataset: Dataset) -> Any:
         """``Collate``, or ``MultiScaleCollate`` when ``data.multi_scale`` is set."""

@@ -210,7 +210,7 @@ class CopyPaste(SampleWrapper):
                 skipped += 1
                 continue
             py, px = spot
-            image[:, py:py + ph, px:px + pw] = self.base.normalize(patch)
+            image[:, py:py + ph, px:px + pw] = self.base.image_tensor(patch)
             placed = box + np.array([px, py, px, py])
             occupied = np.vstack([occupied, placed])
             boxes.append(torch.tensor(placed, dtype=torch.float32).view(1, 4))

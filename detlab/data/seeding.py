@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from .uint8_batches import raw_pixels
+
 __all__ = [
     "SeededDataset", "derive_seed", "seeding_sample", "next_transform_seed", "base_seed",
     "seed_transform_tree", "global_generators", "SharedEpoch",
@@ -150,11 +152,14 @@ class SeededDataset(SharedEpoch, Dataset):
     """Wraps the training dataset so sample ``index`` of epoch ``e`` is drawn from
     ``derive_seed(seed, e, index)`` (module docstring). The epoch lives in shared memory, so
     ``set_epoch`` in the main process reaches persistent workers; it is forwarded to the
-    wrapped dataset (``MosaicDataset``'s close-mosaic switch)."""
+    wrapped dataset (``MosaicDataset``'s close-mosaic switch). With ``uint8=True`` samples are
+    loaded inside :func:`~detlab.data.uint8_batches.raw_pixels` (uint8 images, normalized on the
+    training device: ``data.uint8_batches``)."""
 
-    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+    def __init__(self, dataset: Dataset, seed: int = 0, uint8: bool = False) -> None:
         self.dataset = dataset
         self.seed = int(seed)
+        self.uint8 = bool(uint8)
         self._init_epoch()
 
     def __len__(self) -> int:
@@ -168,7 +173,8 @@ class SeededDataset(SharedEpoch, Dataset):
         return getattr(self.dataset, name)
 
     def __getitem__(self, index: int) -> Any:
-        with seeding_sample(self.seed, self.epoch, index) as seed, global_generators(seed):
+        with seeding_sample(self.seed, self.epoch, index) as seed, global_generators(seed), \
+                raw_pixels(self.uint8):
             item = self.dataset[index]
         if isinstance(item, dict):
             item = {**item, "sample_seed": seed}

@@ -3,7 +3,8 @@
 A detection dataset only parses its annotation format into :class:`Annotations`; this module
 turns ``(image, Annotations)`` into detlab's sample dict (see :mod:`detlab.data.collate`)::
 
-    image   float32 (3, H, W), (x / 255 - mean) / std
+    image   float32 (3, H, W), (x / 255 - mean) / std (uint8 (3, H, W) in a training loader
+            with ``data.uint8_batches``: :mod:`detlab.data.uint8_batches`)
     target  boxes (N, 4) float32 xyxy px in INPUT coordinates, labels (N,) int64,
             ignore (N,) bool (COCO crowd regions), orig_boxes (N, 4) float32 xyxy px in the
             ORIGINAL image, taken from the annotation file before any augmentation
@@ -39,6 +40,7 @@ from torch.utils.data import Dataset
 from ...errors import ConfigError, DataError
 from ..geometry import LETTERBOX_SHORTHAND, UNSET, InputGeometry, letterbox_geometry
 from ..transforms import build_transforms
+from ..uint8_batches import raw_pixels_requested
 
 __all__ = [
     "Annotations",
@@ -299,7 +301,7 @@ class DetectionDataset(Dataset):
         }
         meta.update(extra_meta or {})
         return {
-            "image": self.normalize(padded),
+            "image": self.image_tensor(padded),
             "target": {
                 "boxes": torch.from_numpy(boxes.astype(np.float32)),
                 "labels": torch.from_numpy(ann.labels[keep].astype(np.int64)),
@@ -308,6 +310,14 @@ class DetectionDataset(Dataset):
             },
             "meta": meta,
         }
+
+    def image_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """``(H, W, 3)`` uint8 → the sample's ``(3, H, W)`` image: normalized (:meth:`normalize`),
+        or uint8 channels-first when the training loader normalizes on the device
+        (``data.uint8_batches``, :mod:`detlab.data.uint8_batches`)."""
+        if raw_pixels_requested() and image.dtype == np.uint8:
+            return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return self.normalize(image)
 
     def normalize(self, image: np.ndarray) -> torch.Tensor:
         """``(H, W, 3)`` uint8 (or float in [0, 1]) → ``(3, H, W)`` float32 normalized."""
