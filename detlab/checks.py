@@ -85,9 +85,9 @@ def check_bool(owner: str, arg: str, value: Any) -> bool:
 def check_choice(owner: str, arg: str, value: Any, choices: Sequence[Any]) -> Any:
     """``value`` after checking it is one of ``choices``."""
     choices = tuple(choices)
-    # True == 1: a bool only matches when bools are among the choices.
-    bool_mismatch = isinstance(value, bool) and not any(isinstance(c, bool) for c in choices)
-    if bool_mismatch or value not in choices:
+    # True == 1 and 1.0: a bool only matches a bool choice, a number only a non-bool one
+    found = any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices)
+    if not found:
         raise ConfigError(f"{owner}: {arg} must be one of {list(choices)}, got {value!r}")
     return value
 

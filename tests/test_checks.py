@@ -29,6 +29,10 @@ def test_check_int_bool_choice_list():
     assert check_choice("B", "c", True, (True, False)) is True
     with pytest.raises(ConfigError, match=r"one of \[0, 1\], got True"):
         check_choice("B", "c", True, (0, 1))
+    # and the other way round: 1 == True, yet 1 is not the choice True
+    with pytest.raises(ConfigError, match=r"one of \[None, True, False\], got 1"):
+        check_choice("B", "c", 1, (None, True, False))
+    assert check_choice("B", "c", 1, (1, "x")) == 1 and check_choice("B", "c", None, (None,)) is None
     assert check_int_list("B", "l", (1, 2), low=1) == [1, 2]
     with pytest.raises(ConfigError, match="list of 2 ints >= 1"):
         check_int_list("B", "l", [1, 0], low=1, length=2)

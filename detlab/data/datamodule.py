@@ -64,16 +64,6 @@ _KNOWN_KEYS = set(DATA_DEFAULTS)
 log = logging.getLogger(__name__)
 
 
-class _NotAChoice:
-    """Shows as the value it wraps in check_choice's message and equals no choice."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return repr(self.value)
-
-
 def set_dataset_epoch(dataset: Any, epoch: int) -> bool:
     """Call ``set_epoch(epoch)`` on ``dataset`` or the first dataset it wraps (``.dataset``
     chain, e.g. ``Subset``) that has one; returns whether one was found."""
@@ -119,11 +109,8 @@ class DataModule(pl.LightningDataModule):
             ]
             raise ConfigError(f"unknown key(s) in recipe 'data': {', '.join(parts)}")
         self.cfg = cfg
-        uint8 = cfg.get("uint8_batches")
-        # check_choice lets 1 / 0 pass for True / False (1 == True): only a bool or None here
         self.uint8_batches: bool | None = check_choice(
-            "data", "uint8_batches", uint8 if uint8 is None or isinstance(uint8, bool)
-            else _NotAChoice(uint8), (None, True, False))
+            "data", "uint8_batches", cfg.get("uint8_batches"), (None, True, False))
         self.batch_size = int(cfg.get("batch_size", 8))
         self.val_batch_size = int(cfg.get("val_batch_size") or self.batch_size)
         workers = cfg.get("num_workers")
