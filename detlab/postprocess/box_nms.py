@@ -167,11 +167,10 @@ class BoxPostProcessor:
         Soft-NMS picks are exact while the picked (decayed) score is >= the best score left
         out of the prefix (scores only decay; ties go to the lower, in-prefix index).
 
-        Hard NMS starts with :meth:`first_prefix` candidates and continues where it stopped
-        (:meth:`_continue_hard`); Soft-NMS starts with ``max(4 * max_detections, 1024)`` (all
-        of them if that is over half) and reruns x4 longer prefixes for the images whose prefix
-        gives fewer than ``max_detections`` exact detections. Both are exact, and ~20x faster
-        than NMS over 30000 candidates at a 0.001 threshold."""
+        Both start with :meth:`first_prefix` candidates. For the images whose prefix gives
+        fewer than ``max_detections`` exact detections, hard NMS continues where it stopped
+        (:meth:`_continue_hard`) and Soft-NMS reruns x4 longer prefixes. Both are exact, and
+        ~20x faster than NMS over 30000 candidates at a 0.001 threshold."""
         soft = self.method.startswith("soft")
         k = self.first_prefix(limit)
         out: list[Detections | None] = [None] * boxes.shape[0]
@@ -221,17 +220,12 @@ class BoxPostProcessor:
         return out  # type: ignore[return-value]
 
     def first_prefix(self, limit: int) -> int:
-        """Candidates per image in the first NMS pass. Hard NMS continues cheaply where a
-        prefix falls short (:meth:`_continue_hard`), so it starts with twice
-        ``max_detections`` (at least 256), or all candidates where that is over a quarter of
-        them; Soft-NMS reruns longer prefixes from the start, so it starts with
-        ``max(4 * max_detections, 1024)``, or all candidates where that is over half of them
-        (a second pass would cost more than the saving)."""
-        if self.method.startswith("soft"):
-            k, share = max(4 * self.max_detections, 1024), 2
-        else:  # a continuation step costs a topk and a few copies: worth it for long lists
-            k, share = max(2 * self.max_detections, 256), 4
-        k = min(limit, k)
+        """Candidates per image in the first NMS pass: ``max(4 * max_detections, 1024)``, or all
+        of them where that is over half (Soft-NMS, which reruns longer prefixes from the start)
+        or over a quarter (hard NMS, which continues where a prefix fell short, at the cost of
+        a ``topk`` and one more NMS call) of them."""
+        k = min(limit, max(4 * self.max_detections, 1024))
+        share = 2 if self.method.startswith("soft") else 4
         return limit if share * k >= limit else k
 
     def _continue_hard(self, boxes: Tensor, scores: Tensor, found: Detections, seen: Tensor,
@@ -282,9 +276,16 @@ def _ordered_topk(flat: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if k == 0 or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         # an exported graph's TopK: ONNX specifies ties by lower index already
         return values, idx
-    idx, perm = idx.sort(dim=1)
-    values, perm2 = values.gather(1, perm).sort(dim=1, descending=True, stable=True)
-    idx = idx.gather(1, perm2)
+    m = flat.shape[1]
+    if values.dtype == torch.float32 and m < 2**31 and bool((values[:, -1] >= 0).all()):
+        # one sort of a unique int64 key: the bits of a float32 >= 0 order as the value does
+        key = values.view(torch.int32).to(torch.int64) * m + (m - 1 - idx)
+        perm = key.sort(dim=1, descending=True).indices
+        values, idx = values.gather(1, perm), idx.gather(1, perm)
+    else:
+        idx, perm = idx.sort(dim=1)
+        values, perm = values.gather(1, perm).sort(dim=1, descending=True, stable=True)
+        idx = idx.gather(1, perm)
     if k < flat.shape[1]:
         last = values[:, -1:]
         inside = (values == last).sum(dim=1)

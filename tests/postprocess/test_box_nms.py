@@ -341,10 +341,13 @@ def _stable_candidates(scores, threshold, multi_label):
     return v[ok], box[ok], lab[ok]
 
 
-@pytest.mark.parametrize("multi_label", [True, False])
-def test_candidates_are_a_stable_sort_prefix(multi_label):
+@pytest.mark.parametrize("multi_label, dtype", [(True, torch.float32), (False, torch.float32),
+                                                (True, torch.float64)])
+def test_candidates_are_a_stable_sort_prefix(multi_label, dtype):
+    # float32: one sort of an int64 (bits, index) key; other dtypes: two stable sorts
     g = torch.Generator().manual_seed(11)
     scores = (torch.rand(2, 700, 3, generator=g) * 9).floor() / 9 + 0.01  # 10 levels: ties
+    scores = scores.to(dtype)
     post = BoxPostProcessor(score_threshold=0.001, multi_label=multi_label)
     for k in (5, 333, 700, 2100 if multi_label else 700):
         values, box, labels = post.candidates(scores, k)
@@ -354,7 +357,7 @@ def test_candidates_are_a_stable_sort_prefix(multi_label):
             assert torch.equal(labels[r], lab[:k])
 
 
-def _clustered(seed, clusters=3, copies=1500, classes=2, levels=None):
+def _clustered(seed, clusters=3, copies=2500, classes=2, levels=None):
     """``copies`` jittered copies of a few boxes outrank scattered small boxes, so a short
     prefix keeps few detections and NMS has to continue past it."""
     g = torch.Generator().manual_seed(seed)
@@ -362,11 +365,11 @@ def _clustered(seed, clusters=3, copies=1500, classes=2, levels=None):
     pick = torch.randint(0, clusters, (copies,), generator=g)
     xy = centres[pick] + torch.rand(copies, 2, generator=g) * 3
     dup = torch.cat([xy, xy + 40 + torch.rand(copies, 2, generator=g) * 3], 1)
-    xy = torch.rand(1500, 2, generator=g) * 600
-    scattered = torch.cat([xy, xy + 4 + torch.rand(1500, 2, generator=g) * 8], 1)
+    xy = torch.rand(2500, 2, generator=g) * 600
+    scattered = torch.cat([xy, xy + 4 + torch.rand(2500, 2, generator=g) * 8], 1)
     boxes = torch.cat([dup, scattered])
     scores = torch.cat([0.5 + 0.5 * torch.rand(copies, classes, generator=g),
-                        0.5 * torch.rand(1500, classes, generator=g)])
+                        0.5 * torch.rand(2500, classes, generator=g)])
     if levels:
         scores = (scores * levels).ceil() / levels
     return boxes, scores
