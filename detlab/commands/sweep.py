@@ -165,6 +165,7 @@ class SweepResult(list):
     evaluation_s: float = 0.0
     decode_s: float = 0.0
     workers: int = 1  # processes the settings ran in
+    serial_reason: str = ""  # why not in workers, when more were asked for
     primary: str = ""
     network_passes: int = 1  # sliced sweeps: one per distinct tile size / overlap
     images: int = 0
@@ -222,7 +223,9 @@ def _run_sweep(task: Any, grid: dict[str, list[Any]], split: str,
 
     view = inference_task(task)  # the model detlab eval runs (BatchNorm folded)
     if any(is_slicing_key(k) for k in grid) or SlicedInference.from_recipe(task.recipe):
-        return run_sliced_sweep(task, grid, data, loader, device, limit, SweepResult())
+        result = run_sliced_sweep(task, grid, data, loader, device, limit, SweepResult())
+        result.serial_reason = "sliced sweeps evaluate their settings in this process"
+        return result
 
     head_state = {k: v.cpu() for k, v in model.head.state_dict().items()}
     features = model.neck if model.neck is not None else model.backbone
@@ -272,6 +275,10 @@ def _run_sweep(task: Any, grid: dict[str, list[Any]], split: str,
     t0 = time.perf_counter()
     done, result.workers = run_jobs(job, len(jobs), workers)
     wall = time.perf_counter() - t0
+    if result.workers == 1:
+        result.serial_reason = ("the settings share one post-processing (one job)"
+                                if len(jobs) == 1 else "worker processes need Linux fork and "
+                                "no CUDA in this process")
     rows = sorted(row for group in done for row in group)
     post, evaluation = sum(r[4] for r in rows), sum(r[5] for r in rows)
     # workers overlap: split the wall time of all settings in the measured proportion
@@ -397,6 +404,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         result = run_sweep(tasks[0], grid, split=args.split, limit=args.limit,
                            workers=args.workers or available_cores())
     print(format_table(result))
+    if args.workers > 1 and result.workers == 1:
+        reason = result.serial_reason or "ensemble and TTA sweeps evaluate in this process"
+        print(f"note: --workers {args.workers} not used: {reason}")
     n = len(result)
     passes = result.network_passes
     post, evaluation = result.postprocess_s / max(n, 1), result.evaluation_s / max(n, 1)

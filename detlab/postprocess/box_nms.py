@@ -277,8 +277,9 @@ def _ordered_topk(flat: Tensor, k: int) -> tuple[Tensor, Tensor]:
         # an exported graph's TopK: ONNX specifies ties by lower index already
         return values, idx
     m = flat.shape[1]
-    if values.dtype == torch.float32 and m < 2**31 and bool((values[:, -1] >= 0).all()):
-        # one sort of a unique int64 key: the bits of a float32 >= 0 order as the value does
+    if values.dtype == torch.float32 and m < 2**31 and bool((values[:, -1] > 0).all()):
+        # one sort of a unique int64 key: the bits of a float32 > 0 order as the value does
+        # (> 0, not >= 0: -0.0 == 0.0 but its bits are negative)
         key = values.view(torch.int32).to(torch.int64) * m + (m - 1 - idx)
         perm = key.sort(dim=1, descending=True).indices
         values, idx = values.gather(1, perm), idx.gather(1, perm)

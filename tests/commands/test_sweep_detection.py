@@ -88,3 +88,10 @@ def test_sweep_workers_option_is_checked(det_ckpt, capsys):
     with pytest.raises(SystemExit):
         main(["sweep", det_ckpt, f"{KEY}=0.5", "--workers", "-1"])
     assert "expected an integer >= 0, got '-1'" in capsys.readouterr().err
+
+
+def test_sweep_says_when_workers_are_not_used(det_ckpt, capsys):
+    # two evaluator settings, one head: one job, nothing to spread over processes
+    assert main(["sweep", det_ckpt, "evaluator.max_dets=100,10", "--workers", "2"]) == 0
+    assert ("note: --workers 2 not used: the settings share one post-processing (one job)"
+            in capsys.readouterr().out)

@@ -395,3 +395,13 @@ def test_continued_prefix_equals_one_pass_over_all_candidates(method, agnostic, 
         assert torch.equal(got[0], boxes[b][keep]) and torch.equal(got[1], kept)
         assert torch.equal(got[2], lab[keep])
     assert len(calls) == 2  # both images went past the first prefix
+
+
+def test_candidates_order_zero_and_negative_zero_as_equal():
+    # -0.0 == 0.0, but its float bits are negative: the int64-key sort must not be used
+    scores = torch.tensor([[[0.0], [-0.0], [0.5], [0.0], [-0.0], [0.5]]]).reshape(1, 6, 1)
+    post = BoxPostProcessor(score_threshold=0.0)
+    for k in (3, 5, 6):
+        _, box, _ = post.candidates(scores, k)
+        order = scores.reshape(-1).sort(descending=True, stable=True).indices
+        assert box[0].tolist() == order[:k].tolist()
