@@ -405,3 +405,50 @@ def test_candidates_order_zero_and_negative_zero_as_equal():
         _, box, _ = post.candidates(scores, k)
         order = scores.reshape(-1).sort(descending=True, stable=True).indices
         assert box[0].tolist() == order[:k].tolist()
+
+
+def _spread(seed, n=3000, classes=2):
+    """Scattered boxes that barely overlap: 300 detections are kept after ~300 candidates."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 2000
+    return torch.cat([xy, xy + 5], 1), torch.rand(n, classes, generator=g)
+
+
+def _oracle(boxes, scores, threshold=0.01, iou=0.6, max_det=300):
+    """One NMS pass over all candidates, and the prefix it needed (up to its max_det-th)."""
+    v, b, lab = _stable_candidates(scores, threshold, True)
+    keep, kept = nms(boxes[b], v, lab, "standard", iou, max_keep=max_det)
+    needed = int(keep[max_det - 1]) + 1 if len(keep) >= max_det else len(v)
+    return (boxes[b][keep], kept, lab[keep]), needed
+
+
+def test_planned_prefix_learns_what_images_need_and_never_changes_detections(monkeypatch):
+    calls = []
+    original = BoxPostProcessor._continue_hard
+    monkeypatch.setattr(BoxPostProcessor, "_continue_hard",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    post = BoxPostProcessor(score_threshold=0.01, max_detections=300, iou_threshold=0.6)
+    limit = 5000 * 2
+    assert post.planned_prefix(limit) == post.first_prefix(limit) == 1200  # nothing seen yet
+    # 6 images that need few candidates, then 2 that need many: the plan learnt from the
+    # first ones is short for the last ones, which continue past it
+    images = [_spread(s, n=5000) for s in range(6)] + [_clustered(s) for s in (7, 8)]
+    needed_seen, plans = [], []
+    for batch in (images[:4], images[4:6], images[6:]):
+        plans.append(post.planned_prefix(limit))
+        boxes = torch.stack([b for b, _ in batch])
+        scores = torch.stack([s for _, s in batch])
+        got = post.batched(boxes, scores)
+        for (b, s), out in zip(batch, got):
+            expected, needed = _oracle(b, s)
+            needed_seen.append(needed)
+            assert all(torch.equal(x, y) for x, y in zip(out, expected))
+    assert list(post._needed) == needed_seen
+    assert max(needed_seen[:6]) < 400 < 1200 < min(needed_seen[6:])
+    # the first batch starts at first_prefix, later ones at the median of what came before
+    assert plans == [1200, max(300, sorted(needed_seen[:4])[2]),
+                     max(300, sorted(needed_seen[:6])[3])]
+    assert post.planned_prefix(limit) == max(300, sorted(needed_seen)[4])
+    # continued: exactly the images that needed more than their batch's plan
+    short = [n > plans[1] for n in needed_seen[4:6]] + [n > plans[2] for n in needed_seen[6:]]
+    assert short[2:] == [True, True] and len(calls) == sum(short)
