@@ -18,7 +18,8 @@ Only keys that cannot change the network's outputs may be swept:
 
 Each setting costs its post-processing plus one evaluation: a COCO evaluator runs on
 faster-coco-eval when it is installed (same numbers as pycocotools, tested in
-tests/evaluation/test_coco_runtime.py).
+tests/evaluation/test_coco_runtime.py), and a box post-processor stops at the detections
+the evaluator reads (:func:`_evaluated_only`: same numbers, less NMS).
 """
 
 from __future__ import annotations
@@ -253,13 +254,14 @@ def _run_sweep(task: Any, grid: dict[str, list[Any]], split: str,
 
     def job(j: int) -> list[tuple[int, dict[str, Any], str, bool, float, float]]:
         head = combos[jobs[j][0]][2]
+        evaluators = [EVALUATORS.build(_fast_evaluator(combos[i][1]["evaluator"]),
+                                       key="evaluator") for i in jobs[j]]
+        _evaluated_only(head, evaluators)
         t1 = time.perf_counter()
         predictions = [postprocess(head, outputs, batch) for outputs, batch in cached]
         shared = time.perf_counter() - t1
         rows = []
-        for i in jobs[j]:
-            evaluator = EVALUATORS.build(_fast_evaluator(combos[i][1]["evaluator"]),
-                                         key="evaluator")
+        for i, evaluator in zip(jobs[j], evaluators):
             evaluator.reset()
             t1 = time.perf_counter()
             for preds, (_, batch) in zip(predictions, cached):
@@ -293,6 +295,22 @@ def _run_sweep(task: Any, grid: dict[str, list[Any]], split: str,
         result.primary = primary
     sort_rows(result, result.primary, higher)
     return result
+
+
+def _evaluated_only(head: Any, evaluators: list[Any]) -> None:
+    """Let ``head``'s box post-processor stop at the detections ``evaluators`` read: where
+    each says how many per image and class it reads (``detections_read_per_class``, e.g. a
+    COCO evaluator's ``max_dets``), NMS may end once every class has that many (the same
+    numbers, less NMS: :attr:`~detlab.postprocess.box_nms.BoxPostProcessor.
+    evaluated_per_class`). A sweep only evaluates its predictions, never writes them."""
+    from ..postprocess.box_nms import BoxPostProcessor
+
+    post = _test_postprocessor(head)
+    if not isinstance(post, BoxPostProcessor) or not evaluators:
+        return
+    caps = [getattr(e, "detections_read_per_class", lambda: None)() for e in evaluators]
+    if all(isinstance(c, int) for c in caps):
+        post.evaluated_per_class = max(caps)
 
 
 def _shared_decoding(head: Any, heads: list[Any], cached: list[tuple[Any, Any]],

@@ -61,6 +61,13 @@ class Evaluator:
         """Metrics over everything seen since :meth:`reset`; contains :attr:`primary`."""
         raise NotImplementedError
 
+    def detections_read_per_class(self) -> int | None:
+        """The most detections per image and class whose presence can change :meth:`compute`
+        (it reads only the highest-scoring ones, in the order given), or ``None``: every
+        detection counts. ``detlab sweep`` lets a box post-processor stop once it has found
+        these (:attr:`~detlab.postprocess.box_nms.BoxPostProcessor.evaluated_per_class`)."""
+        return None
+
     @staticmethod
     def dedup(records: list[dict[str, Any]], key: str = "image_id") -> list[dict[str, Any]]:
         """Keep the first record per ``key`` (the DistributedSampler repeats samples)."""

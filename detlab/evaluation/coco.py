@@ -137,6 +137,11 @@ class CocoEvaluator(Evaluator):
         self._last: dict[str, Any] | None = None
 
     # -- Evaluator API --------------------------------------------------------------------------
+    def detections_read_per_class(self) -> int:
+        """``max_dets``: COCOeval sorts each image's detections of a class by score (stably)
+        and reads the first ``max_dets`` (:func:`~detlab.evaluation.coco_api.top_detections`)."""
+        return self.max_dets
+
     def reset(self) -> None:
         """Forget every image seen so far."""
         self._records = []

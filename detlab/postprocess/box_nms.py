@@ -52,6 +52,16 @@ class BoxPostProcessor:
         multi_label: every class over the threshold is a candidate (True), or only the best.
     """
 
+    #: Detections per image and class an evaluator reads (set by ``detlab sweep`` from
+    #: :meth:`~detlab.evaluation.base.Evaluator.detections_read_per_class`), or ``None``.
+    #: When set below ``max_detections``, hard NMS also stops once every class with a
+    #: candidate has this many detections. Each class then holds the first
+    #: ``min(evaluated_per_class, n_c)`` of the ``n_c`` detections the full output has of it,
+    #: in the same order (the output is a prefix of the full one), so an evaluator that reads
+    #: no more gives the same numbers from less NMS; the list is not the full output, so it
+    #: is never set where predictions are written or shown.
+    evaluated_per_class: int | None = None
+
     #: Settings ``detlab sweep`` may vary (``model.head.postprocessor.<knob>``).
     sweepable: tuple[str, ...] = (
         "score_threshold", "pre_nms_topk", "max_detections", "iou_threshold", "method",
@@ -182,6 +192,7 @@ class BoxPostProcessor:
         # candidates it is given); CUDA's kernel does not, and recording would sync per image
         learn = not soft and boxes.device.type == "cpu"
         k = self.planned_prefix(limit) if learn else self.first_prefix(limit)
+        present = None if soft else self._classes_present(scores)
         out: list[Detections | None] = [None] * boxes.shape[0]
         pending = list(range(boxes.shape[0]))
         while pending:
@@ -220,16 +231,17 @@ class BoxPostProcessor:
                     exact = int((kept >= bounds[row]).sum())
                 out[i] = (cand[keep], kept, labels[row, :m][keep])
                 needed = None
-                if exact >= self.max_detections:
-                    needed = int(keep[self.max_detections - 1]) + 1 if learn else None
-                elif m < k or k >= limit:
-                    needed = m
-                elif soft:
-                    unfinished.append(i)
+                if soft:
+                    if not (exact >= self.max_detections or m < k or k >= limit):
+                        unfinished.append(i)
                 else:
-                    seen = box_index[row, :m] * scores.shape[2] + labels[row, :m]
-                    out[i], needed = self._continue_hard(boxes[i], scores[i], out[i], seen,
-                                                         limit)
+                    needed = self._complete_at(keep, out[i][2], present, i, learn)
+                    if needed is None and (m < k or k >= limit):
+                        needed = m
+                    elif needed is None:
+                        seen = box_index[row, :m] * scores.shape[2] + labels[row, :m]
+                        out[i], needed = self._continue_hard(boxes[i], scores[i], out[i], keep,
+                                                             seen, limit, present, i)
                 if learn and needed is not None:
                     self._record_needed(needed)
             pending, k = unfinished, min(limit, 4 * k)
@@ -243,6 +255,57 @@ class BoxPostProcessor:
         k = min(limit, max(4 * self.max_detections, 1024))
         share = 2 if self.method.startswith("soft") else 4
         return limit if share * k >= limit else k
+
+    def _classes_present(self, scores: Tensor) -> Tensor | None:
+        """``(B, C)`` bool: the classes with a candidate in each image, when
+        :attr:`evaluated_per_class` can end NMS early (else ``None``)."""
+        cap = self.evaluated_per_class
+        if cap is None or cap >= self.max_detections:
+            return None
+        if self.multi_label:
+            return (scores > self.score_threshold).any(dim=1)
+        best, label = scores.max(dim=2)  # only each box's best class is a candidate
+        hits = torch.zeros(scores.shape[0], scores.shape[2], device=scores.device)
+        return hits.scatter_add_(1, label, (best > self.score_threshold).float()) > 0
+
+    def _complete_at(self, positions: Tensor, labels: Tensor, present: Tensor | None,
+                     image: int, position: bool) -> int | None:
+        """Whether hard NMS of an image is done, from its detections so far: their ascending
+        candidate ``positions`` (in the image's sorted candidates) and ``labels``. Done when
+        there are ``max_detections``, or (:attr:`evaluated_per_class`) each class in
+        ``present[image]`` has that many. Returns ``None`` if not done, else how many
+        candidates that took (``position``; 0 without it: the value costs a host read)."""
+        n = positions.numel()
+        at = None
+        if n >= self.max_detections:
+            if not position:
+                return 0
+            at = int(positions[self.max_detections - 1]) + 1
+        cap = self.evaluated_per_class
+        if present is not None and cap is not None and n >= cap:
+            classes = present[image].nonzero().flatten()
+            counts = torch.bincount(labels, minlength=present.shape[1])
+            if classes.numel() and bool((counts[classes] >= cap).all()):
+                if not position:
+                    return 0
+                # the cap-th detection of each class, in candidate order
+                by_class = positions[torch.argsort(labels, stable=True)]
+                starts = counts.cumsum(0) - counts
+                last = int(by_class[starts[classes] + cap - 1].max()) + 1
+                at = last if at is None else min(at, last)
+        return at
+
+    def _missing(self, labels: Tensor, present: Tensor | None, image: int) -> int:
+        """Detections an image still lacks, given the ``labels`` of those it has: up to
+        ``max_detections``, or (:attr:`evaluated_per_class`) the sum over its classes of
+        what each lacks of that many, if fewer."""
+        missing = self.max_detections - labels.numel()
+        cap = self.evaluated_per_class
+        if present is not None and cap is not None:
+            classes = present[image].nonzero().flatten()
+            counts = torch.bincount(labels, minlength=present.shape[1])[classes]
+            missing = min(missing, int((cap - counts).clamp(min=0).sum()))
+        return missing
 
     def planned_prefix(self, limit: int) -> int:
         """Candidates per image in the first hard-NMS pass on the CPU: the median of the
@@ -265,17 +328,20 @@ class BoxPostProcessor:
             self._needed: deque[int] = deque(maxlen=_PLAN_WINDOW)
         self._needed.append(needed)
 
-    def _continue_hard(self, boxes: Tensor, scores: Tensor, found: Detections, seen: Tensor,
-                       limit: int) -> tuple[Detections, int]:
+    def _continue_hard(self, boxes: Tensor, scores: Tensor, found: Detections,
+                       found_at: Tensor, seen: Tensor, limit: int, present: Tensor | None,
+                       image: int) -> tuple[Detections, int]:
         """Hard NMS of one image's ``(N, 4)`` boxes / ``(N, C)`` scores past the candidates
-        already run (``seen``: their ``box * C + class`` ids), which kept only ``found`` (fewer
-        than ``max_detections``).
+        already run (``seen``: their ``box * C + class`` ids), which kept only ``found`` (not
+        enough: :meth:`_complete_at`), at candidate positions ``found_at``; ``present`` and
+        ``image`` as there.
 
         The boxes kept so far stay kept, and each later candidate is suppressed exactly when
         a kept, higher-scoring box overlaps it: NMS over the kept boxes followed by the next
         candidates gives the decisions NMS over all candidates gives (kept boxes never
         suppress each other: the later would not have been kept). Each step takes as many
-        further candidates as the keep rate so far predicts are needed (x2, at least 256).
+        further candidates as the keep rate so far predicts the missing detections need (x2,
+        at least 256; :meth:`_missing`).
         New candidates are told apart by id, not by position: ``topk`` may order equal scores
         differently for a longer prefix. Also returns the prefix NMS over all candidates
         needed: up to the ``max_detections``-th kept one (or all valid ones)."""
@@ -286,7 +352,8 @@ class BoxPostProcessor:
         seen_mask[seen] = True
         while True:
             rate = max(kept_boxes.shape[0], 1) / done
-            more = max(256, int(2 * (self.max_detections - kept_boxes.shape[0]) / rate))
+            missing = self._missing(kept_labels, present, image)
+            more = max(256, int(2 * missing / rate))
             k = min(limit, done + more)
             values, box_index, labels = self.candidates(scores[None], k)
             m = int((values[0] >= 0).sum())
@@ -301,12 +368,11 @@ class BoxPostProcessor:
             keep, kept = nms(cand, cand_scores, cand_labels, self.method, self.iou_threshold,
                              self.class_agnostic, self.sigma, self.score_threshold,
                              self.max_detections)
-            before = kept_boxes.shape[0]
+            # positions in the sorted candidates: the kept boxes come first and stay
+            found_at = torch.cat([found_at, new.nonzero().flatten()])[keep]
             kept_boxes, kept_scores, kept_labels = cand[keep], kept, cand_labels[keep]
-            if keep.numel() >= self.max_detections:
-                # the kept boxes come first and stay; the last one needed is a new candidate
-                last = int(keep[self.max_detections - 1]) - before
-                needed = int(new.nonzero()[last]) + 1 if last >= 0 else done
+            needed = self._complete_at(found_at, kept_labels, present, image, True)
+            if needed is not None:
                 return (kept_boxes, kept_scores, kept_labels), needed
             if m < k or k >= limit:
                 return (kept_boxes, kept_scores, kept_labels), m

@@ -95,3 +95,25 @@ def test_sweep_says_when_workers_are_not_used(det_ckpt, capsys):
     assert main(["sweep", det_ckpt, "evaluator.max_dets=100,10", "--workers", "2"]) == 0
     assert ("note: --workers 2 not used: the settings share one post-processing (one job)"
             in capsys.readouterr().out)
+
+
+def test_sweep_post_processing_stops_at_what_the_evaluator_reads(det_ckpt, monkeypatch):
+    # COCO reads max_dets (100) detections per image and class: the sweep's post-processors
+    # get that cap; an evaluator that does not say what it reads leaves them uncapped
+    import detlab.commands.sweep as sweep_mod
+    from detlab.evaluation.coco import CocoEvaluator
+    from detlab.postprocess.box_nms import BoxPostProcessor
+
+    caps = []
+    original = BoxPostProcessor.batched
+    monkeypatch.setattr(BoxPostProcessor, "batched", lambda self, *a: caps.append(
+        self.evaluated_per_class) or original(self, *a))
+    task = load_task(det_ckpt)
+    capped = run_sweep(task, {KEY: [0.5, 0.8], "evaluator.max_dets": [100, 20]})
+    assert sorted(set(caps)) == [100]  # a head's settings share it: the largest max_dets
+    caps.clear()
+    monkeypatch.setattr(CocoEvaluator, "detections_read_per_class", lambda self: None)
+    full = run_sweep(task, {KEY: [0.5, 0.8], "evaluator.max_dets": [100, 20]})
+    assert set(caps) == {None}
+    assert [r["metrics"] for r in capped] == [r["metrics"] for r in full]
+    assert sweep_mod._test_postprocessor(task.model.head).evaluated_per_class is None

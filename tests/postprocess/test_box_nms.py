@@ -452,3 +452,95 @@ def test_planned_prefix_learns_what_images_need_and_never_changes_detections(mon
     # continued: exactly the images that needed more than their batch's plan
     short = [n > plans[1] for n in needed_seen[4:6]] + [n > plans[2] for n in needed_seen[6:]]
     assert short[2:] == [True, True] and len(calls) == sum(short)
+
+
+# -- evaluated_per_class: stop at what an evaluator reads -------------------------------------
+def _copies(seed, distinct=400, copies=10, classes=2):
+    """``copies`` jittered copies of ``distinct`` separate boxes, each copy scoring a little
+    under the one before: about one candidate in ``copies`` is kept, so 100 detections of a
+    class need far fewer candidates than 300 of all."""
+    g = torch.Generator().manual_seed(seed)
+    side = int(math.ceil(distinct ** 0.5))
+    grid = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1)
+    xy = (grid.reshape(-1, 2)[:distinct] * 50).float().repeat_interleave(copies, 0)
+    xy = xy + torch.rand(xy.shape, generator=g)
+    boxes = torch.cat([xy, xy + 30], 1)
+    base = 0.1 + 0.8 * torch.rand(distinct, classes, generator=g)
+    step = 1e-3 * torch.arange(copies).repeat(distinct)[:, None]
+    return boxes, base.repeat_interleave(copies, 0) - step
+
+
+def _per_class_prefixes(detections, cap):
+    """Each class's first ``min(cap, n_c)`` detections (boxes, scores), as COCOeval reads."""
+    boxes, scores, labels = detections
+    return {int(c): (boxes[labels == c][:cap], scores[labels == c][:cap])
+            for c in labels.unique()}
+
+
+@pytest.mark.parametrize("classes, multi_label, method, agnostic", [
+    (1, True, "standard", False), (2, True, "standard", False), (2, False, "standard", False),
+    (2, True, "standard", True), (2, True, "diou", False)])
+def test_evaluated_per_class_keeps_what_the_evaluator_reads(classes, multi_label, method,
+                                                           agnostic):
+    full = BoxPostProcessor(score_threshold=0.01, max_detections=300, iou_threshold=0.6,
+                            method=method, class_agnostic=agnostic, multi_label=multi_label)
+    capped = BoxPostProcessor(score_threshold=0.01, max_detections=300, iou_threshold=0.6,
+                              method=method, class_agnostic=agnostic, multi_label=multi_label)
+    capped.evaluated_per_class = 100
+    shorter = 0
+    for seed in range(6):  # later images start from the planned prefix
+        boxes, scores = _copies(seed, distinct=600, classes=classes)
+        want, got = full(boxes, scores), capped(boxes, scores)
+        n = len(got[0])
+        # a prefix of the full output, with each class's first 100 (or all it has)
+        assert all(torch.equal(g, w[:n]) for g, w in zip(got, want))
+        w, g = _per_class_prefixes(want, 100), _per_class_prefixes(got, 100)
+        assert w.keys() == g.keys()
+        assert all(torch.equal(w[c][0], g[c][0]) and torch.equal(w[c][1], g[c][1]) for c in w)
+        shorter += n < len(want[0])
+        # what it recorded as needed: up to the later of each class's 100th detection
+        v, b, lab = _stable_candidates(scores, 0.01, multi_label)
+        keep, _ = nms(boxes[b], v, lab, method, 0.6, class_agnostic=agnostic, max_keep=300)
+        ends = [int(keep[lab[keep] == c][99]) + 1 for c in range(classes)]
+        assert capped._needed[-1] == min(max(ends), int(keep[299]) + 1)
+    assert shorter == 6  # every image stopped before 300 detections
+    assert sorted(capped._needed) < sorted(full._needed)
+
+
+def test_evaluated_per_class_waits_for_a_class_that_has_few_detections():
+    # class 1 has only 5 candidates: it never gets 100, so NMS runs on to 300 (the full output)
+    boxes, scores = _copies(0, classes=2)
+    scores[:, 1] = 0.0
+    scores[:5, 1] = 0.95
+    full = BoxPostProcessor(score_threshold=0.01, max_detections=300, iou_threshold=0.6)
+    capped = BoxPostProcessor(score_threshold=0.01, max_detections=300, iou_threshold=0.6)
+    capped.evaluated_per_class = 100
+    want, got = full(boxes, scores), capped(boxes, scores)
+    assert len(want[0]) == 300 and all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_evaluated_per_class_gives_the_coco_numbers_of_the_full_output():
+    from detlab.evaluation.coco import CocoEvaluator
+    from detlab.structures import Batch, Prediction
+
+    full = BoxPostProcessor(score_threshold=0.01, max_detections=300, iou_threshold=0.5)
+    capped = BoxPostProcessor(score_threshold=0.01, max_detections=300, iou_threshold=0.5)
+    evaluators = [CocoEvaluator(num_classes=2, relative_areas=None) for _ in range(2)]
+    capped.evaluated_per_class = evaluators[1].detections_read_per_class()
+    assert capped.evaluated_per_class == 100
+    lengths = []
+    for seed in range(4):
+        boxes, scores = _copies(seed, classes=2)
+        g = torch.Generator().manual_seed(seed)
+        gt = boxes[torch.randint(0, 4000, (40,), generator=g)] + 1.5
+        meta = [{"image_id": seed, "orig_size": (700, 700), "scale": (1.0, 1.0)}]
+        batch = Batch(images=torch.zeros(1, 3, 8, 8), meta=meta,
+                      targets=[{"boxes": gt, "labels": torch.tensor([0, 1] * 20)}])
+        for post, ev in zip((full, capped), evaluators):
+            b, s, lab = post(boxes, scores)
+            ev.update([Prediction(boxes=b, scores=s, labels=lab)], batch)
+            lengths.append(len(b))
+    want, got = evaluators[0].compute(), evaluators[1].compute()
+    assert want.keys() == got.keys() and want["AP"] > 0
+    assert all(got[k] == want[k] or (got[k] != got[k] and want[k] != want[k]) for k in want)
+    assert max(lengths[1::2]) < 300 == min(lengths[0::2])
