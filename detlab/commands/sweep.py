@@ -19,7 +19,8 @@ Only keys that cannot change the network's outputs may be swept:
 Each setting costs its post-processing plus one evaluation: a COCO evaluator runs on
 faster-coco-eval when it is installed (same numbers as pycocotools, tested in
 tests/evaluation/test_coco_runtime.py), and a box post-processor stops at the detections
-the evaluator reads (:func:`_evaluated_only`: same numbers, less NMS).
+the evaluator reads (:func:`~detlab.postprocess.evaluated.evaluated_only`: same numbers,
+less NMS).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 from .cli_args import add_trust_arguments
 from .sweep_workers import available_cores, run_jobs
 from ..errors import ConfigError
+from ..postprocess.evaluated import evaluated_only, stage_postprocessor
 from ..postprocess.staged import StagedPostprocessor
 from ..recipe import apply_overrides, parse_value
 from ..registry import EVALUATORS, HEADS
@@ -118,12 +120,7 @@ def check_keys(grid: dict[str, list[Any]], head: Any) -> None:
         )
 
 
-def _test_postprocessor(head: Any) -> Any:
-    """The post-processor a head runs at the test stage (None if it has none we know)."""
-    slot = getattr(head, "postprocessor", None)
-    if isinstance(slot, StagedPostprocessor):
-        return slot.for_stage("test")
-    return slot
+_test_postprocessor = stage_postprocessor
 
 
 def _ignored(head: Any, keys: list[str]) -> dict[str, str]:
@@ -256,9 +253,9 @@ def _run_sweep(task: Any, grid: dict[str, list[Any]], split: str,
         head = combos[jobs[j][0]][2]
         evaluators = [EVALUATORS.build(_fast_evaluator(combos[i][1]["evaluator"]),
                                        key="evaluator") for i in jobs[j]]
-        _evaluated_only(head, evaluators)
         t1 = time.perf_counter()
-        predictions = [postprocess(head, outputs, batch) for outputs, batch in cached]
+        with evaluated_only(head, evaluators):  # a sweep evaluates, never writes, them
+            predictions = [postprocess(head, outputs, batch) for outputs, batch in cached]
         shared = time.perf_counter() - t1
         rows = []
         for i, evaluator in zip(jobs[j], evaluators):
@@ -295,22 +292,6 @@ def _run_sweep(task: Any, grid: dict[str, list[Any]], split: str,
         result.primary = primary
     sort_rows(result, result.primary, higher)
     return result
-
-
-def _evaluated_only(head: Any, evaluators: list[Any]) -> None:
-    """Let ``head``'s box post-processor stop at the detections ``evaluators`` read: where
-    each says how many per image and class it reads (``detections_read_per_class``, e.g. a
-    COCO evaluator's ``max_dets``), NMS may end once every class has that many (the same
-    numbers, less NMS: :attr:`~detlab.postprocess.box_nms.BoxPostProcessor.
-    evaluated_per_class`). A sweep only evaluates its predictions, never writes them."""
-    from ..postprocess.box_nms import BoxPostProcessor
-
-    post = _test_postprocessor(head)
-    if not isinstance(post, BoxPostProcessor) or not evaluators:
-        return
-    caps = [getattr(e, "detections_read_per_class", lambda: None)() for e in evaluators]
-    if all(isinstance(c, int) for c in caps):
-        post.evaluated_per_class = max(caps)
 
 
 def _shared_decoding(head: Any, heads: list[Any], cached: list[tuple[Any, Any]],

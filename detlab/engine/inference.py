@@ -94,11 +94,21 @@ def evaluate(task: Any, split: str = "val", limit: int | None = None,
     loader = data.val_dataloader() if split == "val" else data.test_dataloader()
     if task.evaluator is None:
         raise ConfigError("the checkpoint's recipe has no 'evaluator' section")
+    from ..postprocess.evaluated import evaluated_only
+    from ..postprocess.slicing import SlicedInference, inference_section
+    from .inference_model import inference_task
+
     dev = default_device(device)
     task.to(dev)
     task.evaluator.reset()
-    with torch.inference_mode():
-        for preds, batch in predictions(task, loader, dev, limit, data):
+    view = inference_task(task)  # the head predictions() runs
+    # Only the metrics leave this function: NMS may stop at the detections the evaluator
+    # reads. Not for sliced or TTA runs, whose merges see every tile's detections.
+    plain = SlicedInference.from_recipe(task.recipe) is None and not inference_section(
+        task.recipe).get("tta")
+    with torch.inference_mode(), evaluated_only(view.model.head,
+                                                [task.evaluator] if plain else []):
+        for preds, batch in predictions(view, loader, dev, limit, data):
             task.evaluator.update(preds, batch)
     return task.evaluator.compute()
 
