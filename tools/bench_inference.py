@@ -1,13 +1,15 @@
 """Forward time of each head family's model as trained and as ``detlab eval`` runs it (not a test).
 
     python tools/bench_inference.py [--families yolo,frcnn,db,unet] [--repeats 5] [--threads 2]
+                                    [--device cpu|cuda] [--batch N]
 
 Per family: the recipe's model (``pretrained=False``, random weights, BatchNorm statistics
 randomised so folding is not a no-op), one batch at the family's size, median milliseconds per
 image over ``--repeats`` alternating runs of: the model as trained, BatchNorm folded,
 channels-last, both (detlab's default for box/text heads), and both + ``precision="bf16"``.
 Ratios are against the model as trained; the max relative output difference of each variant
-is printed next to it.
+is printed next to it. ``--device cuda`` also times ``precision="16"`` (CUDA only) and
+synchronises the device around every timed forward; ``--batch`` replaces the family's batch.
 """
 
 from __future__ import annotations
@@ -69,27 +71,43 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument("--batch", type=int, default=None, help="default: per family")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    variants = dict(VARIANTS)
+    if device.type == "cuda":
+        variants["default+fp16"] = {"precision": "16"}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for family in args.families.split(","):
         recipe, size, batch = FAMILIES[family]
-        model = build(recipe)
+        batch = args.batch or batch
+        model = build(recipe).to(device)
         channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-        x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(1))
+        x = torch.rand(batch, channels, size, size,
+                       generator=torch.Generator().manual_seed(1)).to(device)
         models = {name: model if cfg is None else
                   inference_task(SimpleNamespace(model=model, recipe={"inference": cfg})).model
-                  for name, cfg in VARIANTS.items()}
+                  for name, cfg in variants.items()}
         times: dict[str, list[float]] = {name: [] for name in models}
         with torch.inference_mode():
             ref = model(x)
             diffs = {name: _rel_diff(ref, m(x)) for name, m in models.items()}  # + warm-up
             for _ in range(args.repeats):
                 for name, m in models.items():
+                    sync()
                     t0 = time.perf_counter()
                     m(x)
+                    sync()
                     times[name].append((time.perf_counter() - t0) / batch)
         base = statistics.median(times["as trained"])
-        print(f"{family} ({recipe}, {batch}x{channels}x{size}x{size}, {args.threads} threads, "
+        where = f"{args.threads} threads" if device.type == "cpu" else str(device)
+        print(f"{family} ({recipe}, {batch}x{channels}x{size}x{size}, {where}, "
               f"median of {args.repeats}):")
         for name in models:
             med = statistics.median(times[name])
