@@ -52,8 +52,9 @@ class BoxPostProcessor:
         multi_label: every class over the threshold is a candidate (True), or only the best.
     """
 
-    #: Detections per image and class an evaluator reads (set by ``detlab sweep`` from
-    #: :meth:`~detlab.evaluation.base.Evaluator.detections_read_per_class`), or ``None``.
+    #: Detections per image and class an evaluator reads (set by ``detlab sweep`` and
+    #: ``detlab eval`` from :meth:`~detlab.evaluation.base.Evaluator.detections_read_per_class`
+    #: through :func:`~detlab.postprocess.evaluated.evaluated_only`), or ``None``.
     #: When set below ``max_detections``, hard NMS also stops once every class with a
     #: candidate has this many detections. Each class then holds the first
     #: ``min(evaluated_per_class, n_c)`` of the ``n_c`` detections the full output has of it,
@@ -310,7 +311,8 @@ class BoxPostProcessor:
     def planned_prefix(self, limit: int) -> int:
         """Candidates per image in the first hard-NMS pass on the CPU: the median of the
         prefixes the last 64 images needed (up to the candidate where their
-        ``max_detections``-th detection was kept, or all of theirs), at least
+        ``max_detections``-th detection was kept, or every class its
+        :attr:`evaluated_per_class`-th, or all of theirs), at least
         ``max_detections``; :meth:`first_prefix` until 4 images have been seen. Only the
         speed depends on it, never the detections: a short prefix is continued
         (:meth:`_continue_hard`). On the VOC face set (6800 candidates an image) the images
