@@ -87,6 +87,11 @@ def evaluate(task: Any, split: str = "val", limit: int | None = None,
              device: str | torch.device | None = None) -> dict[str, float]:
     """The recipe evaluator's metrics of ``task`` on ``split`` (``"val"`` or ``"test"``).
 
+    Box post-processing stops at the detections the evaluator reads
+    (:func:`~detlab.postprocess.evaluated.evaluated_only`; not for sliced or TTA inference):
+    the metrics are those of the full detection lists, but ``task.evaluator`` keeps only what
+    :meth:`~detlab.evaluation.base.Evaluator.compute` reads.
+
     Raises:
         ConfigError: the recipe has no ``evaluator`` section.
     """

@@ -64,8 +64,12 @@ class Evaluator:
     def detections_read_per_class(self) -> int | None:
         """The most detections per image and class whose presence can change :meth:`compute`
         (it reads only the highest-scoring ones, in the order given), or ``None``: every
-        detection counts. ``detlab sweep`` lets a box post-processor stop once it has found
-        these (:attr:`~detlab.postprocess.box_nms.BoxPostProcessor.evaluated_per_class`)."""
+        detection counts. ``detlab sweep`` and ``detlab eval`` let a box post-processor stop
+        once it has found these (:attr:`~detlab.postprocess.box_nms.BoxPostProcessor.
+        evaluated_per_class`); the evaluator then holds only those, so a method that reads
+        more than :meth:`compute` does (the F1 curves of
+        :meth:`~detlab.evaluation.coco.CocoEvaluator.curve_data`) must not be used after
+        such a run."""
         return None
 
     @staticmethod

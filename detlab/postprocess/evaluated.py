@@ -14,9 +14,10 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..errors import ConfigError
 from .staged import StagedPostprocessor
 
-__all__ = ["stage_postprocessor", "evaluated_only"]
+__all__ = ["evaluated_only", "stage_postprocessor"]
 
 
 def stage_postprocessor(head: Any, stage: str = "test") -> Any:
@@ -35,12 +36,12 @@ def evaluated_only(head: Any, evaluators: Sequence[Any]) -> Iterator[int | None]
     number of detections per image and class that ``evaluators`` read; yields that number, or
     ``None`` (nothing changed: another post-processor, or an evaluator that reads them all).
     The setting is restored afterwards."""
-    from .box_nms import BoxPostProcessor  # torch: not at import (the CLI starts without it)
+    # box_nms imports torch: not at import time (the CLI starts without it)
+    from .box_nms import BoxPostProcessor
 
     post = stage_postprocessor(head)
-    caps = [getattr(e, "detections_read_per_class", lambda: None)() for e in evaluators]
-    if not isinstance(post, BoxPostProcessor) or not caps or not all(
-            isinstance(c, int) for c in caps):
+    caps = [_cap(e) for e in evaluators]
+    if not isinstance(post, BoxPostProcessor) or not caps or None in caps:
         yield None
         return
     had = "evaluated_per_class" in vars(post)
@@ -53,3 +54,16 @@ def evaluated_only(head: Any, evaluators: Sequence[Any]) -> Iterator[int | None]
             post.evaluated_per_class = before
         else:
             del post.evaluated_per_class
+
+
+def _cap(evaluator: Any) -> int | None:
+    """``evaluator.detections_read_per_class()``, checked: None or an int >= 1 (a wrong value
+    would cut detections the evaluator reads and silently change its numbers)."""
+    read = getattr(evaluator, "detections_read_per_class", None)
+    cap = read() if callable(read) else None
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ConfigError(
+            f"{type(evaluator).__name__}.detections_read_per_class() must return None (every "
+            f"detection counts) or an int >= 1 (detections read per image and class), got "
+            f"{cap!r}")
+    return cap

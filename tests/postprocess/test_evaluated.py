@@ -7,6 +7,7 @@ import types
 
 import pytest
 
+from detlab.errors import ConfigError
 from detlab.evaluation.coco import CocoEvaluator
 from detlab.postprocess.box_nms import BoxPostProcessor
 from detlab.postprocess.evaluated import evaluated_only, stage_postprocessor
@@ -51,3 +52,16 @@ def test_the_test_stage_of_a_staged_slot():
     with evaluated_only(_head(slot), [CocoEvaluator()]):
         assert slot.for_stage("test").evaluated_per_class == 100
         assert slot.for_stage("val").evaluated_per_class is None
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "100"])
+def test_an_evaluator_that_says_a_bad_number_is_a_config_error(bad):
+    class Odd:
+        def detections_read_per_class(self):
+            return bad
+
+    post = BoxPostProcessor()
+    with pytest.raises(ConfigError, match=r"Odd.detections_read_per_class\(\) must return"), \
+            evaluated_only(_head(post), [Odd()]):
+        pass
+    assert post.evaluated_per_class is None
