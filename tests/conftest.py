@@ -38,3 +38,18 @@ def trained(tmp_path_factory):
     return work, run_dir
 
 
+TINY_YOLO = [
+    "data.train.num_samples=8", "data.val.num_samples=4", "data.train.image_size=64",
+    "data.train.img_size=64", "data.val.image_size=64", "data.val.img_size=64",
+    "data.batch_size=4", "data.num_workers=0", "train.max_epochs=1", "train.progress_bar=false",
+]
+
+
+@pytest.fixture(scope="session")
+def det_ckpt(tmp_path_factory) -> str:
+    """One tiny helmet_yolo_p2 checkpoint (8 train / 4 val images at 64 px, 1 epoch) shared
+    by the sweep and eval tests: the path of its last.ckpt."""
+    work = tmp_path_factory.mktemp("tiny_yolo")
+    assert main(["train", str(ROOT / "recipes" / "helmet_yolo_p2.py"), *TINY_YOLO,
+                 "--work-dir", str(work)]) == 0
+    return str(next(work.glob("*/version_0/checkpoints/last.ckpt")))

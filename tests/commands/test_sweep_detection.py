@@ -4,7 +4,6 @@ relative-area AP) equal ``detlab eval`` with the same override, and the table sh
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,21 +11,7 @@ from detlab.cli import main
 from detlab.commands.sweep import format_table, run_sweep
 from detlab.engine.checkpoint import load_task
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "data.train.num_samples=8", "data.val.num_samples=4", "data.train.image_size=64",
-    "data.train.img_size=64", "data.val.image_size=64", "data.val.img_size=64",
-    "data.batch_size=4", "data.num_workers=0", "train.max_epochs=1", "train.progress_bar=false",
-]
 KEY = "model.head.postprocessor.iou_threshold"
-
-
-@pytest.fixture(scope="module")
-def det_ckpt(tmp_path_factory) -> str:
-    work = tmp_path_factory.mktemp("sweep_det")
-    assert main(["train", str(ROOT / "recipes" / "helmet_yolo_p2.py"), *TINY,
-                 "--work-dir", str(work)]) == 0
-    return str(next(work.glob("*/version_0/checkpoints/last.ckpt")))
 
 
 def test_sweep_rows_equal_eval_with_the_same_override(det_ckpt, tmp_path):

@@ -3,11 +3,6 @@ head it runs (the inference copy), gives the uncapped numbers, and leaves the he
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-from detlab.cli import main
 from detlab.engine.inference import evaluate
 from detlab.engine.inference_model import inference_task
 from detlab.engine.trainer import load_task
@@ -15,26 +10,13 @@ from detlab.evaluation.coco import CocoEvaluator
 from detlab.postprocess.box_nms import BoxPostProcessor
 from detlab.postprocess.evaluated import stage_postprocessor
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ["data.train.num_samples=8", "data.val.num_samples=4", "data.train.img_size=64",
-        "data.val.img_size=64", "data.batch_size=4", "data.num_workers=0",
-        "train.max_epochs=1", "train.progress_bar=false"]
 
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    work = tmp_path_factory.mktemp("evaluate_reads")
-    assert main(["train", str(ROOT / "recipes" / "helmet_yolo.py"), *TINY,
-                 "--work-dir", str(work)]) == 0
-    return str(next(work.glob("*/version_0/checkpoints/last.ckpt")))
-
-
-def test_evaluate_caps_nms_at_max_dets_with_the_same_numbers(ckpt, monkeypatch):
+def test_evaluate_caps_nms_at_max_dets_with_the_same_numbers(det_ckpt, monkeypatch):
     caps = []
     original = BoxPostProcessor.batched
     monkeypatch.setattr(BoxPostProcessor, "batched", lambda self, *a: caps.append(
         self.evaluated_per_class) or original(self, *a))
-    task = load_task(ckpt, ["evaluator.max_dets=50"])
+    task = load_task(det_ckpt, ["evaluator.max_dets=50"])
     capped = evaluate(task)
     assert caps and set(caps) == {50}
     # the head eval ran is the inference copy's; both are uncapped again
